@@ -1,0 +1,222 @@
+"""Speech-enhancement model zoo: the paper's three families, all causal and streamable.
+
+Every model maps a noisy spectrum [B, T, F, 2] and a flat state list to an enhanced
+spectrum and the next state. T may be a whole utterance (state = zeros) or one frame.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hwcompress.models.layers import CausalConv2d, CausalConvTranspose2d, Recurrent
+
+EPS = 1e-10
+
+
+def _freqs(n_bins: int, depth: int) -> list[int]:
+    freqs = [n_bins]
+    for _ in range(depth):
+        freqs.append((freqs[-1] - 3) // 2 + 1)
+    return freqs
+
+
+class SEModel(nn.Module):
+    arch = ""
+
+    def __init__(self, n_bins: int) -> None:
+        super().__init__()
+        # per-bin log-power normalisation, fitted on training data (see train.fit_normalizer)
+        self.register_buffer("feat_mean", torch.zeros(n_bins))
+        self.register_buffer("feat_std", torch.ones(n_bins))
+        self.n_bins = n_bins
+
+    @property
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        raise NotImplementedError
+
+    def initial_state(self, batch: int = 1) -> list[torch.Tensor]:
+        return [torch.zeros((batch, *s)) for s in self.state_shapes()]
+
+    def features(self, spec: torch.Tensor) -> torch.Tensor:
+        power = spec.pow(2).sum(-1)
+        return (torch.log(power + EPS) - self.feat_mean) / self.feat_std
+
+
+class RnnMasker(SEModel):
+    """Recurrent T-F mask estimator (LSTM or GRU stack + linear + sigmoid mask)."""
+
+    arch = "rnn"
+
+    def __init__(self, hidden: list[int] = (1024, 1024, 1024, 1024), cell: str = "lstm", n_bins: int = 161) -> None:
+        super().__init__(n_bins)
+        self.hidden, self.cell = list(hidden), cell
+        self.rnn = Recurrent(cell, [n_bins, *self.hidden])
+        self.out = nn.Linear(self.hidden[-1], n_bins)
+
+    @property
+    def config(self) -> dict:
+        return {"hidden": self.hidden, "cell": self.cell, "n_bins": self.n_bins}
+
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        return self.rnn.state_shapes()
+
+    def forward(self, spec: torch.Tensor, state: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h, state = self.rnn(self.features(spec), state)
+        mask = torch.sigmoid(self.out(h))
+        return spec * mask.unsqueeze(-1), state
+
+
+class CRN(SEModel):
+    """Convolutional recurrent network (Tan & Wang 2018): conv encoder, recurrent
+    bottleneck, transposed-conv decoder with skips, magnitude mask on the noisy STFT."""
+
+    arch = "crn"
+
+    def __init__(
+        self,
+        channels: list[int] = (16, 32, 64, 128, 256),
+        hidden: list[int] = (1024, 1024),
+        cell: str = "lstm",
+        kt: int = 2,
+        n_bins: int = 161,
+    ) -> None:
+        super().__init__(n_bins)
+        self.channels, self.hidden, self.cell, self.kt = list(channels), list(hidden), cell, kt
+        self.freqs = _freqs(n_bins, len(self.channels))
+        ins = [1, *self.channels[:-1]]
+        self.enc = nn.ModuleList(CausalConv2d(a, b, kt) for a, b in zip(ins, self.channels))
+        flat = self.channels[-1] * self.freqs[-1]
+        self.rnn = Recurrent(cell, [flat, *self.hidden])
+        self.proj = nn.Linear(self.hidden[-1], flat)
+        self.dec = nn.ModuleList()
+        for i in reversed(range(len(self.channels))):
+            c_out = ins[i]
+            pad = self.freqs[i] - (2 * self.freqs[i + 1] + 1)
+            self.dec.append(CausalConvTranspose2d(2 * self.channels[i], c_out, kt, out_pad_f=pad))
+        self.act = nn.ELU()
+
+    @property
+    def config(self) -> dict:
+        return {"channels": self.channels, "hidden": self.hidden, "cell": self.cell, "kt": self.kt, "n_bins": self.n_bins}
+
+    def _conv_state_shapes(self) -> list[tuple[int, ...]]:
+        shapes = [layer.context_shape(f) for layer, f in zip(self.enc, self.freqs)]
+        shapes += [layer.context_shape(self.freqs[len(self.channels) - j]) for j, layer in enumerate(self.dec)]
+        return shapes
+
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        return self._conv_state_shapes() + self.rnn.state_shapes()
+
+    def _decode(self, decoder, x, skips, ctx, act_last):
+        new_ctx = []
+        for j, layer in enumerate(decoder):
+            x, c = layer(torch.cat([x, skips[-1 - j]], dim=1), ctx[j])
+            new_ctx.append(c)
+            if j < len(decoder) - 1:
+                x = self.act(x)
+        return act_last(x), new_ctx
+
+    def forward(self, spec: torch.Tensor, state: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        n_conv = len(self.enc)
+        x = self.features(spec).unsqueeze(1)  # [B, 1, T, F]
+        skips, new_state = [], []
+        for layer, ctx in zip(self.enc, state[:n_conv]):
+            x, c = layer(x, ctx)
+            x = self.act(x)
+            skips.append(x)
+            new_state.append(c)
+        b, ch, t, f = x.shape
+        h, rnn_state = self.rnn(x.permute(0, 2, 1, 3).reshape(b, t, ch * f), state[2 * n_conv :])
+        x = self.proj(h).reshape(b, t, ch, f).permute(0, 2, 1, 3)
+        mask, dec_ctx = self._decode(self.dec, x, skips, state[n_conv : 2 * n_conv], torch.sigmoid)
+        out = spec * mask.squeeze(1).unsqueeze(-1)
+        return out, new_state + dec_ctx + rnn_state
+
+
+class GCRN(CRN):
+    """Gated CRN (Tan & Wang 2019 style): gated (GLU) convolutions and two decoders
+    estimating the real and imaginary parts of a complex ratio mask."""
+
+    arch = "gcrn"
+
+    def __init__(
+        self,
+        channels: list[int] = (16, 32, 64, 128, 256),
+        hidden: list[int] = (1024, 1024),
+        cell: str = "lstm",
+        kt: int = 2,
+        n_bins: int = 161,
+    ) -> None:
+        nn.Module.__init__(self)
+        SEModel.__init__(self, n_bins)
+        self.channels, self.hidden, self.cell, self.kt = list(channels), list(hidden), cell, kt
+        self.freqs = _freqs(n_bins, len(self.channels))
+        ins = [3, *self.channels[:-1]]
+        # gated layers produce value and gate halves: 2 * c_out channels, GLU over channels
+        self.enc = nn.ModuleList(CausalConv2d(a, 2 * b, kt) for a, b in zip(ins, self.channels))
+        flat = self.channels[-1] * self.freqs[-1]
+        self.rnn = Recurrent(cell, [flat, *self.hidden])
+        self.proj = nn.Linear(self.hidden[-1], flat)
+        self.dec = nn.ModuleList()
+        self.dec_imag = nn.ModuleList()
+        for i in reversed(range(len(self.channels))):
+            pad = self.freqs[i] - (2 * self.freqs[i + 1] + 1)
+            c_out = 1 if i == 0 else 2 * ins[i]
+            self.dec.append(CausalConvTranspose2d(2 * self.channels[i], c_out, kt, out_pad_f=pad))
+            self.dec_imag.append(CausalConvTranspose2d(2 * self.channels[i], c_out, kt, out_pad_f=pad))
+        self.act = nn.GLU(dim=1)
+
+    def _conv_state_shapes(self) -> list[tuple[int, ...]]:
+        shapes = super()._conv_state_shapes()
+        return shapes + [layer.context_shape(self.freqs[len(self.channels) - j]) for j, layer in enumerate(self.dec_imag)]
+
+    def forward(self, spec: torch.Tensor, state: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        n_conv = len(self.enc)
+        mag = spec.pow(2).sum(-1, keepdim=True).add(EPS).sqrt()
+        x = torch.cat([self.features(spec).unsqueeze(-1), spec / mag], dim=-1).permute(0, 3, 1, 2)
+        skips, new_state = [], []
+        for layer, ctx in zip(self.enc, state[:n_conv]):
+            x, c = layer(x, ctx)
+            x = self.act(x)
+            skips.append(x)
+            new_state.append(c)
+        b, ch, t, f = x.shape
+        h, rnn_state = self.rnn(x.permute(0, 2, 1, 3).reshape(b, t, ch * f), state[3 * n_conv :])
+        x = self.proj(h).reshape(b, t, ch, f).permute(0, 2, 1, 3)
+        m_re, ctx_re = self._decode(self.dec, x, skips, state[n_conv : 2 * n_conv], torch.tanh)
+        m_im, ctx_im = self._decode(self.dec_imag, x, skips, state[2 * n_conv : 3 * n_conv], torch.tanh)
+        m_re, m_im = m_re.squeeze(1), m_im.squeeze(1)
+        re, im = spec[..., 0], spec[..., 1]
+        out = torch.stack([m_re * re - m_im * im, m_re * im + m_im * re], dim=-1)
+        return out, new_state + ctx_re + ctx_im + rnn_state
+
+
+ARCHS: dict[str, type[SEModel]] = {cls.arch: cls for cls in (RnnMasker, CRN, GCRN)}
+
+# Named presets: `--model NAME` builds one of these (untrained) for training.
+PRESETS: dict[str, tuple[str, dict]] = {
+    "crn": ("crn", {}),
+    "crn-small": ("crn", {"channels": [8, 16, 32, 32, 64], "hidden": [256]}),
+    "gcrn": ("gcrn", {}),
+    "gcrn-small": ("gcrn", {"channels": [8, 16, 16, 32, 64], "hidden": [256]}),
+    "lstm": ("rnn", {"cell": "lstm"}),
+    "lstm-small": ("rnn", {"cell": "lstm", "hidden": [256, 256]}),
+    "gru": ("rnn", {"cell": "gru"}),
+    "tiny-crn": ("crn", {"channels": [4, 4, 8, 8, 8], "hidden": [16]}),
+    "tiny-gcrn": ("gcrn", {"channels": [4, 4, 8, 8, 8], "hidden": [16]}),
+    "tiny-lstm": ("rnn", {"cell": "lstm", "hidden": [16, 16]}),
+    "tiny-gru": ("rnn", {"cell": "gru", "hidden": [16]}),
+}
+
+
+def build(arch: str, config: dict) -> SEModel:
+    return ARCHS[arch](**config)
+
+
+def build_preset(name: str) -> SEModel:
+    arch, config = PRESETS[name]
+    return build(arch, config)
