@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 from rich import box
@@ -18,13 +19,13 @@ from rich.console import Console
 from rich.table import Table
 
 from hwcompress.errors import HwcError
+from hwcompress.targets import Target, list_targets, load_target
 
 try:
     # recent typer ships its own copy of click; its usage errors are not click's classes
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 except ImportError:  # older typer on top of click, where typer.Abort is click's Abort
     from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
-from hwcompress.targets import Target, list_targets, load_target
 
 PROG = "hwcompress"
 
@@ -39,8 +40,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def _console() -> Console:
-    # built per call so tests that swap sys.stdout (CliRunner, capsys) see the output
-    return Console(file=sys.stdout, highlight=False)
+    # built per call so tests that swap sys.stdout (CliRunner, capsys) see the output;
+    # markup off because file contents like "[1]" or "[bold]" must print literally
+    return Console(file=sys.stdout, highlight=False, markup=False)
 
 
 def _print_json(obj: Any) -> None:
@@ -126,6 +128,128 @@ def targets_show(
         value = str(p.value) if isinstance(p.value, int) else f"{p.value:g}"
         perf.add_row(key, value, p.unit, p.provenance)
     con.print(perf)
+
+
+# ---------------------------------------------------------------- data
+
+data_app = typer.Typer(help="Build and locate the offline speech + noise corpus.", add_completion=False)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("build")
+def data_build(
+    out: Annotated[Optional[Path], typer.Option(help="Corpus folder (default: the shared cache).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same corpus.")] = 0,
+    clean_dir: Annotated[Optional[list[Path]], typer.Option(help="Your own clean speech WAVs (speaker = name before '_').")] = None,
+    noise_dir: Annotated[Optional[list[Path]], typer.Option(help="Your own noise WAVs.")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if the corpus exists.")] = False,
+) -> None:
+    """Build the deterministic offline corpus (no network)."""
+    from hwcompress.data.corpus import build_corpus, default_corpus_dir
+
+    out = out or default_corpus_dir(seed)
+    for d in (clean_dir or []) + (noise_dir or []):
+        if not d.is_dir():
+            raise HwcError(f"{d}: not a folder")
+    if (out / "manifest.json").exists() and not force:
+        typer.echo(f"corpus exists: {out} (use --force to rebuild)")
+        return
+    manifest = build_corpus(out, seed=seed, clean_dirs=clean_dir, noise_dirs=noise_dir)
+    table = Table(title=f"corpus {out}")
+    for col in ("split", "speakers", "utterances", "speech (min)", "noise files"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split, info in manifest["splits"].items():
+        table.add_row(split, str(len(info["speakers"])), str(info["utterances"]),
+                      f"{info['speech_seconds'] / 60:.1f}", str(len(info["noise_files"])))
+    _console().print(table)
+
+
+@data_app.command("path")
+def data_path(seed: Annotated[int, typer.Option()] = 0) -> None:
+    """Print where the default corpus lives."""
+    from hwcompress.data.corpus import default_corpus_dir
+
+    typer.echo(str(default_corpus_dir(seed)))
+
+
+def _corpus(data: Optional[Path]) -> Path:
+    from hwcompress.data.corpus import ensure_default_corpus
+
+    return data if data is not None else ensure_default_corpus()
+
+
+ModelOpt = Annotated[str, typer.Option("--model", help="Model file (.pt/.hwc), zoo preset, or 'default'.")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Corpus folder (default: built-in corpus).")]
+
+
+# ---------------------------------------------------------------- train / eval / enhance
+
+
+@app.command()
+def train(
+    model: ModelOpt = "crn",
+    data: DataOpt = None,
+    out: Annotated[Path, typer.Option(help="Run folder: model.pt, last.pt (resume), history.json.")] = Path("runs/train"),
+    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    steps_per_epoch: Annotated[int, typer.Option(min=1)] = 150,
+    batch: Annotated[int, typer.Option(min=1)] = 8,
+    seconds: Annotated[float, typer.Option(min=0.5, help="Crop length of each training example.")] = 4.0,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    patience: Annotated[int, typer.Option(min=1, help="Stop after this many epochs without improvement.")] = 4,
+    max_minutes: Annotated[float, typer.Option(min=0.0, help="Stop cleanly after this wall time (0: no limit).")] = 0.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt if present.")] = True,
+) -> None:
+    """Train a model (a zoo preset, or continue from a file) with on-the-fly mixing."""
+    from hwcompress.models.io import load_model
+    from hwcompress.train import TrainConfig
+    from hwcompress.train import train as run_train
+
+    net = load_model(model)
+    cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch, seconds=seconds, lr=lr,
+                      patience=patience, seed=seed, max_minutes=max_minutes)
+    state = run_train(net, _corpus(data), out, cfg, resume=resume)
+    typer.echo(f"best valid loss {state['best']:.4f} after {state['epoch']} epochs: {out / 'model.pt'}")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: ModelOpt = "default",
+    data: DataOpt = None,
+    set_name: Annotated[str, typer.Option("--set", help="valid, test (real speech, unseen speaker) or test-synth.")] = "test",
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N mixtures.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write full results (per mixture) here.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option(help="Write the Markdown table here.")] = None,
+    workers: Annotated[int, typer.Option(min=1)] = 2,
+) -> None:
+    """PESQ-WB, STOI, ESTOI and SI-SDR of noisy and enhanced audio, overall and per SNR."""
+    from hwcompress.evaluate import evaluate, write_results
+    from hwcompress.models.io import load_model
+
+    net = load_model(model)
+    result = evaluate(net, _corpus(data), set_name, limit, workers)
+    result["model"] = model
+    typer.echo(write_results(result, json_out, markdown, f"{model} on {set_name} ({result['n']} mixtures)"))
+
+
+@app.command()
+def enhance(
+    inp: Annotated[Path, typer.Argument(metavar="IN.wav", help="Noisy audio, any sample rate (first channel).")],
+    out: Annotated[Path, typer.Argument(metavar="OUT.wav", help="Enhanced 16 kHz audio.")],
+    model: ModelOpt = "default",
+    whole: Annotated[bool, typer.Option(help="Process the utterance at once instead of hop by hop.")] = False,
+) -> None:
+    """Enhance a recording frame by frame with carried state, as a device would."""
+    from hwcompress.audio import load_audio, save_audio
+    from hwcompress.enhance import enhance as enhance_whole
+    from hwcompress.enhance import enhance_streaming
+    from hwcompress.models.io import load_model
+
+    audio = load_audio(inp, 16000)
+    net = load_model(model)
+    result = enhance_whole(net, audio) if whole else enhance_streaming(net, audio)
+    save_audio(out, result, 16000)
+    typer.echo(f"{out}: {audio.size / 16000:.2f} s enhanced with {model}")
 
 
 # ---------------------------------------------------------------- entry point

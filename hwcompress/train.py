@@ -74,7 +74,7 @@ def train(
     resume: bool = True,
     regularizer: Callable[[SEModel], torch.Tensor] | None = None,
     after_step: Callable[[SEModel], None] | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = lambda msg: print(msg, flush=True),
 ) -> dict:
     """Train `model` in place; `out` holds last.pt (resume state), best model in model.pt
     and history.json. `regularizer` adds a penalty (sparse regularisation); `after_step`

@@ -205,6 +205,20 @@ def build_corpus(
     return manifest
 
 
+def default_corpus_dir(seed: int = 0) -> Path:
+    root = Path(os.environ.get("HWCOMPRESS_CACHE", Path.home() / ".cache" / "hwcompress"))
+    return root / f"corpus-v{CORPUS_VERSION}-seed{seed}"
+
+
+def ensure_default_corpus() -> Path:
+    """The built-in corpus, built on first use (about two minutes)."""
+    out = default_corpus_dir()
+    if not (out / "manifest.json").exists():
+        print(f"building the offline corpus in {out} (first use only)", flush=True)
+        build_corpus(out)
+    return out
+
+
 def mix(speech: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Mix speech with a random segment of noise at `snr_db`, at a random level; returns
     (noisy, clean) scaled identically, peak below 1."""

@@ -1,0 +1,1 @@
+"""Model compression: sparse regularisation, pruning, shrinking, clustering and the .hwc artifact."""

@@ -1,0 +1,86 @@
+"""The CLI end to end: enhance with a real (tiny) model, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from hwcompress.models.io import load_model, save_model
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hwcompress", *args], capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "tiny.pt"
+    save_model(path, load_model("tiny-crn"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def noisy_wav(tmp_path_factory):
+    path = tmp_path_factory.mktemp("a") / "noisy_44k_stereo.wav"
+    rng = np.random.default_rng(0)
+    t = np.arange(44100) / 44100
+    tone = 0.3 * np.sin(2 * np.pi * 200 * t) * (1 + np.sin(2 * np.pi * 4 * t))
+    sf.write(path, np.stack([tone + 0.05 * rng.standard_normal(t.size), np.zeros_like(t)], 1), 44100)
+    return path
+
+
+def test_enhance_writes_16k_mono(tmp_path, tiny_model, noisy_wav) -> None:
+    out = tmp_path / "out" / "clean.wav"
+    proc = run("enhance", str(noisy_wav), str(out), "--model", str(tiny_model))
+    assert proc.returncode == 0, proc.stderr
+    audio, sr = sf.read(out)
+    assert sr == 16000 and audio.ndim == 1 and audio.size == 16000
+
+
+def test_enhance_bad_audio(tmp_path, tiny_model) -> None:
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(16000, np.float32), 16000)
+    nan = tmp_path / "nan.wav"
+    sf.write(nan, np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00garbage" * 10)
+    out = str(tmp_path / "o.wav")
+    for path, fragment in ((tmp_path / "missing.wav", "not found"), (silent, "silent"), (nan, "NaN"),
+                           (empty, "empty"), (corrupt, "cannot read")):
+        assert_user_error(run("enhance", str(path), out, "--model", str(tiny_model)), fragment)
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_unknown_model_and_target(tmp_path, noisy_wav) -> None:
+    assert_user_error(run("enhance", str(noisy_wav), str(tmp_path / "o.wav"), "--model", "nope"), "unknown model")
+    assert_user_error(run("targets", "show", "no-such-device"), "no-such-device")
+
+
+def test_malformed_target_file(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [unclosed\n")
+    assert_user_error(run("targets", "show", str(bad)), "bad.toml")
+
+
+def test_eval_on_small_corpus(small_corpus, tiny_model, tmp_path) -> None:
+    out = tmp_path / "eval.json"
+    proc = run("eval", "--model", str(tiny_model), "--data", str(small_corpus), "--set", "test", "--limit", "3",
+               "--json", str(out), "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "PESQ" in proc.stdout and out.exists()
+    assert_user_error(run("eval", "--model", str(tiny_model), "--data", str(small_corpus), "--set", "nope"), "nope")
+    assert_user_error(run("eval", "--model", str(tiny_model), "--data", str(tmp_path)), "not a corpus")
