@@ -74,16 +74,21 @@ def train(
     resume: bool = True,
     regularizer: Callable[[SEModel], torch.Tensor] | None = None,
     after_step: Callable[[SEModel], None] | None = None,
+    after_backward: Callable[[], None] | None = None,
+    parameters: list[torch.nn.Parameter] | None = None,
     log: Callable[[str], None] = lambda msg: print(msg, flush=True),
 ) -> dict:
     """Train `model` in place; `out` holds last.pt (resume state), best model in model.pt
     and history.json. `regularizer` adds a penalty (sparse regularisation); `after_step`
-    runs after each optimiser step (re-applying pruning masks)."""
+    runs after each optimiser step (re-applying pruning masks); `parameters` replaces the
+    model's parameters as what the optimiser updates and `after_backward` runs between
+    backward and step (both for centroid fine-tuning, where codebooks are trained)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sampler = MixtureSampler(data, "train")
     valid = eval_set(data, "valid", cfg.valid_items)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    trained = list(parameters) if parameters is not None else list(model.parameters())
+    opt = torch.optim.Adam(trained, lr=cfg.lr)
     state = {"epoch": 0, "best": math.inf, "bad_epochs": 0, "history": [], "lr": cfg.lr}
     last = out / "last.pt"
     if resume and last.exists():
@@ -114,7 +119,9 @@ def train(
                 total = loss + (regularizer(model) if regularizer else 0.0)
                 opt.zero_grad()
                 total.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                if after_backward:
+                    after_backward()
+                torch.nn.utils.clip_grad_norm_(trained, 5.0)
                 opt.step()
                 if after_step:
                     after_step(model)

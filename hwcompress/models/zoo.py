@@ -83,25 +83,60 @@ class CRN(SEModel):
         cell: str = "lstm",
         kt: int = 2,
         n_bins: int = 161,
+        proj_channels: int | None = None,
+        dec_channels: list[int] | None = None,
     ) -> None:
         super().__init__(n_bins)
         self.channels, self.hidden, self.cell, self.kt = list(channels), list(hidden), cell, kt
+        self._set_widths(proj_channels, dec_channels)
         self.freqs = _freqs(n_bins, len(self.channels))
         ins = [1, *self.channels[:-1]]
         self.enc = nn.ModuleList(CausalConv2d(a, b, kt) for a, b in zip(ins, self.channels))
-        flat = self.channels[-1] * self.freqs[-1]
-        self.rnn = Recurrent(cell, [flat, *self.hidden])
-        self.proj = nn.Linear(self.hidden[-1], flat)
-        self.dec = nn.ModuleList()
-        for i in reversed(range(len(self.channels))):
-            c_out = ins[i]
-            pad = self.freqs[i] - (2 * self.freqs[i + 1] + 1)
-            self.dec.append(CausalConvTranspose2d(2 * self.channels[i], c_out, kt, out_pad_f=pad))
+        self.rnn = Recurrent(cell, [self.channels[-1] * self.freqs[-1], *self.hidden])
+        self.proj = nn.Linear(self.hidden[-1], self.proj_channels * self.freqs[-1])
+        self.dec = self._decoder(self.dec_channels, gated=False)
         self.act = nn.ELU()
+
+    # Shrinking (hwcompress.compress.shrink) makes the bottleneck projection and the
+    # decoder narrower than the mirrored encoder; these optional widths let the config
+    # express that while old configs (without them) still build the mirrored model.
+    def _set_widths(self, proj_channels: int | None, dec_channels: list[int] | None) -> None:
+        self.proj_channels = self.channels[-1] if proj_channels is None else int(proj_channels)
+        default = self._mirrored()
+        self.dec_channels = default if dec_channels is None else [int(c) for c in dec_channels]
+        if len(self.dec_channels) != len(default):
+            raise TypeError(f"dec_channels needs {len(default)} values (one per decoder stage before the mask)")
+
+    def _mirrored(self) -> list[int]:
+        return self.channels[-2::-1]
+
+    def _decoder(self, widths: list[int], gated: bool) -> nn.ModuleList:
+        """Decoder stage j takes [previous stage (or proj), encoder skip] and outputs
+        widths[j] channels (doubled for value/gate when gated); the last stage is the mask."""
+        n = len(self.channels)
+        layers = nn.ModuleList()
+        prev = self.proj_channels
+        for j in range(n):
+            i = n - 1 - j
+            pad = self.freqs[i] - (2 * self.freqs[i + 1] + 1)
+            c_out = 1 if j == n - 1 else (2 if gated else 1) * widths[j]
+            layers.append(CausalConvTranspose2d(prev + self.channels[i], c_out, self.kt, out_pad_f=pad))
+            prev = widths[j] if j < n - 1 else 1
+        return layers
+
+    def _width_config(self) -> dict:
+        # only non-default widths are written, so configs of unshrunk models stay as before
+        extra: dict = {}
+        if self.proj_channels != self.channels[-1]:
+            extra["proj_channels"] = self.proj_channels
+        if self.dec_channels != self._mirrored():
+            extra["dec_channels"] = list(self.dec_channels)
+        return extra
 
     @property
     def config(self) -> dict:
-        return {"channels": self.channels, "hidden": self.hidden, "cell": self.cell, "kt": self.kt, "n_bins": self.n_bins}
+        return {"channels": self.channels, "hidden": self.hidden, "cell": self.cell, "kt": self.kt,
+                "n_bins": self.n_bins, **self._width_config()}
 
     def _conv_state_shapes(self) -> list[tuple[int, ...]]:
         shapes = [layer.context_shape(f) for layer, f in zip(self.enc, self.freqs)]
@@ -131,7 +166,7 @@ class CRN(SEModel):
             new_state.append(c)
         b, ch, t, f = x.shape
         h, rnn_state = self.rnn(x.permute(0, 2, 1, 3).reshape(b, t, ch * f), state[2 * n_conv :])
-        x = self.proj(h).reshape(b, t, ch, f).permute(0, 2, 1, 3)
+        x = self.proj(h).reshape(b, t, self.proj_channels, f).permute(0, 2, 1, 3)
         mask, dec_ctx = self._decode(self.dec, x, skips, state[n_conv : 2 * n_conv], torch.sigmoid)
         out = spec * mask.squeeze(1).unsqueeze(-1)
         return out, new_state + dec_ctx + rnn_state
@@ -150,25 +185,33 @@ class GCRN(CRN):
         cell: str = "lstm",
         kt: int = 2,
         n_bins: int = 161,
+        proj_channels: int | None = None,
+        dec_channels: list[int] | None = None,
+        dec_imag_channels: list[int] | None = None,
     ) -> None:
         nn.Module.__init__(self)
         SEModel.__init__(self, n_bins)
         self.channels, self.hidden, self.cell, self.kt = list(channels), list(hidden), cell, kt
+        self._set_widths(proj_channels, dec_channels)
+        mirrored = self._mirrored()
+        self.dec_imag_channels = mirrored if dec_imag_channels is None else [int(c) for c in dec_imag_channels]
+        if len(self.dec_imag_channels) != len(mirrored):
+            raise TypeError(f"dec_imag_channels needs {len(mirrored)} values (one per decoder stage before the mask)")
         self.freqs = _freqs(n_bins, len(self.channels))
         ins = [3, *self.channels[:-1]]
         # gated layers produce value and gate halves: 2 * c_out channels, GLU over channels
         self.enc = nn.ModuleList(CausalConv2d(a, 2 * b, kt) for a, b in zip(ins, self.channels))
-        flat = self.channels[-1] * self.freqs[-1]
-        self.rnn = Recurrent(cell, [flat, *self.hidden])
-        self.proj = nn.Linear(self.hidden[-1], flat)
-        self.dec = nn.ModuleList()
-        self.dec_imag = nn.ModuleList()
-        for i in reversed(range(len(self.channels))):
-            pad = self.freqs[i] - (2 * self.freqs[i + 1] + 1)
-            c_out = 1 if i == 0 else 2 * ins[i]
-            self.dec.append(CausalConvTranspose2d(2 * self.channels[i], c_out, kt, out_pad_f=pad))
-            self.dec_imag.append(CausalConvTranspose2d(2 * self.channels[i], c_out, kt, out_pad_f=pad))
+        self.rnn = Recurrent(cell, [self.channels[-1] * self.freqs[-1], *self.hidden])
+        self.proj = nn.Linear(self.hidden[-1], self.proj_channels * self.freqs[-1])
+        self.dec = self._decoder(self.dec_channels, gated=True)
+        self.dec_imag = self._decoder(self.dec_imag_channels, gated=True)
         self.act = nn.GLU(dim=1)
+
+    def _width_config(self) -> dict:
+        extra = super()._width_config()
+        if self.dec_imag_channels != self._mirrored():
+            extra["dec_imag_channels"] = list(self.dec_imag_channels)
+        return extra
 
     def _conv_state_shapes(self) -> list[tuple[int, ...]]:
         shapes = super()._conv_state_shapes()
@@ -186,7 +229,7 @@ class GCRN(CRN):
             new_state.append(c)
         b, ch, t, f = x.shape
         h, rnn_state = self.rnn(x.permute(0, 2, 1, 3).reshape(b, t, ch * f), state[3 * n_conv :])
-        x = self.proj(h).reshape(b, t, ch, f).permute(0, 2, 1, 3)
+        x = self.proj(h).reshape(b, t, self.proj_channels, f).permute(0, 2, 1, 3)
         m_re, ctx_re = self._decode(self.dec, x, skips, state[n_conv : 2 * n_conv], torch.tanh)
         m_im, ctx_im = self._decode(self.dec_imag, x, skips, state[2 * n_conv : 3 * n_conv], torch.tanh)
         m_re, m_im = m_re.squeeze(1), m_im.squeeze(1)
