@@ -252,6 +252,60 @@ def enhance(
     typer.echo(f"{out}: {audio.size / 16000:.2f} s enhanced with {model}")
 
 
+# ---------------------------------------------------------------- compress
+
+
+@app.command()
+def compress(
+    out: Annotated[Path, typer.Option(help="Output .hwc artifact.")],
+    model: ModelOpt = "default",
+    sparsity: Annotated[float, typer.Option(help="Fraction of weights (or of units with --structured) to prune.")] = 0.5,
+    codebook: Annotated[int, typer.Option(help="Codebook size K per layer (2..256).")] = 16,
+    structured: Annotated[bool, typer.Option(help="Remove whole units/channels (physically shrinks the model).")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="TOML of per-layer overrides: [layers.\"rnn.0\"] sparsity/codebook/structured.")] = None,
+    data: DataOpt = None,
+    l1: Annotated[float, typer.Option(help="L1 weight during the regularisation stage.")] = 0.0,
+    group_lasso: Annotated[float, typer.Option(help="Group-lasso weight during the regularisation stage.")] = 0.0,
+    regularize_steps: Annotated[int, typer.Option(min=0)] = 0,
+    prune_steps: Annotated[int, typer.Option(min=0, help="Fine-tuning steps while sparsity ramps up.")] = 200,
+    cluster_steps: Annotated[int, typer.Option(min=0, help="Centroid fine-tuning steps.")] = 100,
+    init: Annotated[str, typer.Option(help="Codebook init: linear, density or random.")] = "linear",
+    batch: Annotated[int, typer.Option(min=1)] = 8,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-4,
+    json_: JsonOpt = False,
+) -> None:
+    """Prune, cluster and fine-tune a model into a .hwc artifact (Tan & Wang pipeline)."""
+    from hwcompress.compress.pipeline import CompressConfig, check_global, read_layer_config
+    from hwcompress.compress.pipeline import compress as run_compress
+    from hwcompress.models.io import load_model
+
+    cfg = CompressConfig(sparsity=sparsity, codebook=codebook, structured=structured,
+                         layers=read_layer_config(config) if config else {}, regularize_steps=regularize_steps,
+                         l1=l1, group_lasso=group_lasso, prune_steps=prune_steps, cluster_steps=cluster_steps,
+                         init=init, batch=batch, lr=lr)
+    check_global(cfg)
+    if out.suffix != ".hwc":
+        raise HwcError(f"{out}: the output must be a .hwc file")
+    net = load_model(model)
+    report = run_compress(net, cfg, _corpus(data), out, log=lambda m: typer.echo(m, err=True))
+    report["model"] = model
+    if json_:
+        _print_json(report)
+        return
+    table = Table(title=f"{out}: {fmt_bytes(report['size_bytes'])} ({report['size_bytes']} B), "
+                        f"{report['compression_ratio']:.1f}x smaller than fp32 ({fmt_bytes(report['dense_fp32_bytes'])})")
+    for col in ("tensor", "params", "sparsity", "K", "bits/weight", "bytes"):
+        table.add_column(col, justify="left" if col == "tensor" else "right")
+    for row in report["tensors"]:
+        params = row["params"]
+        sparsity_pct = 100 * (1 - row["nonzeros"] / params) if params else 0.0
+        table.add_row(row["name"], str(params), f"{sparsity_pct:.0f}%", str(row.get("k") or "-"),
+                      f"{row['bits_per_weight']:.2f}", str(row["bytes"]))
+    _console().print(table)
+    macs = report["macs_per_frame"]
+    typer.echo(f"MACs per frame: {macs['before']} -> {macs['after']}")
+
+
 # ---------------------------------------------------------------- entry point
 
 

@@ -2,6 +2,8 @@
 # Set up a fresh Debian machine for hwcompress: system packages (speech, noise and
 # codecs for the offline corpus) and the Python package with the extras named in
 # $HWC_EXTRAS (default "openvino,dev"). Idempotent: a second run installs nothing.
+# Opt-in LiteRT: HWC_EXTRAS=openvino,tflite,dev also installs the ai-edge-litert runtime
+# here and the litert-torch converter into .venv-tflite (see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APT_PACKAGES=(
@@ -22,4 +24,17 @@ PY=${PYTHON:-python3}
 # the CPU wheel: any other torch version pulls a multi-GB CUDA build
 $PY -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null \
   || $PY -m pip install -q torch==2.13.0
-$PY -m pip install -q -e ".[${HWC_EXTRAS:-openvino,dev}]"
+EXTRAS=${HWC_EXTRAS:-openvino,dev}
+$PY -m pip install -q -e ".[${EXTRAS}]"
+# The litert-torch converter would downgrade typing_extensions and pydantic in this
+# environment and adds ~1 GB (jax, transformers), so it gets its own venv that sees the
+# system packages (torch 2.13, hwcompress); hwcompress/export/tflite.py runs the
+# conversion there in a subprocess. ~0.95 GB on disk.
+case ",$EXTRAS," in
+  *,tflite,*|*,all,*)
+    VENV=.venv-tflite
+    [ -x "$VENV/bin/python" ] || $PY -m venv --system-site-packages "$VENV"
+    "$VENV/bin/python" -m pip show litert-torch >/dev/null 2>&1 \
+      || "$VENV/bin/python" -m pip install -q "litert-torch>=0.10,<0.11"
+    ;;
+esac

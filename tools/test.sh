@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up (tools/setup.sh) and run the whole test suite, slow end-to-end checks included.
+# Set up (tools/setup.sh, with the OpenVINO and TFLite extras the backend tests need)
+# and run the whole test suite, slow end-to-end checks included.
 # Extra arguments go to pytest, e.g. `bash tools/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/setup.sh
+HWC_EXTRAS=${HWC_EXTRAS:-openvino,tflite,dev} bash tools/setup.sh
 python3 -m pytest -q -p no:cacheprovider "$@"

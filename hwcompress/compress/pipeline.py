@@ -1,0 +1,189 @@
+"""The paper's pipeline end to end: sparse regularisation -> iterative pruning with
+fine-tuning (-> physical shrinking when structured) -> clustering -> centroid
+fine-tuning -> .hwc artifact.
+
+Each stage writes its result into a work folder next to the output, so an interrupted
+run resumes at the first unfinished stage (a stage itself restarts from its beginning).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from hwcompress.compress.artifact import save_artifact
+from hwcompress.compress.cluster import CentroidTuner, cluster_model
+from hwcompress.compress.groups import model_groups
+from hwcompress.compress.prune import GradualPruner, apply_masks, magnitude_masks, structured_masks
+from hwcompress.compress.regularize import Regularizer
+from hwcompress.compress.shrink import shrink
+from hwcompress.errors import HwcError
+from hwcompress.models.cost import layer_paths, total_macs
+from hwcompress.models.io import load_model, save_model
+from hwcompress.models.zoo import SEModel
+from hwcompress.train import TrainConfig, train
+
+LAYER_KEYS = {"sparsity", "codebook", "structured"}
+
+
+@dataclass
+class LayerSetting:
+    sparsity: float = 0.0  # unstructured: fraction of weights; structured: fraction of units
+    codebook: int = 16  # K
+    structured: bool = False
+
+
+@dataclass
+class CompressConfig:
+    sparsity: float = 0.5
+    codebook: int = 16
+    structured: bool = False
+    layers: dict[str, dict] = field(default_factory=dict)  # per-layer overrides
+    regularize_steps: int = 0
+    l1: float = 0.0
+    group_lasso: float = 0.0
+    prune_steps: int = 200  # fine-tuning steps over which sparsity ramps up (cubic)
+    prune_every: int = 25
+    cluster_steps: int = 100  # centroid fine-tuning steps
+    init: str = "linear"
+    method: str = "auto"
+    batch: int = 8
+    seconds: float = 4.0
+    lr: float = 1e-4
+    seed: int = 0
+
+
+def check_global(cfg: CompressConfig) -> None:
+    if not 0.0 <= cfg.sparsity < 1.0:
+        raise HwcError(f"sparsity must be in [0, 1), got {cfg.sparsity}")
+    if not 2 <= cfg.codebook <= 256:
+        raise HwcError(f"codebook size K must be between 2 and 256, got {cfg.codebook}")
+
+
+def read_layer_config(path: Path) -> dict[str, dict]:
+    """A TOML file of per-layer overrides: `[layers."rnn.0"] sparsity = 0.7  codebook = 32`."""
+    path = Path(path)
+    if not path.is_file():
+        raise HwcError(f"{path}: no such layer config file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise HwcError(f"{path}: malformed TOML ({exc})") from None
+    layers = raw.get("layers", {})
+    if not isinstance(layers, dict) or set(raw) - {"layers"}:
+        raise HwcError(f"{path}: expected only [layers.\"NAME\"] tables")
+    for name, setting in layers.items():
+        if not isinstance(setting, dict) or set(setting) - LAYER_KEYS:
+            raise HwcError(f"{path}: layer {name!r}: allowed keys are {', '.join(sorted(LAYER_KEYS))}")
+    return layers
+
+
+def layer_settings(model: SEModel, cfg: CompressConfig) -> dict[str, LayerSetting]:
+    check_global(cfg)
+    names = list(layer_paths(model))
+    unknown = [n for n in cfg.layers if n not in names]
+    if unknown:
+        raise HwcError(f"layer config names layers not in the model: {', '.join(unknown)} (layers: {', '.join(names)})")
+    out = {}
+    for name in names:
+        over = cfg.layers.get(name, {})
+        s = LayerSetting(float(over.get("sparsity", cfg.sparsity)), int(over.get("codebook", cfg.codebook)),
+                         bool(over.get("structured", cfg.structured)))
+        if not 0.0 <= s.sparsity < 1.0:
+            raise HwcError(f"layer {name}: sparsity must be in [0, 1), got {s.sparsity}")
+        if not 2 <= s.codebook <= 256:
+            raise HwcError(f"layer {name}: codebook size K must be between 2 and 256, got {s.codebook}")
+        out[name] = s
+    return out
+
+
+def _stage(work: Path, name: str, run: Callable[[], SEModel], log: Callable[[str], None]) -> SEModel:
+    done = work / name / "result.pt"
+    if done.exists():
+        log(f"{name}: already done, resuming after it ({done})")
+        return load_model(str(done))
+    model = run()
+    save_model(done, model, getattr(model, "meta", {}))
+    return model
+
+
+def compress(
+    model: SEModel,
+    cfg: CompressConfig,
+    data: Path,
+    out: Path,
+    log: Callable[[str], None] = lambda m: print(m, flush=True),
+) -> dict:
+    """Run the pipeline on `model` and write `out` (.hwc). Returns the artifact report
+    extended with per-layer settings, MACs before/after and the stages run."""
+    settings = layer_settings(model, cfg)
+    out = Path(out)
+    work = out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    macs_before = total_macs(model)
+
+    def finetune(net: SEModel, stage: str, steps: int, **hooks) -> None:
+        per_epoch = max(1, min(steps, 50))
+        tcfg = TrainConfig(epochs=-(-steps // per_epoch), steps_per_epoch=per_epoch, batch=cfg.batch,
+                           seconds=cfg.seconds, lr=cfg.lr, patience=10**6, seed=cfg.seed, valid_items=8)
+        train(net, data, work / stage, tcfg, resume=False, log=log, **hooks)
+
+    if cfg.regularize_steps and (cfg.l1 or cfg.group_lasso):
+        def regularize() -> SEModel:
+            finetune(model, "regularize", cfg.regularize_steps, regularizer=Regularizer(l1=cfg.l1, group=cfg.group_lasso))
+            return model
+        model = _stage(work, "regularize", regularize, log)
+
+    requested = dict(settings)
+    groups = {g.name for g in model_groups(model)}
+    not_groups = [n for n, s in settings.items() if n not in groups and "structured" in cfg.layers.get(n, {})
+                  and s.structured and s.sparsity > 0]
+    if not_groups:
+        raise HwcError(f"layers {', '.join(not_groups)} cannot be pruned structurally (their outputs are the model's output)")
+    # a global --structured leaves the output layers (not groups) unpruned
+    structured = {n: s.sparsity for n, s in settings.items() if s.structured and s.sparsity > 0 and n in groups}
+    unstructured = {n: s.sparsity for n, s in settings.items() if not s.structured and s.sparsity > 0}
+    if structured:
+
+        def prune_structured() -> SEModel:
+            pruner = GradualPruner(structured, cfg.prune_steps, cfg.prune_every, structured=True)
+            if cfg.prune_steps:
+                finetune(model, "prune-structured", cfg.prune_steps, after_step=pruner)
+            apply_masks(model, structured_masks(model, structured))
+            smaller = shrink(model)
+            smaller.meta = getattr(model, "meta", {})
+            return smaller
+        model = _stage(work, "prune-structured", prune_structured, log)
+        settings = {**{n: LayerSetting(0.0, s.codebook) for n, s in settings.items()},
+                    **{n: settings[n] for n in unstructured}}
+    if unstructured:
+        def prune_unstructured() -> SEModel:
+            pruner = GradualPruner(unstructured, cfg.prune_steps, cfg.prune_every, structured=False)
+            if cfg.prune_steps:
+                finetune(model, "prune", cfg.prune_steps, after_step=pruner)
+            apply_masks(model, magnitude_masks(model, unstructured))
+            return model
+        model = _stage(work, "prune", prune_unstructured, log)
+
+    paths = layer_paths(model)
+    ks = {}
+    for pname, p in model.named_parameters():
+        if p.dim() >= 2:
+            layer = next(n for n, path in paths.items() if pname.startswith(path + "."))
+            ks[pname] = settings[layer].codebook
+    clustered = cluster_model(model, ks, init=cfg.init, method=cfg.method)
+    if cfg.cluster_steps:
+        tuner = CentroidTuner(model, clustered)
+        finetune(model, "cluster", cfg.cluster_steps, parameters=list(tuner.parameters()),
+                 after_backward=tuner.step_hook, after_step=lambda _m: tuner.materialize())
+        clustered = tuner.clustered()
+    meta = dict(getattr(model, "meta", {}))
+    meta["compression"] = {"config": asdict(cfg), "stages": sorted(p.name for p in work.iterdir() if p.is_dir())}
+    report = save_artifact(out, model, clustered, meta)
+    report["layers"] = {n: asdict(s) for n, s in requested.items()}
+    report["macs_per_frame"] = {"before": macs_before, "after": total_macs(model)}
+    return report

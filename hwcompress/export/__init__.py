@@ -1,0 +1,136 @@
+"""Deployment backends: export a zoo model to a runtime artifact and run it.
+
+One interface for every runtime, so profiling and parity checks do not care which
+one is behind it:
+
+    backend = get_backend("onnxruntime")            # or "openvino", "litert"
+    path = backend.export(model, out_dir, mode="stream")
+    session = backend.load(path, threads=1)
+    out, state = session.run(spec_frame, state)      # numpy in, numpy out
+
+Graph signature, the same in every runtime: inputs `spec` [1, T, 161, 2] float32 and
+`state_0` ... `state_{n-1}` (the model's `state_shapes()` with batch 1 in front);
+outputs `out` [1, T, 161, 2] and `state_out_0` ... in the same order. mode="stream"
+fixes T=1; mode="whole" makes T dynamic where the runtime can (ONNX Runtime, OpenVINO)
+and fixes it to `frames` for LiteRT, whose converter unrolls the recurrent layers.
+Whole-utterance graphs take the initial state as inputs too: pass zeros (or `None`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from hwcompress.errors import HwcError
+
+MODES = ("stream", "whole")
+
+# canonical name -> (module implementing it, runtime import that must work, pip extra)
+_BACKENDS: dict[str, tuple[str, str, str | None]] = {
+    "onnxruntime": ("hwcompress.export.onnx", "onnxruntime", None),
+    "openvino": ("hwcompress.export.openvino", "openvino", "openvino"),
+    "litert": ("hwcompress.export.tflite", "ai_edge_litert.interpreter", "tflite"),
+}
+_ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "ov": "openvino", "tflite": "litert"}
+
+
+@runtime_checkable
+class Session(Protocol):
+    """A loaded runtime artifact with the signature described in this module's docstring."""
+
+    #: per-state shapes without the batch dimension, in input order (as `SEModel.state_shapes()`)
+    state_shapes: list[tuple[int, ...]]
+    #: fixed number of frames per call, or None when T is dynamic
+    frames: int | None
+
+    def run(
+        self, spec: np.ndarray, state: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    #: file suffix of the artifact `export` returns (".onnx", ".xml", ".tflite")
+    suffix: str
+
+    def export(self, model: torch.nn.Module, out_dir: Path, mode: str = "stream", *,
+               frames: int | None = None, stem: str | None = None) -> Path: ...
+
+    def load(self, path: Path, threads: int = 1) -> Session: ...
+
+
+def backend_names() -> list[str]:
+    return list(_BACKENDS)
+
+
+def canonical_name(name: str) -> str:
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in _BACKENDS:
+        known = ", ".join(sorted([*_BACKENDS, *_ALIASES]))
+        raise HwcError(f"unknown backend {name!r}: choose one of {known}")
+    return key
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called `name` (aliases: onnx, ort, ov, tflite), or a one-line HwcError
+    telling how to install its runtime when that is missing."""
+    key = canonical_name(name)
+    module, runtime, extra = _BACKENDS[key]
+    try:
+        importlib.import_module(runtime)
+    except ImportError:
+        hint = f"pip install 'hwcompress[{extra}]'" if extra else "pip install onnxruntime"
+        raise HwcError(f"backend {key!r} needs the optional runtime {runtime.split('.')[0]}: {hint}") from None
+    return importlib.import_module(module).BACKEND
+
+
+def available_backends() -> list[str]:
+    """Backends whose runtime imports here (the converter may still be missing for litert)."""
+    out = []
+    for key in _BACKENDS:
+        try:
+            get_backend(key)
+        except HwcError:
+            continue
+        out.append(key)
+    return out
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise HwcError(f"unknown export mode {mode!r}: choose one of {', '.join(MODES)}")
+
+
+def run_stream(
+    session: Session, audio: np.ndarray, state_shapes: list[tuple[int, ...]] | None = None
+) -> np.ndarray:
+    """Enhance 16 kHz mono audio hop by hop through a streaming runtime session.
+
+    Mirrors `hwcompress.enhance.enhance_streaming` (same padding, the same StreamingStft
+    and the same realignment), so the two outputs can be compared sample for sample.
+    """
+    from hwcompress.enhance import STFT
+    from hwcompress.models.stft import StreamingStft
+
+    if session.frames not in (None, 1):
+        raise HwcError(f"run_stream needs a streaming (T=1) artifact, this one takes T={session.frames}")
+    shapes = session.state_shapes if state_shapes is None else state_shapes
+    hop, delay = STFT.hop, STFT.overlap
+    n = audio.size
+    n_frames = -(-(n + delay) // hop)
+    padded = np.zeros(n_frames * hop, dtype=np.float32)
+    padded[:n] = np.asarray(audio, dtype=np.float32).reshape(-1)
+    stream = StreamingStft(STFT)
+    state = [np.zeros((1, *s), dtype=np.float32) for s in shapes]
+    out = []
+    for t in range(n_frames):
+        frame = stream.analyze(torch.from_numpy(padded[t * hop : (t + 1) * hop])[None])
+        enhanced, state = session.run(frame.numpy(), state)
+        out.append(stream.synthesize(torch.from_numpy(enhanced))[0].numpy())
+    return np.concatenate(out)[delay : delay + n]

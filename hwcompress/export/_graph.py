@@ -1,0 +1,163 @@
+"""Pieces every backend shares: the flat graph signature, atomic writes, error lines."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hwcompress.errors import HwcError
+
+N_BINS = 161
+SPEC = "spec"
+OUT = "out"
+
+
+def state_name(i: int) -> str:
+    return f"state_{i}"
+
+
+def state_out_name(i: int) -> str:
+    return f"state_out_{i}"
+
+
+def input_names(n_states: int) -> list[str]:
+    return [SPEC] + [state_name(i) for i in range(n_states)]
+
+
+def output_names(n_states: int) -> list[str]:
+    return [OUT] + [state_out_name(i) for i in range(n_states)]
+
+
+class Positional(torch.nn.Module):
+    """(spec, *state) -> (out, *new_state): exporters want flat tensors, not lists."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, spec: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out, new_state = self.model(spec, list(state))
+        return (out, *new_state)
+
+
+class Named(torch.nn.Module):
+    """spec=..., state_i=... -> {"out", "state_out_i"}: litert-torch names the signature
+    after keyword arguments and dict keys, positional ones would become args_0..."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        spec = inputs[SPEC]
+        state = [inputs[state_name(i)] for i in range(len(inputs) - 1)]
+        out, new_state = self.model(spec, state)
+        return {OUT: out, **{state_out_name(i): s for i, s in enumerate(new_state)}}
+
+
+def sample_inputs(model: torch.nn.Module, frames: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    # random rather than zeros so no exporter can fold the input away as a constant
+    gen = torch.Generator().manual_seed(0)
+    spec = torch.randn(1, frames, getattr(model, "n_bins", N_BINS), 2, generator=gen)
+    return spec, [torch.randn(1, *s, generator=gen) * 0.1 for s in model.state_shapes()]
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Export in eval mode without leaving the caller's model changed."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def staging(out_dir: Path) -> Iterator[Path]:
+    """A scratch folder next to the destination, so the final os.replace is atomic
+    (same file system) and a failed export leaves no half-written artifact."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(files: list[tuple[Path, Path]]) -> None:
+    """Move staged files into place; the entry file (e.g. the IR .xml) goes last, so a
+    reader that finds the new entry also finds its companions."""
+    for src, dst in files:
+        os.replace(src, dst)
+
+
+def artifact_stem(stem: str | None, mode: str, frames: int | None = None) -> str:
+    base = stem or "model"
+    return f"{base}-{mode}" + (f"-t{frames}" if frames else "")
+
+
+_OP_PATTERNS = (
+    re.compile(r"operator '([\w:.]+)'"),  # torch.onnx UnsupportedOperatorError
+    re.compile(r"\b(aten[.:]{1,2}[\w.]+)"),  # torch / litert-torch lowering failures
+    re.compile(r"[Oo]p(?:eration)? type:? *'?(\w+)"),  # OpenVINO frontends
+    re.compile(r"No conversion rule found for operations?:? *([\w:.,\- ]+)"),
+)
+
+
+def unsupported(exporter: str, exc: BaseException, where: str | None = None) -> HwcError:
+    """One line naming the op an exporter choked on (and where, if known), or else the
+    first line of its message."""
+    text = f"{exc}"
+    for pattern in _OP_PATTERNS:
+        m = pattern.search(text)
+        if m:
+            at = f" in {where}" if where else ""
+            return HwcError(f"{exporter} cannot convert operator {m.group(1).strip()}{at}: "
+                            f"unsupported by this exporter ({type(exc).__name__})")
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return HwcError(f"{exporter} export failed: {first[:200]}")
+
+
+def require_file(path: Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise HwcError(f"{path}: no such model file")
+    return path
+
+
+def corrupt(path: Path, runtime: str, exc: BaseException) -> HwcError:
+    return HwcError(f"{path}: corrupt or unreadable {runtime} model ({type(exc).__name__})")
+
+
+def as_input(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+class SessionBase:
+    """State-shape bookkeeping and argument checks shared by every runtime session."""
+
+    state_shapes: list[tuple[int, ...]]
+    frames: int | None
+
+    def _inputs(self, spec: np.ndarray, state: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
+        spec = as_input(spec)
+        if spec.ndim != 4 or spec.shape[0] != 1 or spec.shape[3] != 2:
+            raise HwcError(f"spec must be [1, T, F, 2], got {list(spec.shape)}")
+        if self.frames is not None and spec.shape[1] != self.frames:
+            raise HwcError(f"this artifact takes exactly T={self.frames} frames per call, got T={spec.shape[1]}")
+        if state is None:
+            state = [np.zeros((1, *s), dtype=np.float32) for s in self.state_shapes]
+        if len(state) != len(self.state_shapes):
+            raise HwcError(f"expected {len(self.state_shapes)} state tensors, got {len(state)}")
+        return spec, [as_input(s) for s in state]

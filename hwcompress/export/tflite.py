@@ -1,0 +1,128 @@
+"""LiteRT (.tflite) export with litert-torch and the ai-edge-litert interpreter session.
+
+Two packages, installed differently:
+  - ai-edge-litert (runtime, ~60 MB) lives in the main environment;
+  - litert-torch (converter) would downgrade typing_extensions and pydantic there and
+    weighs ~1 GB more, so `HWC_EXTRAS=tflite tools/setup.sh` installs it into
+    .venv-tflite (--system-site-packages: it reuses this torch and hwcompress), and
+    export runs the conversion in that interpreter. Override the interpreter with
+    $HWC_LITERT_PYTHON; if litert-torch imports in the current process, it is used
+    directly.
+litert-torch unrolls nn.LSTM/nn.GRU over time (torch.export fixes their sequence
+length), so every .tflite has a fixed T: 1 for streaming, `frames` (default
+WHOLE_FRAMES) for whole-utterance.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+from ai_edge_litert.interpreter import Interpreter
+
+import hwcompress
+from hwcompress.errors import HwcError
+from hwcompress.export import _graph as g
+from hwcompress.export import _litert_convert as conv
+from hwcompress.export import check_mode
+
+REPO = Path(hwcompress.__file__).resolve().parent.parent
+VENV_PYTHON = REPO / ".venv-tflite" / "bin" / "python"
+ENV_PYTHON = "HWC_LITERT_PYTHON"
+#: T of the whole-utterance .tflite: 1 s of 10 ms hops
+WHOLE_FRAMES = 100
+
+
+def converter_python() -> str | None:
+    """The interpreter that converts: None means this process can (litert-torch imports)."""
+    explicit = os.environ.get(ENV_PYTHON)
+    if explicit:
+        return explicit
+    if importlib.util.find_spec("litert_torch") is not None:
+        return None
+    if VENV_PYTHON.exists():
+        return str(VENV_PYTHON)
+    raise HwcError(
+        "LiteRT export needs the optional converter litert-torch: "
+        f"HWC_EXTRAS=tflite tools/setup.sh (installs it into {VENV_PYTHON.parent.parent.name}) or set ${ENV_PYTHON}"
+    )
+
+
+def _convert_in_subprocess(python: str, program: torch.export.ExportedProgram,
+                           kwargs: dict[str, torch.Tensor], dst: Path, tmp: Path) -> None:
+    program_file, inputs_file = tmp / "model.pt2", tmp / "inputs.pt"
+    torch.export.save(program, program_file)
+    torch.save(kwargs, inputs_file)
+    env = dict(os.environ, LITERT_TORCH_SHOW_PROGRESS="n")
+    # this very source tree first, not another installed copy of hwcompress
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    try:
+        proc = subprocess.run(
+            [python, "-m", "hwcompress.export._litert_convert", str(program_file), str(inputs_file), str(dst)],
+            capture_output=True, text=True, env=env, cwd=tmp,
+        )
+    except OSError as exc:
+        raise HwcError(f"LiteRT converter interpreter {python} cannot run: {exc.strerror or exc}") from None
+    if proc.returncode == 0 and dst.is_file():
+        return
+    tagged = [ln for ln in proc.stderr.splitlines() if ln.startswith(conv.ERROR_TAG)]
+    if tagged:
+        raise HwcError(tagged[-1][len(conv.ERROR_TAG):])
+    last = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), f"exit code {proc.returncode}")
+    raise HwcError(f"LiteRT converter ({python}) failed: {last.strip()[:200]}")
+
+
+class LiteRtSession(g.SessionBase):
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        path = g.require_file(path)
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            self.runner = self.interpreter.get_signature_runner()
+        except Exception as exc:
+            raise g.corrupt(path, "LiteRT", exc) from None
+        details = self.runner.get_input_details()
+        if g.SPEC not in details:
+            raise HwcError(f"{path}: not a hwcompress graph (no '{g.SPEC}' input)")
+        n = len(details) - 1
+        self.state_shapes = [tuple(int(d) for d in details[g.state_name(i)]["shape"][1:]) for i in range(n)]
+        self.frames = int(details[g.SPEC]["shape"][1])
+        self._n = n
+
+    def run(self, spec: np.ndarray, state: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        spec, state = self._inputs(spec, state)
+        res = self.runner(**{g.SPEC: spec, **{g.state_name(i): s for i, s in enumerate(state)}})
+        return res[g.OUT], [res[g.state_out_name(i)] for i in range(self._n)]
+
+
+class LiteRtBackend:
+    name = "litert"
+    suffix = ".tflite"
+
+    def export(self, model: torch.nn.Module, out_dir: Path, mode: str = "stream", *,
+               frames: int | None = None, stem: str | None = None) -> Path:
+        check_mode(mode)
+        t = 1 if mode == "stream" else int(frames or WHOLE_FRAMES)
+        dst = Path(out_dir) / (g.artifact_stem(stem, mode, t if mode == "whole" else None) + self.suffix)
+        python = converter_python()
+        program, kwargs = conv.trace(model, t)
+        with g.staging(Path(out_dir)) as tmp:
+            staged = tmp / dst.name
+            try:
+                if python is None:
+                    conv.convert_program(program, kwargs, staged)
+                else:
+                    _convert_in_subprocess(python, program, kwargs, staged, tmp)
+            except HwcError as exc:
+                raise HwcError(conv.locate(str(exc), program)) from None
+            g.publish([(staged, dst)])
+        return dst
+
+    def load(self, path: Path, threads: int = 1) -> LiteRtSession:
+        return LiteRtSession(path, threads)
+
+
+BACKEND = LiteRtBackend()
