@@ -306,6 +306,39 @@ def compress(
     typer.echo(f"MACs per frame: {macs['before']} -> {macs['after']}")
 
 
+# ---------------------------------------------------------------- predict
+
+
+@app.command()
+def predict(
+    target: Annotated[str, typer.Option(help="Target name or .toml path.")],
+    model: ModelOpt = "default",
+    weight_bits: Annotated[int, typer.Option(help="32 for fp32 weights, 8 for int8 weights.")] = 32,
+    json_: JsonOpt = False,
+) -> None:
+    """Predicted (roofline, not measured) per-hop latency of a model on a target."""
+    from hwcompress.models.io import load_model
+    from hwcompress.profile.latency_model import predict_latency
+
+    if weight_bits not in (8, 32):
+        raise HwcError(f"--weight-bits must be 8 or 32, got {weight_bits}")
+    tg = load_target(target)
+    result = predict_latency(load_model(model), tg, weight_bits)
+    result["model"] = model
+    if json_:
+        _print_json(result)
+        return
+    table = Table(title=f"{model} on {tg.name}: {result['latency_ms']:.2f} ms per hop (PREDICTED, {tg.runtime}, "
+                        f"{tg.threads} thread(s); budget {tg.latency_budget_ms:g} ms)")
+    for col in ("layer", "kind", "params", "MACs/frame", "compute ms", "memory ms", "ms", "bound"):
+        table.add_column(col, justify="left" if col in ("layer", "kind", "bound") else "right")
+    for r in result["layers"]:
+        table.add_row(r["name"], r["kind"], str(r["params"]), str(r["macs_per_frame"]), f"{r['compute_ms']:.3f}",
+                      f"{r['memory_ms']:.3f}", f"{r['ms']:.3f}", r["bound"])
+    _console().print(table)
+    typer.echo(result["how"])
+
+
 # ---------------------------------------------------------------- entry point
 
 

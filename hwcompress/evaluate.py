@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from rich.progress import Progress
+from hwcompress.progress import progress_bar
 
 from hwcompress import metrics
 from hwcompress.data.loader import eval_set
@@ -19,7 +19,7 @@ def evaluate(model: SEModel, data: Path, set_name: str = "test", limit: int | No
     """Returns {"set", "n", "summary", "rows"}; rows keep per-mixture scores."""
     items = eval_set(data, set_name, limit)
     scored = []
-    with Progress(transient=True) as progress:
+    with progress_bar(transient=True) as progress:
         task = progress.add_task(f"enhancing {set_name}", total=len(items))
         for item in items:
             enhanced = enhance(model, item["noisy"])

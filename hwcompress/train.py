@@ -12,7 +12,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+from hwcompress.progress import progress_bar
 
 from hwcompress.data.loader import MixtureSampler, eval_set
 from hwcompress.models.io import save_model
@@ -106,7 +108,7 @@ def train(
     model.train()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[info]}")]
-    with Progress(*columns) as progress:
+    with progress_bar(*columns) as progress:
         while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
             epoch = state["epoch"]
             rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch seed: resume is exact

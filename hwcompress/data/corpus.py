@@ -12,6 +12,7 @@ speaker: the acceptance set), test-synth (held-out synthetic voices).
 from __future__ import annotations
 
 import json
+import sys
 import os
 import shutil
 from collections import defaultdict
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from rich.progress import Progress
+from hwcompress.progress import progress_bar
 
 from hwcompress.data import sources as src
 from hwcompress.errors import HwcError
@@ -101,7 +102,7 @@ def build_corpus(
             by_tag[job[1]].append(job)
         real_jobs = [job for jobs in by_tag.values() for job in jobs[:real_limit]]
     synth_jobs = src.synthetic_jobs(rng, per_voice)
-    with Progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("real speech (ffmpeg G.722)", total=len(real_jobs))
         with ThreadPoolExecutor(workers) as pool:
             for (split, tag, _), audio in zip(real_jobs, pool.map(lambda j: src.decode_ffmpeg(j[2], "g722"), real_jobs)):
@@ -214,7 +215,7 @@ def ensure_default_corpus() -> Path:
     """The built-in corpus, built on first use (about two minutes)."""
     out = default_corpus_dir()
     if not (out / "manifest.json").exists():
-        print(f"building the offline corpus in {out} (first use only)", flush=True)
+        print(f"building the offline corpus in {out} (first use only)", file=sys.stderr, flush=True)
         build_corpus(out)
     return out
 

@@ -1,0 +1,51 @@
+"""Roofline latency prediction per streaming hop from a target's performance parameters.
+
+Each weight layer costs a fixed dispatch overhead plus the larger of its compute time
+(2 x MACs at the target's peak for its precision) and its weight-read time. Weights are
+read from cache when the whole model's weights fit in the last-level cache, otherwise
+from DRAM: a streaming model touches every weight every hop, so a model larger than the
+cache evicts itself and gets no reuse between hops. Figures are *predicted*, never
+measured; profile tables (profiles/<target>.*) refine them where measured.
+"""
+
+from __future__ import annotations
+
+from hwcompress.models.cost import layer_costs
+from hwcompress.models.zoo import SEModel
+from hwcompress.targets import Target
+
+
+def predict_latency(model: SEModel, target: Target, weight_bits: dict[str, int] | int = 32) -> dict:
+    """Predicted per-hop latency of `model` on `target`; `weight_bits` per layer name
+    (32 = fp32 kernels, 8 = int8 weights) or one value for all."""
+    rows = layer_costs(model)
+    bits = {r["name"]: weight_bits if isinstance(weight_bits, int) else weight_bits.get(r["name"], 32) for r in rows}
+    total_weight_bytes = sum(r["params"] * bits[r["name"]] / 8 for r in rows)
+    in_cache = total_weight_bytes <= target.value("cache_bytes")
+    bandwidth = target.value("cache_bandwidth_gbps" if in_cache else "dram_bandwidth_gbps") * 1e9
+    overhead_s = target.value("op_overhead_us") * 1e-6
+    layers, total = [], 0.0
+    for r in rows:
+        int8 = bits[r["name"]] <= 8
+        peak = (target.value("peak_gops_int8", target.value("peak_gflops_fp32")) if int8
+                else target.value("peak_gflops_fp32")) * 1e9
+        compute = 2 * r["macs_per_frame"] / peak
+        memory = r["params"] * bits[r["name"]] / 8 / bandwidth
+        seconds = overhead_s + max(compute, memory)
+        total += seconds
+        layers.append({**{k: r[k] for k in ("name", "kind", "params", "macs_per_frame")}, "weight_bits": bits[r["name"]],
+                       "compute_ms": compute * 1e3, "memory_ms": memory * 1e3, "ms": seconds * 1e3,
+                       "bound": "memory" if memory > compute else "compute"})
+    return {
+        "target": target.name,
+        "runtime": target.runtime,
+        "threads": target.threads,
+        "latency_ms": total * 1e3,
+        "latency_source": "predicted",
+        "how": ("roofline per layer: op overhead + max(2*MACs/peak, weight bytes/bandwidth); weights read from "
+                f"{'cache' if in_cache else 'DRAM'} ({total_weight_bytes / 2**20:.1f} MiB of weights vs "
+                f"{target.value('cache_bytes') / 2**20:.1f} MiB cache); parameters from {target.source}"),
+        "weight_bytes": int(total_weight_bytes),
+        "macs_per_frame": sum(r["macs_per_frame"] for r in rows),
+        "layers": layers,
+    }
