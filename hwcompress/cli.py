@@ -339,6 +339,70 @@ def predict(
     typer.echo(result["how"])
 
 
+# ---------------------------------------------------------------- profile
+
+
+@app.command()
+def profile(
+    target: Annotated[str, typer.Option(help="Target name or .toml path.")],
+    model: ModelOpt = "default",
+    runs: Annotated[int, typer.Option(min=1, help="Timed streaming hops (after the warm-up).")] = 500,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed hops first.")] = 50,
+    backend: Annotated[Optional[str], typer.Option(help="Run with this backend instead of the target's runtime.")] = None,
+    top: Annotated[int, typer.Option(min=1, help="Per-layer rows to show.")] = 10,
+    out: Annotated[Optional[Path], typer.Option(help="Keep the exported artifact in this folder.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Per-hop streaming latency on this machine (measured), or predicted when the target is another CPU."""
+    from hwcompress.models.io import load_model
+    from hwcompress.profile.measure import measure_local
+
+    tg = load_target(target)
+    r = measure_local(load_model(model), tg, backend=backend, runs=runs, warmup=warmup, out_dir=out, top=top)
+    r["model"] = model
+    if json_:
+        _print_json(r)
+        return
+    con = _console()
+    source = r["latency_source"].upper()
+    if r["latency_source"] == "measured":
+        lat = f"median {r['median_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms, mean {r['mean_ms']:.3f}, min {r['min_ms']:.3f} ({r['runs']} hops)"
+    else:
+        lat = f"{r['latency_ms']:.3f} ms ({r['reason']})"
+    art = r["artifact"]
+    mem = r["peak_memory_bytes"]
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    for k, v in (
+        ("model / target", f"{model} on {tg.name}"),
+        ("latency", f"{source}: {lat}; budget {tg.latency_budget_ms:g} ms"),
+        ("runtime alone", f"{r['runtime_only_median_ms']:.3f} ms median of bare infer() (Session.run overhead "
+                          f"{r['harness_overhead_ms']:.3f} ms)" if r.get("runtime_only_median_ms") is not None else "-"),
+        ("predicted (roofline)", f"{r['predicted_ms']:.3f} ms"),
+        ("runtime", f"{r['runtime']} {r.get('runtime_version') or ''}".strip()),
+        ("threads", str(r["threads"])),
+        ("device", f"{r['device']['cpu']} ({r['device']['arch']}, {r['device']['where']})"),
+        ("host load", " ".join(str(x) for x in r["host"].get("load_avg") or []) or "-"),
+        ("artifact", f"{fmt_bytes(art['bytes'])} ({art['bytes']} B) {art['path'] if art['kept'] else '(not kept: use --out)'}"
+         if art else "-"),
+        ("peak memory", f"{fmt_bytes(mem)} ({mem} B), {r['peak_memory_method']}" if mem is not None else "-"),
+    ):
+        head.add_row(k, v)
+    if r.get("emulation"):
+        head.add_row("emulation", r["emulation"])
+    con.print(head)
+    if r["layers"]:
+        layers = Table(title=f"top {len(r['layers'])} layers: {r['layers_source']}")
+        for col in ("layer", "type", "ms/hop", "share"):
+            layers.add_column(col, justify="left" if col in ("layer", "type") else "right")
+        for row in r["layers"]:
+            layers.add_row(row["name"], row["type"], f"{row['ms']:.4f}", f"{100 * row['share']:.1f}%")
+        con.print(layers)
+    else:
+        typer.echo(f"per-layer times: {r['layers_source']}")
+
+
 # ---------------------------------------------------------------- entry point
 
 

@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HWC_EXTRAS=${HWC_EXTRAS:-openvino,tflite,dev} bash tools/setup.sh
+# qemu-aarch64 + the cached arm64 root for tests/test_emulated_arm.py (a no-op once built)
+bash tools/setup_arm.sh
 python3 -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,643 @@
+"""Measured per-hop latency of a streaming model on this machine, and per-layer times.
+
+`measure_local(model, target)` exports the model in streaming mode (T=1) for the
+target's runtime, then times it in a *fresh subprocess*: the parent has torch, the
+exporter and whatever else loaded, with their own thread pools and heap, none of which a
+deployed denoiser would carry. The child imports the backend, loads the artifact with the
+target's thread count and feeds one STFT frame per call with the state carried from the
+previous call, as a device does. Each `Session.run` call (copy inputs in, infer, copy
+outputs out: what an application pays per hop) is timed with `time.perf_counter_ns`
+after a warm-up. Per-layer times come from a second, profiling-enabled session opened
+after the timed loop, because profiling adds per-node bookkeeping that must not leak
+into the headline numbers.
+
+A number is labelled `"measured"` only when the target's CPU architecture is this
+machine's. Anything else (a Raspberry Pi 4 target on an x86 host, a microcontroller) gets
+the roofline prediction from `latency_model.predict_latency`, labelled `"predicted"`,
+with the reason: timing x86 cores and calling it a Pi would be wrong by an unknown factor.
+
+`benchmark_app_latency` runs OpenVINO's own benchmark_app on the same IR with the same
+threads, latency hint, one stream and f32 precision: an independent check that our
+timing loop adds no measurable overhead.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import hwcompress
+from hwcompress.errors import HwcError
+from hwcompress.targets import Target, load_target
+
+REPO = Path(hwcompress.__file__).resolve().parent.parent
+
+#: target.runtime -> export backend that produces and runs its artifact here
+RUNTIME_BACKENDS: dict[str, str] = {"openvino": "openvino", "onnxruntime": "onnxruntime", "litert": "litert"}
+#: distribution names for version strings (module __version__ is not always the release)
+_DISTS: dict[str, tuple[str, str]] = {
+    "openvino": ("openvino", "openvino"),
+    "onnxruntime": ("onnxruntime", "onnxruntime"),
+    "litert": ("ai-edge-litert", "ai_edge_litert"),
+}
+_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
+#: frames of synthetic audio fed cyclically (3 s); distinct frames keep caches honest
+_N_FRAMES = 300
+#: enough profiled hops for stable per-node means without a huge ORT trace file
+_PROFILE_RUNS = 200
+_PROFILE_WARMUP = 10
+
+
+# ---------------------------------------------------------------- host facts
+
+
+def host_arch() -> str:
+    m = platform.machine().lower()
+    return _ARCH_ALIASES.get(m, m)
+
+
+def host_cpu() -> str:
+    """CPU model name from /proc/cpuinfo ("model name" on x86, "Model"/"Hardware" on Arm boards)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    for key in ("model name", "Model", "Hardware", "cpu model"):
+        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
+        if m:
+            return m.group(1).strip()
+    return platform.processor() or "unknown"
+
+
+def _load_avg() -> list[float] | None:
+    # recorded with every measurement: a busy host inflates medians, and the reader of a
+    # stored profile must be able to tell
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def host_info() -> dict[str, Any]:
+    return {"cpu": host_cpu(), "arch": host_arch(), "logical_cpus": os.cpu_count(), "load_avg": _load_avg()}
+
+
+def runtime_version(runtime: str) -> str | None:
+    dist, module = _DISTS.get(runtime, (runtime, runtime))
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        return getattr(__import__(module), "__version__", None)
+    except ImportError:
+        return None
+
+
+def artifact_files(path: Path) -> list[Path]:
+    """Every file the artifact needs at load time: an OpenVINO IR is the .xml plus its .bin."""
+    path = Path(path)
+    files = [path]
+    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
+        files.append(path.with_suffix(".bin"))
+    return files
+
+
+# ---------------------------------------------------------------- input
+
+
+def speech_like_frames(n: int = _N_FRAMES, seed: int = 0) -> np.ndarray:
+    """`n` streaming STFT frames [n, 1, 1, F, 2] of a synthetic voiced signal in noise.
+
+    Not zeros or white noise: silence decays the recurrent state towards denormals,
+    which run far slower on x86 than normal floats, and white noise has none of the
+    spectral tilt and level changes of speech. Harmonics with a moving pitch under three
+    formant bumps, syllable-rate loudness changes and pauses, at about 10 dB SNR, give
+    spectra in the range a real input has. Frames come from the same StreamingStft the
+    model is trained and run with.
+    """
+    import torch
+
+    from hwcompress.enhance import STFT
+    from hwcompress.models.stft import StreamingStft
+
+    rng = np.random.default_rng(seed)
+    sr, hop = STFT.sample_rate, STFT.hop
+    t = np.arange((n + 1) * hop) / sr
+    f0 = 125 + 35 * np.sin(2 * np.pi * 0.6 * t) + 3 * rng.standard_normal(t.size).cumsum() / np.sqrt(t.size)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    voiced = np.zeros_like(t)
+    for k in range(1, 40):
+        fk = k * f0
+        envelope = sum(np.exp(-0.5 * ((fk - fc) / bw) ** 2) for fc, bw in ((550, 150), (1600, 250), (2600, 350)))
+        voiced += (0.2 + envelope) / k * np.sin(k * phase) * (fk < sr / 2 - 500)
+    syllables = np.clip(np.sin(2 * np.pi * 3.5 * t), 0, None) ** 1.5 * (np.sin(2 * np.pi * 0.4 * t) > -0.6)
+    speech = voiced * syllables
+    speech *= 0.3 / (np.abs(speech).max() + 1e-9)
+    noise = rng.standard_normal(t.size)
+    noise *= np.sqrt(np.mean(speech**2) / np.mean(noise**2)) * 10 ** (-10 / 20)
+    audio = (speech + noise).astype(np.float32)
+
+    stream = StreamingStft(STFT)
+    frames = []
+    with torch.no_grad():
+        for i in range(n + 1):
+            frames.append(stream.analyze(torch.from_numpy(audio[i * hop : (i + 1) * hop])[None]).numpy())
+    # the first frame saw only half a window of signal: drop it
+    return np.ascontiguousarray(np.stack(frames[1:]), dtype=np.float32)
+
+
+# ---------------------------------------------------------------- timing (runs in the child)
+
+
+def latency_stats(ns: np.ndarray) -> dict[str, float]:
+    ms = np.asarray(ns, dtype=np.float64) / 1e6
+    return {
+        "median_ms": float(np.median(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "mean_ms": float(ms.mean()),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+    }
+
+
+def time_session(session: Any, frames: np.ndarray, runs: int, warmup: int) -> np.ndarray:
+    """Per-call wall time in ns of `runs` streaming hops after `warmup` untimed ones."""
+    state: list[np.ndarray] | None = None
+    n = len(frames)
+    for i in range(warmup):
+        _, state = session.run(frames[i % n], state)
+    times = np.empty(runs, dtype=np.int64)
+    clock = time.perf_counter_ns
+    # a cyclic-GC pass landing inside one call would show up as a fake tail latency that
+    # belongs to this Python harness, not to the runtime
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(runs):
+            frame = frames[(warmup + i) % n]
+            t0 = clock()
+            _, state = session.run(frame, state)
+            times[i] = clock() - t0
+    finally:
+        gc.enable()
+    return times
+
+
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        m = re.search(rf"^{key}:\s*(\d+)\s*kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def _reset_peak_rss() -> bool:
+    # Linux >= 4.0: writing 5 resets VmHWM to the current RSS, so the peak after this
+    # point belongs to the model alone and not to torch's import-time transients
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _max_rss_bytes() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB on Linux
+
+
+def openvino_bare_infer_ns(session: Any, frames: np.ndarray, runs: int) -> np.ndarray:
+    """Wall ns of `request.infer()` on tensors set once, which is what benchmark_app times.
+
+    Session.run hands OpenVINO a dict of numpy arrays, which it copies into fresh input
+    tensors on every call; that per-call cost (hundreds of us for our 15 inputs here)
+    is real for an application using the session, but benchmark_app does not pay it, so
+    the difference is reported separately as the harness overhead."""
+    import openvino as ov
+
+    from hwcompress.export import _graph as g
+
+    request = session.request
+    request.set_tensor(g.SPEC, ov.Tensor(np.ascontiguousarray(frames[0])))
+    for i, shape in enumerate(session.state_shapes):
+        request.set_tensor(g.state_name(i), ov.Tensor(np.zeros((1, *shape), dtype=np.float32)))
+    for _ in range(_PROFILE_WARMUP):
+        request.infer()
+    times = np.empty(runs, dtype=np.int64)
+    clock = time.perf_counter_ns
+    gc.disable()
+    try:
+        for i in range(runs):
+            t0 = clock()
+            request.infer()
+            times[i] = clock() - t0
+    finally:
+        gc.enable()
+    return times
+
+
+def _mirror_openvino_config(session: Any) -> dict[str, Any]:
+    """The measured session's compile settings (threads, hint, precision, streams), read
+    back from it so the profiled model is compiled the same way, plus PERF_COUNT."""
+    import openvino.properties as props
+
+    config: dict[str, Any] = {}
+    for key in ("INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "NUM_STREAMS"):
+        try:
+            config[key] = session.compiled.get_property(key)
+        except Exception:  # a key this plugin version does not report: leave it to the default
+            continue
+    config[props.enable_profiling()] = True
+    return config
+
+
+def openvino_layer_times(path: Path, session: Any, frames: np.ndarray,
+                         runs: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Per-node ms of each profiled hop from OpenVINO's performance counters (PERF_COUNT)."""
+    import openvino as ov
+
+    from hwcompress.export import _graph as g
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", _mirror_openvino_config(session))
+    request = compiled.create_infer_request()
+    outs = {p.get_any_name(): p for p in compiled.outputs}
+    n_state = len(compiled.inputs) - 1
+    state = [np.zeros((1, *s), dtype=np.float32) for s in session.state_shapes]
+    per_run: dict[str, list[float]] = defaultdict(list)
+    kinds: dict[str, str] = {}
+    for i in range(_PROFILE_WARMUP + runs):
+        res = request.infer({g.SPEC: frames[i % len(frames)], **{g.state_name(k): s for k, s in enumerate(state)}})
+        state = [np.array(res[outs[g.state_out_name(k)]]) for k in range(n_state)]
+        if i < _PROFILE_WARMUP:
+            continue
+        # get_profiling_info() describes the last inference only, so collect it every call
+        for info in request.get_profiling_info():
+            if info.status != info.Status.EXECUTED:
+                continue
+            per_run[info.node_name].append(info.real_time.total_seconds() * 1e3)
+            kinds[info.node_name] = f"{info.node_type} ({info.exec_type})"
+    return per_run, kinds
+
+
+def onnxruntime_layer_times(path: Path, session: Any, frames: np.ndarray, runs: int,
+                            threads: int, tmp: Path) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Per-node ms of each profiled hop from ONNX Runtime's profiler (`enable_profiling`)."""
+    import onnxruntime as ort
+
+    # the same options as OnnxSession, plus profiling into our scratch folder
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(tmp / "ort-profile")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    inputs = [i.name for i in sess.get_inputs()]
+    state = [np.zeros((1, *s), dtype=np.float32) for s in session.state_shapes]
+    for i in range(_PROFILE_WARMUP + runs):
+        out = sess.run(names, {inputs[0]: frames[i % len(frames)], **dict(zip(inputs[1:], state))})
+        state = list(out[1:])
+    trace = json.loads(Path(sess.end_profiling()).read_text())
+    # the trace covers every run since the session opened: skip node events of warm-up runs
+    run_starts = sorted(e["ts"] for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run")
+    cutoff = run_starts[_PROFILE_WARMUP] if len(run_starts) > _PROFILE_WARMUP else 0
+    per_run: dict[str, list[float]] = defaultdict(list)
+    kinds: dict[str, str] = {}
+    for e in trace:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e.get("ts", 0) < cutoff:
+            continue
+        node = e["name"][: -len("_kernel_time")]
+        per_run[node].append(e.get("dur", 0) / 1e3)  # dur is in microseconds
+        kinds[node] = e.get("args", {}).get("op_name", "?")
+    return per_run, kinds
+
+
+def _top_layers(per_run: dict[str, list[float]], kinds: dict[str, str], top: int) -> dict[str, Any]:
+    # median per node, not mean: on a shared host one preempted call adds milliseconds to
+    # whichever node was running and would make a trivial op look like the hot spot
+    med = {n: float(np.median(v)) for n, v in per_run.items() if v}
+    mean = {n: float(np.mean(v)) for n, v in per_run.items() if v}
+    total = sum(med.values())
+    rows = sorted(med.items(), key=lambda kv: kv[1], reverse=True)
+    return {
+        "layers": [{"name": n, "type": kinds.get(n, "?"), "ms": ms, "mean_ms": mean[n],
+                    "share": ms / total if total else 0.0} for n, ms in rows[:top]],
+        "layers_total_ms": total,
+        "layers_count": len(rows),
+    }
+
+
+def _child(args: dict[str, Any]) -> dict[str, Any]:
+    """Load, time and profile one artifact in this (fresh) process."""
+    from hwcompress.export import get_backend
+
+    backend = get_backend(args["backend"])
+    frames = speech_like_frames()
+    path, threads, runs, warmup = Path(args["path"]), args["threads"], args["runs"], args["warmup"]
+    # baseline after every import and the input frames: what remains is the model's cost
+    reset = _reset_peak_rss()
+    base_kib = _proc_status_kib("VmRSS")
+    base_max = _max_rss_bytes()
+    t0 = time.perf_counter()
+    session = backend.load(path, threads=threads)
+    load_s = time.perf_counter() - t0
+    times = time_session(session, frames, runs, warmup)
+    hwm_kib = _proc_status_kib("VmHWM")
+    if reset and base_kib is not None and hwm_kib is not None:
+        peak = (hwm_kib - base_kib) * 1024
+        how = "VmHWM - VmRSS from /proc/self/status, peak reset (clear_refs 5) after imports, in a fresh subprocess"
+    else:
+        # ru_maxrss cannot be reset: if imports peaked above load+run this reads low
+        peak = max(0, _max_rss_bytes() - (base_kib * 1024 if base_kib is not None else base_max))
+        how = "resource.getrusage ru_maxrss minus RSS after imports, in a fresh subprocess (peak not resettable here)"
+    result: dict[str, Any] = {**latency_stats(times), "runs": runs, "warmup": warmup, "load_seconds": load_s,
+                              "peak_memory_bytes": int(peak), "peak_memory_method": how,
+                              "process_peak_rss_bytes": (hwm_kib * 1024 if hwm_kib else _max_rss_bytes())}
+    layer_runs = min(runs, _PROFILE_RUNS)
+    if args["backend"] == "openvino":
+        bare = openvino_bare_infer_ns(session, frames, layer_runs)
+        result["runtime_only_median_ms"] = float(np.median(bare)) / 1e6
+        result["harness_overhead_ms"] = result["median_ms"] - result["runtime_only_median_ms"]
+        times_, kinds = openvino_layer_times(path, session, frames, layer_runs)
+        result.update(_top_layers(times_, kinds, args["top"]))
+        result["layers_source"] = (f"OpenVINO performance counters (PERF_COUNT, real_time of EXECUTED nodes), "
+                                   f"median per node over {layer_runs} hops")
+    elif args["backend"] == "onnxruntime":
+        times_, kinds = onnxruntime_layer_times(path, session, frames, layer_runs, threads, Path(args["tmp"]))
+        result.update(_top_layers(times_, kinds, args["top"]))
+        result["layers_source"] = f"ONNX Runtime profiler (enable_profiling, *_kernel_time events), median per node over {layer_runs} hops"
+    else:
+        result.update({"layers": [], "layers_total_ms": None, "layers_count": 0,
+                       "layers_source": f"{args['backend']}: its Python interpreter exposes no per-op profiler"})
+    return result
+
+
+def _run_child(backend: str, path: Path, threads: int, runs: int, warmup: int, top: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="hwc-measure-") as tmp:
+        spec = Path(tmp) / "args.json"
+        out = Path(tmp) / "result.json"
+        spec.write_text(json.dumps({"backend": backend, "path": str(path), "threads": threads, "runs": runs,
+                                    "warmup": warmup, "top": top, "tmp": tmp, "out": str(out)}))
+        env = dict(os.environ)
+        # this very source tree, not another installed copy of hwcompress
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+        try:
+            proc = subprocess.run([sys.executable, "-m", "hwcompress.profile.measure", str(spec)],
+                                  capture_output=True, text=True, env=env, timeout=3600)
+        except subprocess.TimeoutExpired:
+            raise HwcError("measurement subprocess did not finish within an hour") from None
+        if out.is_file():
+            result = json.loads(out.read_text())
+            if "error" in result:
+                raise HwcError(result["error"])
+            return result
+    last = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), f"exit code {proc.returncode}")
+    raise HwcError(f"measurement subprocess failed: {last.strip()[:300]}")
+
+
+def _child_main(argv: list[str]) -> int:
+    args = json.loads(Path(argv[0]).read_text())
+    out = Path(args["out"])
+    try:
+        result = _child(args)
+    except HwcError as e:
+        result = {"error": str(e)}
+    out.write_text(json.dumps(result))
+    return 0
+
+
+# ---------------------------------------------------------------- public entry points
+
+
+def _emulation_hint(target: Target) -> str | None:
+    if not target.emulation:
+        return None
+    # looked up as text, not imported: another module owns emulation and importing it
+    # here would tie profiling to its dependencies
+    emulate = Path(__file__).with_name("emulate.py")
+    try:
+        available = re.search(r"^def run_emulated\(", emulate.read_text(), re.MULTILINE) is not None
+    except OSError:
+        available = False
+    if not available:
+        return None
+    return (f"a functional run under {target.emulation} is available via hwcompress.profile.emulate.run_emulated; "
+            "its timings are emulator time, not device latency")
+
+
+def _budgets(target: Target, latency: float | None, memory: int | None, storage: int | None) -> dict[str, Any]:
+    def fits(v: float | None, budget: float) -> bool | None:
+        return None if v is None else bool(v <= budget)
+
+    return {
+        "latency_budget_ms": target.latency_budget_ms, "memory_budget_bytes": target.memory_budget_bytes,
+        "storage_budget_bytes": target.storage_budget_bytes,
+        "fits_latency": fits(latency, target.latency_budget_ms), "fits_memory": fits(memory, target.memory_budget_bytes),
+        "fits_storage": fits(storage, target.storage_budget_bytes),
+    }
+
+
+def _export(model: Any, backend: str, out_dir: Path) -> dict[str, Any]:
+    from hwcompress.export import get_backend
+
+    path = get_backend(backend).export(model, out_dir, mode="stream")
+    files = artifact_files(path)
+    return {"path": str(path), "files": [str(f) for f in files], "bytes": sum(f.stat().st_size for f in files)}
+
+
+def measure_local(model: Any, target: Target | str, backend: str | None = None, runs: int = 500, warmup: int = 50,
+                  out_dir: str | os.PathLike[str] | None = None, top: int = 10,
+                  export_when_predicted: bool = False) -> dict[str, Any]:
+    """Per-hop streaming latency of `model` (SEModel or `load_model` spec) on `target`.
+
+    Measured here when the target's arch is this machine's and its runtime (or `backend`)
+    runs here; otherwise the roofline prediction, labelled "predicted" with a `reason`.
+    The artifact is written to `out_dir` (kept) or a temporary folder (removed; `kept`
+    says which). `export_when_predicted` also exports for unmeasured targets, to report
+    the artifact size against the storage budget (slow for LiteRT: a converter run).
+    """
+    from hwcompress.models.io import load_model
+    from hwcompress.profile.latency_model import predict_latency
+
+    tg = load_target(target) if isinstance(target, (str, os.PathLike)) else target
+    net = load_model(model) if isinstance(model, (str, os.PathLike)) else model
+    if runs < 1 or warmup < 0:
+        raise HwcError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    if backend is not None:
+        from hwcompress.export import canonical_name
+
+        backend = canonical_name(backend)  # aliases (ort, ov, tflite) and unknown names fail early
+    runtime = backend or tg.runtime
+    host = host_info()
+    prediction = predict_latency(net, tg)
+    result: dict[str, Any] = {
+        "target": tg.name,
+        "model": str(model) if isinstance(model, (str, os.PathLike)) else getattr(net, "arch", type(net).__name__),
+        "runtime": runtime,
+        "target_runtime": tg.runtime,
+        "threads": tg.threads,
+        "host": host,
+        "predicted_ms": prediction["latency_ms"],
+    }
+
+    reason = None
+    if tg.arch != host["arch"]:
+        reason = (f"target arch {tg.arch} ({tg.cpu}) is not this machine's {host['arch']}: a local run would time "
+                  "this host's cores, not the device's, so the latency is the roofline prediction")
+    elif runtime not in RUNTIME_BACKENDS:
+        reason = f"runtime {runtime!r} has no local backend (choose one of {', '.join(RUNTIME_BACKENDS)})"
+    if reason is not None:
+        artifact = None
+        if export_when_predicted and runtime in RUNTIME_BACKENDS:
+            with tempfile.TemporaryDirectory(prefix="hwc-profile-") as tmp:
+                artifact = _export(net, RUNTIME_BACKENDS[runtime], Path(out_dir) if out_dir else Path(tmp))
+                artifact["kept"] = out_dir is not None
+        result.update({
+            "runtime_version": tg.runtime_version,
+            "device": {"cpu": tg.cpu, "arch": tg.arch, "where": "target device (not attached; predicted)"},
+            "latency_source": "predicted", "reason": reason, "how": prediction["how"],
+            "latency_ms": prediction["latency_ms"], "median_ms": prediction["latency_ms"],
+            "p90_ms": None, "mean_ms": None, "min_ms": None, "max_ms": None, "runs": 0,
+            "artifact": artifact, "peak_memory_bytes": None, "peak_memory_method": None,
+            "layers": [{"name": r["name"], "type": r["kind"], "ms": r["ms"],
+                        "share": r["ms"] / prediction["latency_ms"] if prediction["latency_ms"] else 0.0}
+                       for r in sorted(prediction["layers"], key=lambda r: r["ms"], reverse=True)[:top]],
+            "layers_source": "roofline prediction per weight layer (predicted, not measured)",
+        })
+        hint = _emulation_hint(tg)
+        if hint:
+            result["emulation"] = hint
+        result.update(_budgets(tg, prediction["latency_ms"], None, artifact["bytes"] if artifact else None))
+        return result
+
+    from hwcompress.export import canonical_name, get_backend
+
+    name = canonical_name(runtime)
+    get_backend(name)  # a missing runtime fails here with the backend's own install hint
+    result["runtime"] = name
+    result["runtime_version"] = runtime_version(name)
+    with tempfile.TemporaryDirectory(prefix="hwc-profile-") as tmp:
+        artifact = _export(net, name, Path(out_dir) if out_dir else Path(tmp))
+        artifact["kept"] = out_dir is not None
+        load_before = _load_avg()
+        measured = _run_child(name, Path(artifact["path"]), tg.threads, runs, warmup, top)
+    host["load_avg_after"] = _load_avg()
+    host["load_avg"] = load_before
+    result.update({
+        "device": {"cpu": host["cpu"], "arch": host["arch"], "where": "this machine"},
+        "latency_source": "measured",
+        "how": (f"{runs} streaming hops (T=1, state carried, synthetic speech-like spectra) after {warmup} warm-up "
+                f"hops, each Session.run timed with time.perf_counter_ns in a fresh subprocess"),
+        "latency_ms": measured["median_ms"],
+        "artifact": artifact,
+        **measured,
+    })
+    result.update(_budgets(tg, measured["median_ms"], measured["peak_memory_bytes"], artifact["bytes"]))
+    return result
+
+
+# ---------------------------------------------------------------- OpenVINO benchmark_app
+
+
+def _benchmark_app_command() -> list[str]:
+    # prefer the console script of this very environment, then PATH, then the module
+    local = Path(sys.executable).parent / "benchmark_app"
+    if local.is_file():
+        return [str(local)]
+    found = shutil.which("benchmark_app")
+    if found:
+        return [found]
+    if importlib.util.find_spec("openvino.tools.benchmark") is not None:
+        return [sys.executable, "-c", "import sys; from openvino.tools.benchmark.main import main; sys.exit(main())"]
+    raise HwcError("OpenVINO benchmark_app not found (neither the console script nor openvino.tools.benchmark)")
+
+
+def _ir_shapes(xml_path: Path) -> str:
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml_path))
+    parts = []
+    for p in model.inputs:
+        ps = p.get_partial_shape()
+        if not ps.is_static:
+            raise HwcError(f"{xml_path}: input {p.get_any_name()} has a dynamic shape; profile a streaming (T=1) IR")
+        parts.append(f"{p.get_any_name()}[{','.join(str(d) for d in ps.to_shape())}]")
+    return ",".join(parts)
+
+
+def parse_benchmark_app(text: str) -> dict[str, Any]:
+    """Latency figures from benchmark_app's final report (the block after `Latency:`)."""
+    block = text[text.rfind("Latency:"):] if "Latency:" in text else ""
+    out: dict[str, Any] = {}
+    for key in ("Median", "Average", "Min", "Max"):
+        m = re.search(rf"{key}:\s*([\d.]+)\s*ms", block)
+        if m:
+            out[f"{key.lower()}_ms"] = float(m.group(1))
+    m = re.search(r"Count:\s*(\d+)\s*iterations", text)
+    if m:
+        out["iterations"] = int(m.group(1))
+    m = re.search(r"INFERENCE_NUM_THREADS:\s*(\d+)", text)
+    if m:
+        out["threads_reported"] = int(m.group(1))
+    m = re.search(r"INFERENCE_PRECISION_HINT:\s*(.+)", text)
+    if m:
+        out["precision_reported"] = m.group(1).strip()
+    return out
+
+
+def benchmark_app_latency(xml_path: str | os.PathLike[str], threads: int, niter: int = 500,
+                          precision: str = "f32", timeout: float = 1800) -> dict[str, Any]:
+    """Run OpenVINO's benchmark_app on `xml_path` like `measure_local` runs it: CPU,
+    LATENCY hint, 1 stream, 1 sync request, `threads` threads, `precision` inference
+    precision, the IR's static input shapes. Returns median/average/min/max ms and what
+    benchmark_app reported back (iterations, threads, precision), plus the command.
+
+    benchmark_app refuses `-nthreads`/`-nstreams` next to `-hint latency` (a UI rule of
+    the tool, not of OpenVINO), so the settings go in through `-load_config`.
+    """
+    xml = Path(xml_path)
+    if not xml.is_file():
+        raise HwcError(f"{xml}: no such OpenVINO IR")
+    with tempfile.TemporaryDirectory(prefix="hwc-bench-") as tmp:
+        config = Path(tmp) / "config.json"
+        config.write_text(json.dumps({"CPU": {
+            "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads),
+            # the CPU plugin otherwise picks bf16 on AVX512-BF16 hosts, while our session runs f32
+            "INFERENCE_PRECISION_HINT": precision,
+        }}))
+        cmd = [*_benchmark_app_command(), "-m", str(xml), "-d", "CPU", "-load_config", str(config), "-api", "sync",
+               "-nireq", "1", "-niter", str(niter), "-shape", _ir_shapes(xml)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp)
+        except subprocess.TimeoutExpired:
+            raise HwcError(f"benchmark_app did not finish within {timeout:g} s") from None
+    parsed = parse_benchmark_app(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or "median_ms" not in parsed:
+        err = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "ERROR" in ln or "Error" in ln]
+        raise HwcError(f"benchmark_app failed: {(err[-1] if err else f'exit code {proc.returncode}').strip()[:300]}")
+    return {**parsed, "threads": threads, "precision": precision, "command": cmd}
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))
