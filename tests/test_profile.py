@@ -178,9 +178,9 @@ def test_agrees_with_openvino_benchmark_app(tmp_path) -> None:
         pairs.append((ours["median_ms"], ours["runtime_only_median_ms"], theirs["median_ms"]))
         ratios.append(ours["median_ms"] / theirs["median_ms"])
         bare_ratios.append(ours["runtime_only_median_ms"] / theirs["median_ms"])
-    ratio = sorted(ratios)[1]
+    # benchmark_app times a bare infer() on preset tensors; so does our runtime-only loop
+    # (Session.run adds Python input/output handling, reported as harness_overhead_ms)
+    ratio = sorted(bare_ratios)[1]
     print(f"\nours/benchmark_app median ratios {ratios}; runtime-only/benchmark_app {bare_ratios}; "
           f"ms (Session.run, bare infer, benchmark_app) {pairs}; load {os.getloadavg()}")
-    # Session.run includes OpenVINO's per-call input copies, benchmark_app does not:
-    # ours may only be slower, never much faster
-    assert 1 / 1.2 <= ratio <= 1.2, (ratios, pairs)
+    assert 1 / 1.2 <= ratio <= 1.2, (bare_ratios, ratios, pairs)

@@ -62,8 +62,11 @@ class OpenVinoSession(g.SessionBase):
     def run(self, spec: np.ndarray, state: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         spec, state = self._inputs(spec, state)
         feed = {g.SPEC: spec, **{g.state_name(i): s for i, s in enumerate(state)}}
-        res = self.request.infer(feed)
-        # copies: the request reuses its output buffers on the next call, and the state
+        # share_inputs: the call is synchronous and the arrays outlive it, so OpenVINO may
+        # read them in place instead of copying every input (~0.6-1 ms per hop otherwise)
+        res = self.request.infer(feed, share_inputs=True, share_outputs=True)
+        # share_outputs avoids infer's own copy; we copy once here because the request
+        # reuses its output buffers on the next call, and the state
         # we hand back is fed straight into that call
         outs = [np.array(res[port]) for port in self._outputs]
         return outs[0], outs[1:]
