@@ -150,8 +150,9 @@ def compress(
     if structured:
 
         def prune_structured() -> SEModel:
-            pruner = GradualPruner(structured, cfg.prune_steps, cfg.prune_every, structured=True)
-            if cfg.prune_steps:
+            if cfg.prune_steps:  # 0 steps: one-shot pruning without fine-tuning
+                pruner = GradualPruner(structured, cfg.prune_steps, min(cfg.prune_every, cfg.prune_steps),
+                                       structured=True)
                 finetune(model, "prune-structured", cfg.prune_steps, after_step=pruner)
             apply_masks(model, structured_masks(model, structured))
             smaller = shrink(model)
@@ -162,8 +163,9 @@ def compress(
                     **{n: settings[n] for n in unstructured}}
     if unstructured:
         def prune_unstructured() -> SEModel:
-            pruner = GradualPruner(unstructured, cfg.prune_steps, cfg.prune_every, structured=False)
             if cfg.prune_steps:
+                pruner = GradualPruner(unstructured, cfg.prune_steps, min(cfg.prune_every, cfg.prune_steps),
+                                       structured=False)
                 finetune(model, "prune", cfg.prune_steps, after_step=pruner)
             apply_masks(model, magnitude_masks(model, unstructured))
             return model

@@ -102,9 +102,23 @@ def publish(files: list[tuple[Path, Path]]) -> None:
         os.replace(src, dst)
 
 
-def artifact_stem(stem: str | None, mode: str, frames: int | None = None) -> str:
+def artifact_stem(stem: str | None, mode: str, frames: int | None = None, weights: str = "fp32") -> str:
     base = stem or "model"
-    return f"{base}-{mode}" + (f"-t{frames}" if frames else "")
+    return f"{base}-{mode}" + (f"-t{frames}" if frames else "") + ("-int8" if weights == "int8" else "")
+
+
+@contextmanager
+def explicit_cells(model: torch.nn.Module) -> Iterator[None]:
+    """Trace recurrent layers as plain matmuls + gates (see models.layers.Recurrent)."""
+    rnns = [m for m in model.modules() if hasattr(m, "explicit_cells")]
+    before = [m.explicit_cells for m in rnns]
+    for m in rnns:
+        m.explicit_cells = True
+    try:
+        yield
+    finally:
+        for m, b in zip(rnns, before):
+            m.explicit_cells = b
 
 
 _OP_PATTERNS = (

@@ -98,6 +98,21 @@ def export_onnx(model: torch.nn.Module, path: Path, mode: str, exporter: str = "
     onnx.checker.check_model(str(path))
 
 
+def quantize_int8(src: Path, dst: Path) -> None:
+    """onnxruntime dynamic quantization: int8 per-channel weights (MatMulInteger,
+    DynamicQuantizeLSTM, ConvInteger), activations quantized on the fly per call."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # its "consider pre-processing" advice is logged at WARNING on every call
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    except Exception as exc:  # quantizer failures come as many types
+        raise g.unsupported("onnxruntime int8 quantization", exc) from None
+
+
 class OnnxSession(g.SessionBase):
     def __init__(self, path: Path, threads: int = 1) -> None:
         path = g.require_file(path)
@@ -132,13 +147,17 @@ class OnnxBackend:
     suffix = ".onnx"
 
     def export(self, model: torch.nn.Module, out_dir: Path, mode: str = "stream", *,
-               frames: int | None = None, stem: str | None = None) -> Path:
+               frames: int | None = None, stem: str | None = None, weights: str = "fp32") -> Path:
         """`frames` is ignored: the whole-utterance graph has a dynamic T."""
-        check_mode(mode)
-        dst = Path(out_dir) / (g.artifact_stem(stem, mode) + self.suffix)
+        check_mode(mode, weights)
+        dst = Path(out_dir) / (g.artifact_stem(stem, mode, weights=weights) + self.suffix)
         with g.staging(Path(out_dir)) as tmp:
             staged = tmp / dst.name
             export_onnx(model, staged, mode)
+            if weights == "int8":
+                quantized = tmp / ("q-" + dst.name)
+                quantize_int8(staged, quantized)
+                staged = quantized
             g.publish([(staged, dst)])
         return dst
 

@@ -59,6 +59,10 @@ class Recurrent(nn.Module):
         cls = {"lstm": nn.LSTM, "gru": nn.GRU}[kind]
         self.kind = kind
         self.layers = nn.ModuleList(cls(a, b, batch_first=True) for a, b in zip(sizes[:-1], sizes[1:]))
+        # Set by export code (hwcompress.export._graph.explicit_cells) for runtimes that keep
+        # a fused LSTM/GRU op in float (OpenVINO's LSTMSequence escapes nncf weight
+        # compression): the same parameters as plain matmuls, which int8 kernels do run.
+        self.explicit_cells = False
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         shapes = []
@@ -67,6 +71,8 @@ class Recurrent(nn.Module):
         return shapes
 
     def forward(self, x: torch.Tensor, state: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.explicit_cells:
+            return self._forward_cells(x, state)
         new_state: list[torch.Tensor] = []
         i = 0
         for layer in self.layers:
@@ -79,4 +85,37 @@ class Recurrent(nn.Module):
                 x, h = layer(x, state[i].transpose(0, 1).contiguous())
                 new_state.append(h.transpose(0, 1))
                 i += 1
+        return x, new_state
+
+    def _forward_cells(self, x: torch.Tensor, state: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """nn.LSTM / nn.GRU equations (PyTorch's gate order i,f,g,o and r,z,n) step by step."""
+        new_state: list[torch.Tensor] = []
+        i = 0
+        for layer in self.layers:
+            w_ih, w_hh = layer.weight_ih_l0, layer.weight_hh_l0
+            b_ih, b_hh = layer.bias_ih_l0, layer.bias_hh_l0
+            outs = []
+            if self.kind == "lstm":
+                h, c = state[i][:, 0], state[i + 1][:, 0]
+                for t in range(x.shape[1]):
+                    gates = nn.functional.linear(x[:, t], w_ih, b_ih) + nn.functional.linear(h, w_hh, b_hh)
+                    gi, gf, gg, go = gates.chunk(4, dim=-1)
+                    c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
+                    h = torch.sigmoid(go) * torch.tanh(c)
+                    outs.append(h)
+                new_state += [h[:, None], c[:, None]]
+                i += 2
+            else:
+                h = state[i][:, 0]
+                for t in range(x.shape[1]):
+                    gx = nn.functional.linear(x[:, t], w_ih, b_ih).chunk(3, dim=-1)
+                    gh = nn.functional.linear(h, w_hh, b_hh).chunk(3, dim=-1)
+                    r = torch.sigmoid(gx[0] + gh[0])
+                    z = torch.sigmoid(gx[1] + gh[1])
+                    n = torch.tanh(gx[2] + r * gh[2])
+                    h = (1 - z) * n + z * h
+                    outs.append(h)
+                new_state.append(h[:, None])
+                i += 1
+            x = torch.stack(outs, dim=1)
         return x, new_state
