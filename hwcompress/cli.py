@@ -306,6 +306,47 @@ def compress(
     typer.echo(f"MACs per frame: {macs['before']} -> {macs['after']}")
 
 
+# ---------------------------------------------------------------- export
+
+
+@app.command("export")
+def export_cmd(
+    out: Annotated[Path, typer.Option(help="Folder for the artifacts (written atomically).")],
+    format_: Annotated[str, typer.Option("--format", help="onnx, openvino or tflite.")],
+    model: ModelOpt = "default",
+    mode: Annotated[str, typer.Option(help="stream (one hop, state in/out), whole (utterance) or both.")] = "both",
+    weights: Annotated[str, typer.Option(help="fp32, or int8 weights in the runtime's native int8 form.")] = "fp32",
+    frames: Annotated[int, typer.Option(min=1, help="T of a whole-utterance .tflite (LiteRT fixes T).")] = 100,
+    check: Annotated[bool, typer.Option(help="Run each artifact against torch and report the difference.")] = True,
+    json_: JsonOpt = False,
+) -> None:
+    """Export a model (.pt, .hwc, preset or default) to a runtime artifact, checked against torch."""
+    from hwcompress.export import canonical_name
+    from hwcompress.export.check import export_checked
+    from hwcompress.models.io import load_model
+
+    backend = canonical_name(format_)
+    if mode not in ("stream", "whole", "both"):
+        raise HwcError(f"unknown export mode {mode!r}: choose stream, whole or both")
+    modes = ["stream", "whole"] if mode == "both" else [mode]
+    net = load_model(model)
+    stem = Path(model).stem if Path(model).suffix in (".pt", ".hwc") else model
+    rows = export_checked(net, backend, out, modes, weights=weights, frames=frames, stem=stem, check=check)
+    if json_:
+        _print_json({"model": model, "artifacts": rows})
+        return
+    table = Table(title=f"{model} -> {backend} {rows[0]['runtime_version'] or ''}".rstrip(),
+                  caption="max|diff| and SNR: runtime output vs torch on 50 speech-like hops (whole: one utterance)",
+                  box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, pad_edge=False)
+    for col in ("artifact", "mode", "weights", "bytes", "max|diff|", "SNR dB"):
+        table.add_column(col, justify="left" if col in ("artifact", "mode", "weights") else "right", no_wrap=True)
+    for r in rows:
+        par = r.get("parity")
+        table.add_row(Path(r["path"]).name, r["mode"], r["weights"], str(r["bytes"]),
+                      f"{par['max_abs_diff']:.1e}" if par else "-", f"{par['snr_db']:.1f}" if par else "-")
+    _console().print(table)
+
+
 # ---------------------------------------------------------------- predict
 
 

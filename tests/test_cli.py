@@ -84,3 +84,33 @@ def test_eval_on_small_corpus(small_corpus, tiny_model, tmp_path) -> None:
     assert "PESQ" in proc.stdout and out.exists()
     assert_user_error(run("eval", "--model", str(tiny_model), "--data", str(small_corpus), "--set", "nope"), "nope")
     assert_user_error(run("eval", "--model", str(tiny_model), "--data", str(tmp_path)), "not a corpus")
+
+
+def test_export_reports_bytes_and_parity(tmp_path, tiny_model) -> None:
+    import json
+
+    proc = run("export", "--model", str(tiny_model), "--format", "onnx", "--out", str(tmp_path / "x"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["artifacts"]
+    assert [r["mode"] for r in rows] == ["stream", "whole"]
+    for r in rows:
+        assert r["bytes"] == sum((tmp_path / "x" / p.split("/")[-1]).stat().st_size for p in r["files"])
+        assert r["parity"]["max_abs_diff"] < 1e-4  # fp32 graph of the same model
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--format", "caffe"], "unknown backend 'caffe'"),
+        (["--format", "onnx", "--weights", "int4"], "unknown weight format 'int4'"),
+        (["--format", "onnx", "--mode", "chunk"], "unknown export mode 'chunk'"),
+    ],
+)
+def test_export_bad_options(tmp_path, tiny_model, args, fragment) -> None:
+    assert_user_error(run("export", "--model", str(tiny_model), "--out", str(tmp_path), *args), fragment)
+
+
+def test_export_corrupt_model_file(tmp_path) -> None:
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert_user_error(run("export", "--model", str(bad), "--format", "onnx", "--out", str(tmp_path)), "broken.pt")
