@@ -306,6 +306,69 @@ def compress(
     typer.echo(f"MACs per frame: {macs['before']} -> {macs['after']}")
 
 
+# ---------------------------------------------------------------- fit
+
+
+def _budget_list(text: Optional[str]) -> list[float]:
+    if text is None:
+        return []
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise HwcError(f"--budget-ms takes numbers separated by commas (e.g. 2,4,8), got {text!r}") from None
+    if not values:
+        raise HwcError("--budget-ms is empty")
+    for v in values:
+        if not v > 0:
+            raise HwcError(f"latency budget must be positive, got {v:g} ms")
+    return values
+
+
+@app.command()
+def fit(
+    target: Annotated[str, typer.Option(help="Target name or .toml path.")],
+    budget_ms: Annotated[Optional[str], typer.Option(help="Latency budget(s) per 10 ms hop, e.g. 8 or 2,4,8 (default: the target's).")] = None,
+    budget_kb: Annotated[Optional[float], typer.Option(help="Runtime artifact size budget in KiB (default: the target's storage budget).")] = None,
+    model: ModelOpt = "default",
+    data: DataOpt = None,
+    out: Annotated[Path, typer.Option(help="Run folder: report.json/.md/.html, model.hwc, export/ (resumable).")] = Path("runs/fit"),
+    prune_steps: Annotated[int, typer.Option(min=0, help="Fine-tuning steps while structured sparsity ramps up.")] = 120,
+    cluster_steps: Annotated[int, typer.Option(min=0, help="Centroid fine-tuning steps.")] = 40,
+    eval_items: Annotated[int, typer.Option(min=1, help="Test mixtures scored for the report.")] = 40,
+    emulate: Annotated[bool, typer.Option(help="Functional run on the emulated target CPU when it cannot be measured here.")] = True,
+    json_: JsonOpt = False,
+) -> None:
+    """Find per-layer sparsity and codebook sizes that meet the target's budgets, then compress, export, verify and report."""
+    from hwcompress.search.fit import FitConfig
+    from hwcompress.search.fit import fit as run_fit
+
+    budgets = _budget_list(budget_ms)
+    if budget_kb is not None and not budget_kb > 0:
+        raise HwcError(f"size budget must be positive, got {budget_kb:g} KiB")
+    cfg = FitConfig(target=target, out=out, budgets_ms=budgets,
+                    budget_bytes=int(budget_kb * 1024) if budget_kb is not None else None, model=model, data=data,
+                    prune_steps=prune_steps, cluster_steps=cluster_steps, eval_items=eval_items, emulate=emulate)
+    report = run_fit(cfg, log=lambda m: typer.echo(m, err=True))
+    if json_:
+        _print_json(report)
+        return
+    from hwcompress.search.report import summary_rows
+
+    r0 = report["results"][0]
+    q = r0["quality"]
+    table = Table(title=f"{report['model']} on {report['target']} ({r0['runtime']}, {r0['threads']} thread(s))",
+                  caption=f"quality: test split, {q['n']} mixtures; dense model PESQ-WB {q['baseline']['pesq_wb']:.2f} "
+                          f"STOI {q['baseline']['stoi']:.3f}; noisy {q['noisy']['pesq_wb']:.2f} / {q['noisy']['stoi']:.3f}",
+                  box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, pad_edge=False)
+    for col in ("budget", "latency ms", "source", "met", "runtime B", ".hwc B", "PESQ", "STOI"):
+        table.add_column(col, justify="left" if col in ("source", "met") else "right", no_wrap=True)
+    for s in summary_rows(report):
+        table.add_row(f"{s['budget_ms']:g}", f"{s['latency_ms']:.3f}", s["latency_source"], "yes" if s["budget_met"] else "NO",
+                      str(s["runtime_bytes"]), str(s["hwc_bytes"]), f"{s['pesq_wb']:.2f}", f"{s['stoi']:.3f}")
+    _console().print(table)
+    typer.echo(f"report: {out / 'report.md'} (also report.json, report.html)")
+
+
 # ---------------------------------------------------------------- export
 
 
@@ -392,14 +455,19 @@ def profile(
     backend: Annotated[Optional[str], typer.Option(help="Run with this backend instead of the target's runtime.")] = None,
     top: Annotated[int, typer.Option(min=1, help="Per-layer rows to show.")] = 10,
     out: Annotated[Optional[Path], typer.Option(help="Keep the exported artifact in this folder.")] = None,
+    weights: Annotated[str, typer.Option(help="fp32, or int8 weights in the runtime's native int8 form.")] = "fp32",
     json_: JsonOpt = False,
 ) -> None:
     """Per-hop streaming latency on this machine (measured), or predicted when the target is another CPU."""
     from hwcompress.models.io import load_model
     from hwcompress.profile.measure import measure_local
 
+    from hwcompress.export import check_mode
+
+    check_mode("stream", weights)
     tg = load_target(target)
-    r = measure_local(load_model(model), tg, backend=backend, runs=runs, warmup=warmup, out_dir=out, top=top)
+    r = measure_local(load_model(model), tg, backend=backend, runs=runs, warmup=warmup, out_dir=out, top=top,
+                      weights=weights)
     r["model"] = model
     if json_:
         _print_json(r)
@@ -421,7 +489,7 @@ def profile(
         ("runtime alone", f"{r['runtime_only_median_ms']:.3f} ms median of bare infer() (Session.run overhead "
                           f"{r['harness_overhead_ms']:.3f} ms)" if r.get("runtime_only_median_ms") is not None else "-"),
         ("predicted (roofline)", f"{r['predicted_ms']:.3f} ms"),
-        ("runtime", f"{r['runtime']} {r.get('runtime_version') or ''}".strip()),
+        ("runtime", f"{r['runtime']} {r.get('runtime_version') or ''}, {r['weights']} weights".strip()),
         ("threads", str(r["threads"])),
         ("device", f"{r['device']['cpu']} ({r['device']['arch']}, {r['device']['where']})"),
         ("host load", " ".join(str(x) for x in r["host"].get("load_avg") or []) or "-"),

@@ -458,17 +458,28 @@ def _budgets(target: Target, latency: float | None, memory: int | None, storage:
     }
 
 
-def _export(model: Any, backend: str, out_dir: Path) -> dict[str, Any]:
+def measure_artifact(backend: str, path: Path, threads: int, runs: int = 300, warmup: int = 50,
+                     top: int = 10) -> dict[str, Any]:
+    """Time an exported streaming artifact here, in a fresh subprocess (median_ms, p90_ms,
+    peak_memory_bytes, per-layer times where the runtime has a profiler)."""
+    load_before = _load_avg()
+    result = _run_child(backend, Path(path), threads, runs, warmup, top)
+    result.update({"latency_source": "measured", "host": {**host_info(), "load_avg": load_before,
+                                                          "load_avg_after": _load_avg()}})
+    return result
+
+
+def _export(model: Any, backend: str, out_dir: Path, weights: str = "fp32") -> dict[str, Any]:
     from hwcompress.export import get_backend
 
-    path = get_backend(backend).export(model, out_dir, mode="stream")
+    path = get_backend(backend).export(model, out_dir, mode="stream", weights=weights)
     files = artifact_files(path)
     return {"path": str(path), "files": [str(f) for f in files], "bytes": sum(f.stat().st_size for f in files)}
 
 
 def measure_local(model: Any, target: Target | str, backend: str | None = None, runs: int = 500, warmup: int = 50,
                   out_dir: str | os.PathLike[str] | None = None, top: int = 10,
-                  export_when_predicted: bool = False) -> dict[str, Any]:
+                  export_when_predicted: bool = False, weights: str = "fp32") -> dict[str, Any]:
     """Per-hop streaming latency of `model` (SEModel or `load_model` spec) on `target`.
 
     Measured here when the target's arch is this machine's and its runtime (or `backend`)
@@ -490,8 +501,9 @@ def measure_local(model: Any, target: Target | str, backend: str | None = None, 
         backend = canonical_name(backend)  # aliases (ort, ov, tflite) and unknown names fail early
     runtime = backend or tg.runtime
     host = host_info()
-    prediction = predict_latency(net, tg)
+    prediction = predict_latency(net, tg, 8 if weights == "int8" else 32)
     result: dict[str, Any] = {
+        "weights": weights,
         "target": tg.name,
         "model": str(model) if isinstance(model, (str, os.PathLike)) else getattr(net, "arch", type(net).__name__),
         "runtime": runtime,
@@ -511,7 +523,7 @@ def measure_local(model: Any, target: Target | str, backend: str | None = None, 
         artifact = None
         if export_when_predicted and runtime in RUNTIME_BACKENDS:
             with tempfile.TemporaryDirectory(prefix="hwc-profile-") as tmp:
-                artifact = _export(net, RUNTIME_BACKENDS[runtime], Path(out_dir) if out_dir else Path(tmp))
+                artifact = _export(net, RUNTIME_BACKENDS[runtime], Path(out_dir) if out_dir else Path(tmp), weights)
                 artifact["kept"] = out_dir is not None
         result.update({
             "runtime_version": tg.runtime_version,
@@ -538,7 +550,7 @@ def measure_local(model: Any, target: Target | str, backend: str | None = None, 
     result["runtime"] = name
     result["runtime_version"] = runtime_version(name)
     with tempfile.TemporaryDirectory(prefix="hwc-profile-") as tmp:
-        artifact = _export(net, name, Path(out_dir) if out_dir else Path(tmp))
+        artifact = _export(net, name, Path(out_dir) if out_dir else Path(tmp), weights)
         artifact["kept"] = out_dir is not None
         load_before = _load_avg()
         measured = _run_child(name, Path(artifact["path"]), tg.threads, runs, warmup, top)
