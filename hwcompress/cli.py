@@ -336,6 +336,8 @@ def fit(
     cluster_steps: Annotated[int, typer.Option(min=0, help="Centroid fine-tuning steps.")] = 40,
     eval_items: Annotated[int, typer.Option(min=1, help="Test mixtures scored for the report.")] = 40,
     emulate: Annotated[bool, typer.Option(help="Functional run on the emulated target CPU when it cannot be measured here.")] = True,
+    measure_runs: Annotated[int, typer.Option(min=10, help="Timed hops per latency measurement (the final one takes at least 500).")] = 300,
+    allocation: Annotated[str, typer.Option(help="search (per layer), or uniform (one ratio and K=16 everywhere: the baseline).")] = "search",
     json_: JsonOpt = False,
 ) -> None:
     """Find per-layer sparsity and codebook sizes that meet the target's budgets, then compress, export, verify and report."""
@@ -347,7 +349,8 @@ def fit(
         raise HwcError(f"size budget must be positive, got {budget_kb:g} KiB")
     cfg = FitConfig(target=target, out=out, budgets_ms=budgets,
                     budget_bytes=int(budget_kb * 1024) if budget_kb is not None else None, model=model, data=data,
-                    prune_steps=prune_steps, cluster_steps=cluster_steps, eval_items=eval_items, emulate=emulate)
+                    prune_steps=prune_steps, cluster_steps=cluster_steps, eval_items=eval_items, emulate=emulate,
+                    measure_runs=measure_runs, allocation=allocation)
     report = run_fit(cfg, log=lambda m: typer.echo(m, err=True))
     if json_:
         _print_json(report)

@@ -244,6 +244,9 @@ ARCHS: dict[str, type[SEModel]] = {cls.arch: cls for cls in (RnnMasker, CRN, GCR
 PRESETS: dict[str, tuple[str, dict]] = {
     "crn": ("crn", {}),
     "crn-small": ("crn", {"channels": [8, 16, 32, 32, 64], "hidden": [256]}),
+    # the small-from-scratch baseline of benchmarks/paper_reproduction.md: its fp32 weights
+    # (6.9 MB) are about the size of the default model compressed 11x into a .hwc
+    "crn-compact": ("crn", {"channels": [16, 32, 64, 64, 128], "hidden": [256, 256]}),
     "gcrn": ("gcrn", {}),
     "gcrn-small": ("gcrn", {"channels": [8, 16, 16, 32, 64], "hidden": [256]}),
     "lstm": ("rnn", {"cell": "lstm"}),

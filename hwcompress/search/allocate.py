@@ -182,3 +182,29 @@ def choose_codebooks(curves: Mapping[str, list[tuple[float, float]]], weights: M
         else:
             lo = mid
     return pick(hi)[0]
+
+
+def uniform(curves: Mapping[str, list[tuple[float, float]]], oracle: CostOracle, budget_ms: float | None,
+            budget_params: int | None = None, max_ratio: float = MAX_RATIO) -> Allocation:
+    """The baseline the search is compared with: one ratio for every group, the smallest
+    that meets the budgets (bisection; widths round as in select_units)."""
+    groups = [g for g in oracle.sizes if g in curves]
+
+    def fits(r: float) -> bool:
+        ratios = {g: r for g in groups}
+        ok = budget_ms is None or oracle.latency_ms(ratios) <= budget_ms
+        return ok and (budget_params is None or oracle.params(ratios) <= budget_params)
+
+    if not fits(max_ratio):
+        raise Infeasible(f"no uniform ratio up to {max_ratio:.0%} meets the budget")
+    lo, hi = 0.0, max_ratio
+    if fits(0.0):
+        hi = 0.0
+    for _ in range(30):
+        if hi - lo < 1e-4:
+            break
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    ratios = {g: round(hi, 4) for g in groups}
+    loss = sum(interpolate(curves[g], hi) for g in groups)
+    return Allocation(ratios, oracle.latency_ms(ratios), oracle.params(ratios), loss)

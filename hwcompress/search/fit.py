@@ -68,8 +68,11 @@ class FitConfig:
     eval_items: int = 40
     codebook_tolerance: float = 0.02  # summed validation-loss increase allowed for the codebooks, relative
     measure_runs: int = 300
+    final_runs: int = 500  # the verified figure: more hops than the search's probes
     retries: int = 3
     emulate: bool = True
+    allocation: str = "search"  # or "uniform": one ratio for all groups, one K for all layers (the baseline)
+    uniform_codebook: int = 16
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -106,6 +109,8 @@ class Fitter:
         from hwcompress.profile.measure import RUNTIME_BACKENDS, host_arch
 
         self.cfg, self.log = cfg, log
+        if cfg.allocation not in ("search", "uniform"):
+            raise HwcError(f"unknown allocation {cfg.allocation!r}: choose search or uniform")
         self.target = load_target(cfg.target)
         self.budgets, self.budget_bytes = check_budgets(cfg, self.target)
         if self.target.runtime not in RUNTIME_BACKENDS:
@@ -209,9 +214,10 @@ class Fitter:
         pruned model measures within the budget."""
         trials = []
         for attempt in range(self.cfg.retries + 1):
+            how = alloc.uniform if self.cfg.allocation == "uniform" else alloc.allocate
             try:
-                a = alloc.allocate(curves, self.oracle, budget_ms * (MEASURE_MARGIN if self.measurable else 1.0),
-                                   self.budget_params())
+                a = how(curves, self.oracle, budget_ms * (MEASURE_MARGIN if self.measurable else 1.0),
+                        self.budget_params())
             except alloc.Infeasible:
                 raise HwcError(f"budget {budget_ms:g} ms cannot be met on {self.target.name}: the best reachable is "
                                f"about {self.floor_ms:.3g} ms per hop ({self.floor_how}; {alloc.MAX_RATIO:.0%} of every "
@@ -231,6 +237,8 @@ class Fitter:
     def codebooks(self, k_sens: dict) -> dict[str, int]:
         from hwcompress.models.cost import layer_paths
 
+        if self.cfg.allocation == "uniform":
+            return {layer: self.cfg.uniform_codebook for layer in layer_paths(self.model)}
         params = dict(self.model.named_parameters())
         weights = {layer: sum(p.numel() for n, p in params.items() if n.startswith(path + ".") and p.dim() >= 2)
                    for layer, path in layer_paths(self.model).items()}
@@ -278,11 +286,12 @@ class Fitter:
             "predicted_ms": prediction["latency_ms"], "predicted_calibrated_ms": prediction["latency_ms"] * self.oracle.calibration,
         }
         if self.measurable:
-            m = self._measure(art["path"], runs=max(self.cfg.measure_runs, 500))
+            runs = max(self.cfg.measure_runs, self.cfg.final_runs)
+            m = self._measure(art["path"], runs=runs)
             v.update(latency_ms=m["median_ms"], p90_ms=m["p90_ms"], latency_source="measured",
                      device=f"{m['host']['cpu']} (this machine)", peak_memory_bytes=m["peak_memory_bytes"],
                      peak_memory_source="measured", peak_memory_method=m["peak_memory_method"],
-                     how=f"median of {max(self.cfg.measure_runs, 500)} streaming hops of the exported artifact in a fresh "
+                     how=f"median of {runs} streaming hops of the exported artifact in a fresh "
                          f"subprocess, {self.target.threads} thread(s), host load {m['host'].get('load_avg')}")
         else:
             state_bytes = 4 * sum(int(np.prod(s)) for s in compressed.state_shapes())

@@ -25,7 +25,7 @@ from hwcompress.progress import progress_bar
 from hwcompress.train import validation_loss
 
 STRUCTURED_RATIOS = (0.25, 0.5, 0.75)
-CODEBOOKS = (4, 8, 16, 32)
+CODEBOOKS = (8, 16, 32)  # 2-bit codebooks cost the big layers too much; the small ones are too small to matter
 
 
 def validation_items(data: Path, n: int = 8, seconds: float = 4.0) -> list[dict]:
