@@ -459,6 +459,7 @@ def profile(
     top: Annotated[int, typer.Option(min=1, help="Per-layer rows to show.")] = 10,
     out: Annotated[Optional[Path], typer.Option(help="Keep the exported artifact in this folder.")] = None,
     weights: Annotated[str, typer.Option(help="fp32, or int8 weights in the runtime's native int8 form.")] = "fp32",
+    sweep: Annotated[bool, typer.Option(help="Build profiles/<target>.json: time a spread of model shapes here and fit the latency model.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Per-hop streaming latency on this machine (measured), or predicted when the target is another CPU."""
@@ -469,6 +470,23 @@ def profile(
 
     check_mode("stream", weights)
     tg = load_target(target)
+    if sweep:
+        from hwcompress.profile.table import sweep as run_sweep
+        from hwcompress.profile.table import write_table
+
+        table = run_sweep(tg, runs=min(runs, 300))
+        path = write_table(table)
+        if json_:
+            _print_json(table)
+            return
+        t = Table(title=f"{path}: {table['provenance']}", box=box.SIMPLE_HEAD, show_edge=False)
+        for col in ("model", "weights", "params", "measured ms", "fitted ms", "error"):
+            t.add_column(col, justify="left" if col in ("model", "weights") else "right", no_wrap=True)
+        for r in table["rows"]:
+            t.add_row(r["model"], r["weights"], str(r["params"]), f"{r['measured_ms']:.3f}", f"{r['fitted_ms']:.3f}",
+                      f"{100 * (r['fitted_ms'] / r['measured_ms'] - 1):+.1f}%")
+        _console().print(t)
+        return
     r = measure_local(load_model(model), tg, backend=backend, runs=runs, warmup=warmup, out_dir=out, top=top,
                       weights=weights)
     r["model"] = model

@@ -25,7 +25,7 @@ from hwcompress.targets import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = {"x86-openvino", "generic-onnx", "raspberrypi4", "cortex-m7"}
+SHIPPED = {"x86-openvino", "generic-onnx", "x86-litert", "raspberrypi4", "cortex-m7"}
 
 VALID = """\
 name = "{name}"
@@ -135,7 +135,7 @@ def test_load_by_path_and_to_dict_is_json() -> None:
 # ---------------------------------------------------------------- CLI
 
 
-def test_cli_json_lists_four_targets_with_budgets_and_provenance() -> None:
+def test_cli_json_lists_every_shipped_target_with_budgets_and_provenance() -> None:
     result = CliRunner().invoke(app, ["targets", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

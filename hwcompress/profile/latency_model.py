@@ -15,9 +15,13 @@ from hwcompress.models.zoo import SEModel
 from hwcompress.targets import Target
 
 
-def predict_latency(model: SEModel, target: Target, weight_bits: dict[str, int] | int = 32) -> dict:
+def predict_latency(model: SEModel, target: Target, weight_bits: dict[str, int] | int = 32,
+                    use_table: bool = True) -> dict:
     """Predicted per-hop latency of `model` on `target`; `weight_bits` per layer name
-    (32 = fp32 kernels, 8 = int8 weights) or one value for all."""
+    (32 = fp32 kernels, 8 = int8 weights) or one value for all. With a measured profile
+    table for the target (profiles/<target>.json, `hwcompress profile --sweep`) and one
+    precision for the whole model, the total comes from the table's fit; the per-layer
+    rows stay the roofline's."""
     rows = layer_costs(model)
     bits = {r["name"]: weight_bits if isinstance(weight_bits, int) else weight_bits.get(r["name"], 32) for r in rows}
     total_weight_bytes = sum(r["params"] * bits[r["name"]] / 8 for r in rows)
@@ -36,15 +40,29 @@ def predict_latency(model: SEModel, target: Target, weight_bits: dict[str, int] 
         layers.append({**{k: r[k] for k in ("name", "kind", "params", "macs_per_frame")}, "weight_bits": bits[r["name"]],
                        "compute_ms": compute * 1e3, "memory_ms": memory * 1e3, "ms": seconds * 1e3,
                        "bound": "memory" if memory > compute else "compute"})
+    how = ("roofline per layer: op overhead + max(2*MACs/peak, weight bytes/bandwidth); weights read from "
+           f"{'cache' if in_cache else 'DRAM'} ({total_weight_bytes / 2**20:.1f} MiB of weights vs "
+           f"{target.value('cache_bytes') / 2**20:.1f} MiB cache); parameters from {target.source}")
+    roofline_ms = total * 1e3
+    latency_ms, model_kind = roofline_ms, "roofline"
+    if use_table and len(set(bits.values())) == 1:
+        from hwcompress.profile.table import load_table, predict_from_table
+
+        table = load_table(target)
+        fitted = predict_from_table(table, model, next(iter(bits.values()))) if table else None
+        if fitted is not None:
+            latency_ms, model_kind = fitted, "profile table"
+            how = (f"profile table profiles/{target.name}.json: per-kind MACs, layer count and weight bytes with "
+                   f"coefficients fitted to {len(table['rows'])} measured sweep points ({table['provenance']})")
     return {
         "target": target.name,
         "runtime": target.runtime,
         "threads": target.threads,
-        "latency_ms": total * 1e3,
+        "latency_ms": latency_ms,
+        "roofline_ms": roofline_ms,
+        "latency_model": model_kind,
         "latency_source": "predicted",
-        "how": ("roofline per layer: op overhead + max(2*MACs/peak, weight bytes/bandwidth); weights read from "
-                f"{'cache' if in_cache else 'DRAM'} ({total_weight_bytes / 2**20:.1f} MiB of weights vs "
-                f"{target.value('cache_bytes') / 2**20:.1f} MiB cache); parameters from {target.source}"),
+        "how": how,
         "weight_bytes": int(total_weight_bytes),
         "macs_per_frame": sum(r["macs_per_frame"] for r in rows),
         "layers": layers,
