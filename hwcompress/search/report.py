@@ -80,7 +80,8 @@ def markdown(report: dict) -> str:
         emu = r.get("emulated_check")
         if emu:
             lines.append(f"- emulated functional check: " + (
-                f"ran {emu['hops']} hops under {emu.get('emulator')}, max |diff| vs this host {emu['max_abs_diff_vs_host']:.2e}; "
+                f"ran {emu['hops']} hops under {emu.get('emulator')}, max |diff| vs this host {emu['max_abs_diff_vs_host']:.2e} "
+                f"(SNR {emu.get('snr_db_vs_host', float('nan')):.1f} dB); "
                 f"emulator time {emu['emulated_median_ms']:.2f} ms/hop is NOT device latency" if emu.get("ran")
                 else f"not run ({emu.get('reason')})"))
         lines += ["", "| layer | kind | params before | params | MACs/frame | structured | unstructured | K | .hwc B |",
