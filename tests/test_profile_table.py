@@ -1,0 +1,65 @@
+"""Profile tables: the fit recovers known costs, the latency model uses a table when one
+exists, a real (small) sweep on this machine's onnxruntime, and a clear error for a sweep of
+another machine's target."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hwcompress.errors import HwcError
+from hwcompress.models.io import load_model
+from hwcompress.profile import table as tb
+from hwcompress.profile.latency_model import predict_latency
+from hwcompress.targets import load_target
+
+
+def test_fit_recovers_known_coefficients() -> None:
+    true = {"const": 0.05, "layers": 0.002, "conv_macs": 2e-8, "rnn_macs": 5e-8, "linear_macs": 0.0,
+            "weight_bytes": 1e-8, "weight_bytes_over_cache": 3e-8}
+    rows = []
+    for i, (conv, rnn, lin, wb, layers) in enumerate([(1e5, 1e6, 1e5, 4e6, 4), (5e5, 4e6, 2e5, 2e7, 6), (2e6, 1e5, 0, 1e6, 10),
+                                                      (3e6, 8e6, 1e6, 5e7, 12), (1e4, 3e5, 3e4, 5e5, 3), (8e5, 2e6, 5e5, 9e6, 8),
+                                                      (4e6, 1.6e7, 2e6, 7.4e7, 12), (2e5, 6e5, 1e4, 3e6, 5)]):
+        f = {"const": 1.0, "layers": layers, "conv_macs": conv, "rnn_macs": rnn, "linear_macs": lin,
+             "weight_bytes": wb, "weight_bytes_over_cache": max(0.0, wb - 3.3e7)}
+        rows.append({"features": f, "measured_ms": sum(true[k] * f[k] for k in tb.FEATURES)})
+    fit = tb.fit_coefficients(rows)
+    for r in rows:
+        assert sum(fit[k] * r["features"][k] for k in tb.FEATURES) == pytest.approx(r["measured_ms"], rel=1e-3)
+
+
+def test_latency_model_prefers_a_measured_table(tmp_path, monkeypatch) -> None:
+    target = load_target("generic-onnx")
+    model = load_model("tiny-crn")
+    roof = predict_latency(model, target, 8)
+    assert roof["latency_model"] == "roofline"
+    fits = {w: {k: 0.0 for k in tb.FEATURES} for w in ("fp32", "int8")}
+    fits["int8"]["const"] = 0.25
+    (tmp_path / "generic-onnx.json").write_text(json.dumps({
+        "format": tb.TABLE_FORMAT, "target": "generic-onnx", "runtime": "onnxruntime", "cache_bytes": 1 << 25,
+        "provenance": "test", "fits": fits, "rows": [{}] * 3}))
+    monkeypatch.setenv("HWCOMPRESS_PROFILES", str(tmp_path))
+    got = predict_latency(model, target, 8)
+    assert got["latency_model"] == "profile table" and got["latency_ms"] == pytest.approx(0.25)
+    assert got["latency_source"] == "predicted" and got["roofline_ms"] == pytest.approx(roof["latency_ms"])
+    # another runtime's table is ignored
+    assert predict_latency(model, load_target("x86-openvino"), 8)["latency_model"] == "roofline"
+
+
+def test_small_sweep_on_this_machine(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HWCOMPRESS_PROFILES", str(tmp_path))
+    specs = [s for s in tb.sweep_specs() if s[0] in ("lstm-h128", "gru-h256", "crn-c0.25-h128")]
+    table = tb.sweep(load_target("generic-onnx"), runs=30, specs=specs)
+    path = tb.write_table(table)
+    assert path == tmp_path / "generic-onnx.json"
+    assert len(table["rows"]) == 6 and {r["weights"] for r in table["rows"]} == {"fp32", "int8"}
+    assert all(r["measured_ms"] > 0 for r in table["rows"])
+    assert table["provenance"].startswith("measured here: hwcompress profile --sweep")
+    assert tb.load_table(load_target("generic-onnx"))["fits"] == table["fits"]
+
+
+def test_sweep_of_another_machine_is_refused() -> None:
+    with pytest.raises(HwcError, match="run the sweep on the device itself"):
+        tb.sweep(load_target("raspberrypi4"))
