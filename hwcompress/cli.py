@@ -460,6 +460,10 @@ def profile(
     out: Annotated[Optional[Path], typer.Option(help="Keep the exported artifact in this folder.")] = None,
     weights: Annotated[str, typer.Option(help="fp32, or int8 weights in the runtime's native int8 form.")] = "fp32",
     sweep: Annotated[bool, typer.Option(help="Build profiles/<target>.json: time a spread of model shapes here and fit the latency model.")] = False,
+    host: Annotated[Optional[str], typer.Option(help="Measure on this device over SSH ([user@]address): copies the .tflite and a runner there.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="SSH port of --host.")] = None,
+    identity: Annotated[Optional[Path], typer.Option(help="SSH private key for --host.")] = None,
+    remote_python: Annotated[str, typer.Option(help="Python on --host that has ai-edge-litert or tflite-runtime.")] = "python3",
     json_: JsonOpt = False,
 ) -> None:
     """Per-hop streaming latency on this machine (measured), or predicted when the target is another CPU."""
@@ -470,6 +474,23 @@ def profile(
 
     check_mode("stream", weights)
     tg = load_target(target)
+    if host is not None:
+        from hwcompress.models.io import load_model
+        from hwcompress.profile.remote import SshDevice, measure_over_ssh
+
+        r = measure_over_ssh(load_model(model), tg, SshDevice(host, port, str(identity) if identity else None,
+                                                              remote_python), runs=runs, warmup=warmup,
+                             weights=weights, out_dir=out)
+        r["model"] = model
+        if json_:
+            _print_json(r)
+            return
+        typer.echo(f"{model} on {tg.name} at {host} ({r['device']['machine']}): MEASURED median {r['median_ms']:.3f} ms, "
+                   f"p90 {r['p90_ms']:.3f} ms over {r['runs']} hops; {r['runtime']} {r['runtime_version']}, "
+                   f"{r['threads']} thread(s), {weights} weights, artifact {r['artifact']['bytes']} B")
+        if r.get("warning"):
+            typer.echo(f"note: {r['warning']}")
+        return
     if sweep:
         from hwcompress.profile.table import sweep as run_sweep
         from hwcompress.profile.table import write_table

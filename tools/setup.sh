@@ -10,6 +10,7 @@ APT_PACKAGES=(
   ffmpeg sox espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
   asterisk-core-sounds-en-g722 asterisk-core-sounds-es-g722 asterisk-core-sounds-fr-g722
   asterisk-moh-opsound-g722 sound-theme-freedesktop
+  openssh-client openssh-server
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
