@@ -107,6 +107,15 @@ def artifact_stem(stem: str | None, mode: str, frames: int | None = None, weight
     return f"{base}-{mode}" + (f"-t{frames}" if frames else "") + ("-int8" if weights == "int8" else "")
 
 
+def with_weights(staged: Path, weights: str, quantize_int8: Callable[[Path, Path], None]) -> Path:
+    """The staged file itself (fp32), or its int8 version written next to it."""
+    if weights != "int8":
+        return staged
+    quantized = staged.with_name("q-" + staged.name)
+    quantize_int8(staged, quantized)
+    return quantized
+
+
 @contextmanager
 def explicit_cells(model: torch.nn.Module) -> Iterator[None]:
     """Trace recurrent layers as plain matmuls + gates (see models.layers.Recurrent)."""

@@ -154,11 +154,7 @@ class OnnxBackend:
         with g.staging(Path(out_dir)) as tmp:
             staged = tmp / dst.name
             export_onnx(model, staged, mode)
-            if weights == "int8":
-                quantized = tmp / ("q-" + dst.name)
-                quantize_int8(staged, quantized)
-                staged = quantized
-            g.publish([(staged, dst)])
+            g.publish([(g.with_weights(staged, weights, quantize_int8), dst)])
         return dst
 
     def load(self, path: Path, threads: int = 1) -> OnnxSession:

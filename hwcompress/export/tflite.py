@@ -138,11 +138,7 @@ class LiteRtBackend:
                     _convert_in_subprocess(python, program, kwargs, staged, tmp)
             except HwcError as exc:
                 raise HwcError(conv.locate(str(exc), program)) from None
-            if weights == "int8":
-                quantized = tmp / ("q-" + dst.name)
-                quantize_int8(staged, quantized)
-                staged = quantized
-            g.publish([(staged, dst)])
+            g.publish([(g.with_weights(staged, weights, quantize_int8), dst)])
         return dst
 
     def load(self, path: Path, threads: int = 1) -> LiteRtSession:
