@@ -59,23 +59,10 @@ def row(name: str, s: dict, size: int, params: int, note: str) -> str:
     return (f"| {name} | {size} | {params} | {e['pesq_wb']:.3f} | {e['stoi']:.4f} | {e['estoi']:.4f} | {e['si_sdr']:.2f} | {note} |")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--eval-items", type=int, default=200)
-    p.add_argument("--ablation-items", type=int, default=60)
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--table", type=Path, default=ROOT / "benchmarks" / "paper_reproduction.md")
-    args = p.parse_args(argv)
-
-    from hwcompress.compress.artifact import encode_artifact  # noqa: F401  (artifact format in use)
-    from hwcompress.compress.pipeline import CompressConfig, compress
-    from hwcompress.data.corpus import ensure_default_corpus
+def claim_rows(args, data: Path, dense) -> list[str]:
     from hwcompress.models.cost import count_params
     from hwcompress.models.io import load_model
-    from hwcompress.train import TrainConfig, train
 
-    data = ensure_default_corpus()
-    RUNS.mkdir(parents=True, exist_ok=True)
     large_hwc = RUNS / "large-50pct-k16.hwc"
     if not large_hwc.exists():
         hwc("compress", "--model", "default", *HEADLINE, "--out", str(large_hwc))
@@ -83,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     if not small_pt.exists():
         hwc("train", *SMALL_TRAIN, "--out", str(RUNS / "small"))
 
-    dense = load_model("default")
     large = load_model(str(large_hwc))
     small = load_model(str(small_pt))
     n = args.eval_items
@@ -92,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     s_small = scores(small, data, n, RUNS / f"eval-small-{n}.json")
     hist = json.loads((RUNS / "small" / "history.json").read_text())
 
-    lines = ["# Paper reproduction: compressed large model vs small model trained from scratch", "",
-             "Command: `python benchmarks/paper_reproduction.py "
-             f"--eval-items {n} --ablation-items {args.ablation_items} --steps {args.steps}`", "",
-             f"Real-speech test split (June, fr-CA, unseen), {s_dense['n']} mixtures. Noisy input: "
+    lines = [f"Real-speech test split (June, fr-CA, unseen), {s_dense['n']} mixtures. Noisy input: "
              f"PESQ-WB {s_dense['noisy']['pesq_wb']:.3f}, STOI {s_dense['noisy']['stoi']:.4f}, "
              f"ESTOI {s_dense['noisy']['estoi']:.4f}, SI-SDR {s_dense['noisy']['si_sdr']:.2f} dB.", "",
              "| model | bytes | params | PESQ-WB | STOI | ESTOI | SI-SDR dB | how |",
@@ -113,6 +96,35 @@ def main(argv: list[str] | None = None) -> int:
                  f"ESTOI {d['estoi']:+.4f}, SI-SDR {d['si_sdr']:+.2f} dB.")
     lines.append("")
 
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--eval-items", type=int, default=200)
+    p.add_argument("--ablation-items", type=int, default=60)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--batch", type=int, default=4, help="ablation fine-tuning batch (mixtures)")
+    p.add_argument("--seconds", type=float, default=2.0, help="ablation fine-tuning crop length")
+    p.add_argument("--skip-claim", action="store_true", help="only the ablation (part 1 needs its long runs)")
+    p.add_argument("--table", type=Path, default=ROOT / "benchmarks" / "paper_reproduction.md")
+    args = p.parse_args(argv)
+
+    from hwcompress.compress.pipeline import CompressConfig, compress
+    from hwcompress.data.corpus import ensure_default_corpus
+    from hwcompress.models.cost import count_params
+    from hwcompress.models.io import load_model
+    from hwcompress.train import TrainConfig, train
+
+    data = ensure_default_corpus()
+    RUNS.mkdir(parents=True, exist_ok=True)
+    dense = load_model("default")
+    lines = ["# Paper reproduction: compressed large model vs small model trained from scratch", "",
+             "Command: `python benchmarks/paper_reproduction.py "
+             f"--eval-items {args.eval_items} --ablation-items {args.ablation_items} --steps {args.steps} "
+             f"--batch {args.batch} --seconds {args.seconds}`", ""]
+    if not args.skip_claim:
+        lines += claim_rows(args, data, dense)
     # ---------------------------------------------------------------- ablation
     m = args.ablation_items
     steps, csteps = args.steps, max(1, args.steps // 3)
@@ -128,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         ("same, without the regularization", dict(sparsity=0.5, codebook=16, structured=True, prune_steps=steps,
                                                   cluster_steps=csteps)),
     ]
-    lines += [f"## Ablation (first {m} test mixtures, short fine-tuning: {steps} steps)", "",
+    lines += [f"## Ablation (first {m} test mixtures; short fine-tuning: {steps} pruning / regularization steps, "
+              f"{csteps} centroid steps, batch {args.batch} x {args.seconds:g} s)", "",
               "| variant | .hwc bytes | params | PESQ-WB | STOI | ESTOI | SI-SDR dB | vs dense PESQ / STOI |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     base = scores(dense, data, m, RUNS / f"eval-dense-{m}.json")
@@ -136,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (name, kw) in enumerate(variants):
         out = RUNS / "ablation" / f"v{i}.hwc"
         if not out.exists():
-            cfg = CompressConfig(**{"batch": 8, "seconds": 4.0, "lr": 1e-4, **kw})
+            cfg = CompressConfig(**{"batch": args.batch, "seconds": args.seconds, "lr": 1e-4, **kw})
             compress(copy.deepcopy(dense), cfg, data, out)
         net = load_model(str(out))
         s = scores(net, data, m, RUNS / "ablation" / f"eval-v{i}-{m}.json")
@@ -145,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ctrl = RUNS / "ablation" / "control"
     if not (ctrl / "model.pt").exists():
         net = copy.deepcopy(dense)
-        tcfg = TrainConfig(epochs=1, steps_per_epoch=steps + csteps, batch=8, seconds=4.0, lr=1e-4, patience=10**6,
+        tcfg = TrainConfig(epochs=1, steps_per_epoch=steps + csteps, batch=args.batch, seconds=args.seconds, lr=1e-4,
+                           patience=10**6,
                            seed=0, valid_items=8)
         train(net, data, ctrl, tcfg, resume=False)
     net = load_model(str(ctrl / "model.pt"))
