@@ -157,3 +157,14 @@ def test_fit_impossible_budget_fails_fast_with_best_reachable(tmp_path, small_co
                "--out", str(tmp_path), *FAST)
     _user_error(proc, "cannot be met on generic-onnx: the best reachable is about")
     assert not (tmp_path / "sensitivity").exists()  # failed before any expensive stage
+
+
+def test_uniform_baseline_uses_one_ratio_and_costs_more_loss(crn_oracle) -> None:
+    curves = _curves(crn_oracle, expensive={"rnn.0"})
+    budget = 0.6 * crn_oracle.latency_ms({})
+    u = alloc.uniform(curves, crn_oracle, budget)
+    assert len(set(u.ratios.values())) == 1 and u.predicted_ms <= budget
+    # one notch less pruning misses the budget: the smallest uniform ratio was found
+    r = next(iter(u.ratios.values()))
+    assert crn_oracle.latency_ms({g: max(0.0, r - 0.01) for g in u.ratios}) > budget
+    assert alloc.allocate(curves, crn_oracle, budget).predicted_loss < u.predicted_loss
