@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         s = scores(net, data, m, RUNS / "ablation" / f"eval-v{i}-{m}.json")
         dp, ds = s["enhanced"]["pesq_wb"] - base["enhanced"]["pesq_wb"], s["enhanced"]["stoi"] - base["enhanced"]["stoi"]
         lines.append(row(name, s, out.stat().st_size, count_params(net), f"{dp:+.3f} / {ds:+.4f}"))
+        args.table.write_text("\n".join(lines) + "\n")  # progress survives an interrupted run
     ctrl = RUNS / "ablation" / "control"
     if not (ctrl / "model.pt").exists():
         net = copy.deepcopy(dense)
