@@ -31,6 +31,7 @@ def test_fit_recovers_known_coefficients() -> None:
 
 
 def test_latency_model_prefers_a_measured_table(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HWCOMPRESS_PROFILES", str(tmp_path / "none"))  # not the repo's profiles/
     target = load_target("generic-onnx")
     model = load_model("tiny-crn")
     roof = predict_latency(model, target, 8)
