@@ -16,28 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from hwcompress.errors import HwcError
-from hwcompress.models.io import load_model
-from hwcompress.models.stft import stft
 from hwcompress.profile import emulate
+from test_export import _model
+from test_export import _spectrum as export_spectrum
 
 ATOL = 1e-5
 N_FRAMES = 20
 
 
-def _model(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = load_model(name).eval()
-    model.feat_mean.uniform_(-3.0, 0.0)
-    model.feat_std.uniform_(1.0, 3.0)
-    return model
-
-
 def _spectrum(frames: int) -> np.ndarray:
-    audio = torch.from_numpy(np.random.default_rng(2).standard_normal(frames * 160).astype(np.float32) * 0.1)
-    return stft(audio[None])[:, :frames].numpy()
+    return export_spectrum(frames).numpy()
 
 
 def _litert_backend():

@@ -22,7 +22,7 @@ from hwcompress.enhance import enhance_streaming
 from hwcompress.export import run_stream
 from hwcompress.models.cost import count_params
 from hwcompress.models.io import load_model
-from test_export import ATOL, SWEEP, _require, _spectrum
+from test_export import ATOL, SWEEP, _model, _require, _spectrum
 
 PRESETS = ["tiny-crn", "tiny-gcrn", "tiny-lstm", "tiny-gru"]
 INT8_MIN_SNR_DB = 25.0
@@ -30,10 +30,7 @@ INT8_MIN_SNR_DB = 25.0
 
 def compressed(name: str) -> torch.nn.Module:
     """Half the units of every group removed, then every weight tensor clustered to K=16."""
-    torch.manual_seed(0)
-    model = load_model(name).eval()
-    model.feat_mean.uniform_(-3.0, 0.0)
-    model.feat_std.uniform_(1.0, 3.0)
+    model = _model(name)
     apply_masks(model, structured_masks(model, 0.5))
     small = shrink(model).eval()
     assert count_params(small) < count_params(model)

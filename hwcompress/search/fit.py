@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from hwcompress.errors import HwcError
 from hwcompress.models.zoo import SEModel
 from hwcompress.search import allocate as alloc
 from hwcompress.search import sensitivity as sens
+from hwcompress.search.sensitivity import atomic_json
 from hwcompress.targets import Target, load_target
 
 REPORT_SCHEMA = 1
@@ -73,13 +73,6 @@ class FitConfig:
     emulate: bool = True
     allocation: str = "search"  # or "uniform": one ratio for all groups, one K for all layers (the baseline)
     uniform_codebook: int = 16
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    tmp.replace(path)
 
 
 def _read_json(path: Path) -> Any:
@@ -175,7 +168,7 @@ class Fitter:
         if self.measurable:
             self.oracle.calibration = probe["measured_ms"] / predicted
         self.calibration_log.append({"ratios": {}, "predicted_ms": predicted, **probe})
-        _atomic_json(path, {"target": self.target.name, "model": self.cfg.model, "bytes_per_weight": self.bytes_per_weight,
+        atomic_json(path, {"target": self.target.name, "model": self.cfg.model, "bytes_per_weight": self.bytes_per_weight,
                             "calibration": self.oracle.calibration, "log": self.calibration_log})
 
     def budget_params(self) -> int:
@@ -189,7 +182,7 @@ class Fitter:
             cached = _read_json(self.out / "floor.json")
             if not cached or cached.get("calibration_log") != self.calibration_log:
                 cached = {"calibration_log": self.calibration_log, **self._probe(floor)}
-                _atomic_json(self.out / "floor.json", cached)
+                atomic_json(self.out / "floor.json", cached)
             best_ms, how = cached["measured_ms"], "measured here"
         self.floor_ms = best_ms
         self.floor_how = how
@@ -272,7 +265,7 @@ class Fitter:
             tolerance /= 2
         else:
             ks = {layer: 256 for layer in weights}
-        _atomic_json(cache, {"base": k_sens["base"], "budget": budget, "ks": ks, "trials": trials})
+        atomic_json(cache, {"base": k_sens["base"], "budget": budget, "ks": ks, "trials": trials})
         return ks
 
     def compress(self, work: Path, data: Path, ratios: dict[str, float], ks: dict[str, int]) -> dict:
@@ -294,14 +287,14 @@ class Fitter:
             shutil.rmtree(work / "model.hwc.work", ignore_errors=True)
             hwc.unlink(missing_ok=True)
             done.unlink(missing_ok=True)
-            _atomic_json(work / "settings.json", settings)
+            atomic_json(work / "settings.json", settings)
         if hwc.exists() and done.exists():
             self.log(f"compress: {hwc} already built with these settings")
             return _read_json(done)
         import copy
 
         report = compress(copy.deepcopy(self.model), cfg, data, hwc, log=self.log)
-        _atomic_json(done, report)
+        atomic_json(done, report)
         return report
 
     def verify(self, compressed: SEModel, work: Path) -> dict:
@@ -376,7 +369,7 @@ class Fitter:
         result = {"set": "test", "n": r["n"], "n_requested": self.cfg.eval_items,
                   "noisy": {m: mean[f"noisy_{m}"] for m in QUALITY},
                   "enhanced": {m: mean[f"enhanced_{m}"] for m in QUALITY}}
-        _atomic_json(cache, result)
+        atomic_json(cache, result)
         return result
 
 

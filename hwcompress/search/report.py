@@ -79,7 +79,7 @@ def markdown(report: dict) -> str:
                   f"- MACs per frame: {r['macs_per_frame']['before']} -> {r['macs_per_frame']['after']}"]
         emu = r.get("emulated_check")
         if emu:
-            lines.append(f"- emulated functional check: " + (
+            lines.append("- emulated functional check: " + (
                 f"ran {emu['hops']} hops under {emu.get('emulator')}, max |diff| vs this host {emu['max_abs_diff_vs_host']:.2e} "
                 f"(SNR {emu.get('snr_db_vs_host', float('nan')):.1f} dB); "
                 f"emulator time {emu['emulated_median_ms']:.2f} ms/hop is NOT device latency" if emu.get("ran")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,10 +41,11 @@ def score_fn(items: list[dict]) -> Callable[[SEModel], float]:
     return lambda model: -validation_loss(model, items)
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
+def atomic_json(path: Path, obj: Any) -> None:
+    """Write JSON through a temporary file and a rename: a crash never leaves half a cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
     tmp.replace(path)
 
 
@@ -52,12 +53,12 @@ def structured(model: SEModel, items: list[dict], cache: Path, ratios: Sequence[
     """{"base", "scores": {group: {ratio: score}}} with one group pruned at a time."""
     from hwcompress.compress.groups import model_groups
 
-    score, result = score_fn(items), {}
+    score = score_fn(items)
     groups = [g.name for g in model_groups(model)]
     with progress_bar() as bar:
         task = bar.add_task("pruning sensitivity", total=len(groups))
         for name in groups:  # one call per group: the bar moves, the cache file is shared
-            result = sensitivity(model, score, layers=[name], ratios=ratios, structured=True, cache=cache)
+            sensitivity(model, score, layers=[name], ratios=ratios, structured=True, cache=cache)
             bar.advance(task)
     return sensitivity(model, score, layers=groups, ratios=ratios, structured=True, cache=cache)
 
@@ -71,7 +72,7 @@ def codebooks(model: SEModel, items: list[dict], cache: Path, ks: Sequence[int] 
         store = {"fingerprint": fp, "base": None, "scores": {}}
     if store["base"] is None:
         store["base"] = float(score(model))
-        _atomic_json(cache, store)
+        atomic_json(cache, store)
     params = dict(model.named_parameters())
     by_layer: dict[str, list[str]] = {}
     for layer, path in layer_paths(model).items():
@@ -88,7 +89,7 @@ def codebooks(model: SEModel, items: list[dict], cache: Path, ks: Sequence[int] 
                 with torch.no_grad():
                     for n, v in saved.items():
                         params[n].copy_(v)
-            _atomic_json(cache, store)
+            atomic_json(cache, store)
             bar.advance(task)
     scores = {layer: {k: store["scores"][f"{layer}@{k}"] for k in ks} for layer in by_layer}
     return {"base": store["base"], "scores": scores}
