@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", type=Path, default=ROOT / "benchmarks" / "latency_model.md")
     args = p.parse_args(argv)
     from hwcompress.export import get_backend
-    from hwcompress.models import zoo
     from hwcompress.profile.measure import RUNTIME_BACKENDS, host_cpu, runtime_version
 
     lines = ["# Latency model: predicted vs measured", "",

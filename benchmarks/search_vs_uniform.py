@@ -13,7 +13,6 @@ writes benchmarks/search_vs_uniform.md (and the two fit runs under runs/bench-se
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path

@@ -222,12 +222,16 @@ def eval_cmd(
     markdown: Annotated[Optional[Path], typer.Option(help="Write the Markdown table here.")] = None,
     workers: Annotated[int, typer.Option(min=1)] = 2,
 ) -> None:
-    """PESQ-WB, STOI, ESTOI and SI-SDR of noisy and enhanced audio, overall and per SNR."""
-    from hwcompress.evaluate import evaluate, write_results
+    """PESQ-WB, STOI, ESTOI and SI-SDR of noisy and enhanced audio, overall and per SNR.
+    MODEL may also be an exported streaming artifact (.onnx, .xml, .tflite): it then runs hop
+    by hop in its runtime, so quantized weights are scored as they would ship."""
+    from hwcompress.evaluate import evaluate, evaluate_artifact, write_results
     from hwcompress.models.io import load_model
 
-    net = load_model(model)
-    result = evaluate(net, _corpus(data), set_name, limit, workers)
+    if Path(model).suffix.lower() in (".onnx", ".xml", ".tflite"):
+        result = evaluate_artifact(Path(model), _corpus(data), set_name, limit, workers)
+    else:
+        result = evaluate(load_model(model), _corpus(data), set_name, limit, workers)
     result["model"] = model
     typer.echo(write_results(result, json_out, markdown, f"{model} on {set_name} ({result['n']} mixtures)"))
 
@@ -475,7 +479,6 @@ def profile(
     check_mode("stream", weights)
     tg = load_target(target)
     if host is not None:
-        from hwcompress.models.io import load_model
         from hwcompress.profile.remote import SshDevice, measure_over_ssh
 
         r = measure_over_ssh(load_model(model), tg, SshDevice(host, port, str(identity) if identity else None,

@@ -35,6 +35,9 @@ class TrainConfig:
     seed: int = 0
     valid_items: int = 60
     max_minutes: float = 0.0  # stop cleanly after this wall time (0 = no limit)
+    # Compression fine-tuning keeps a constant rate: while sparsity ramps up the validation loss
+    # rises by design, and halving on those "plateaus" left long runs fine-tuning at lr/32.
+    halve_on_plateau: bool = True
 
 
 def spectral_loss(est: torch.Tensor, ref: torch.Tensor, power: float = 0.3) -> torch.Tensor:
@@ -140,9 +143,10 @@ def train(
                                                      "train_config": asdict(cfg)})
             else:
                 state["bad_epochs"] += 1
-                state["lr"] /= 2  # halve on plateau
-                for group in opt.param_groups:
-                    group["lr"] = state["lr"]
+                if cfg.halve_on_plateau:
+                    state["lr"] /= 2
+                    for group in opt.param_groups:
+                        group["lr"] = state["lr"]
             log(f"epoch {state['epoch']}: train {running / cfg.steps_per_epoch:.4f} valid {val:.4f}"
                 f"{' (best)' if improved else ''} lr {state['lr']:.2e}")
             tmp = last.with_name("last.pt.tmp")

@@ -114,3 +114,24 @@ def test_export_corrupt_model_file(tmp_path) -> None:
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
     assert_user_error(run("export", "--model", str(bad), "--format", "onnx", "--out", str(tmp_path)), "broken.pt")
+
+
+def test_eval_runs_an_exported_artifact_in_its_runtime(small_corpus, tiny_model, tmp_path) -> None:
+    """An fp32 ONNX streaming export scores what the torch model scores (same audio out,
+    hop by hop in onnxruntime); a file that is not an artifact is one line."""
+    import json
+
+    proc = run("export", "--model", str(tiny_model), "--format", "onnx", "--mode", "stream", "--out", str(tmp_path / "x"),
+               "--json")
+    assert proc.returncode == 0, proc.stderr
+    onnx_path = json.loads(proc.stdout)["artifacts"][0]["path"]
+    got = {}
+    for name, model in (("torch", str(tiny_model)), ("onnx", onnx_path)):
+        out = tmp_path / f"{name}.json"
+        proc = run("eval", "--model", model, "--data", str(small_corpus), "--limit", "2", "--json", str(out),
+                   "--workers", "1")
+        assert proc.returncode == 0, proc.stderr
+        got[name] = json.loads(out.read_text())["summary"]["overall"]["mean"]
+    assert got["onnx"]["enhanced_si_sdr"] == pytest.approx(got["torch"]["enhanced_si_sdr"], abs=0.01)
+    assert got["onnx"]["enhanced_stoi"] == pytest.approx(got["torch"]["enhanced_stoi"], abs=1e-3)
+    assert_user_error(run("eval", "--model", str(tmp_path / "missing.onnx"), "--data", str(small_corpus)), "missing.onnx")

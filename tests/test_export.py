@@ -8,6 +8,7 @@ normalisation buffer, a bf16 fallback at ~1e-3) cannot hide under it.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +246,13 @@ def test_openvino_compiles_with_threads_latency_and_fp32(artifacts) -> None:
     assert compiled.get_property(props.inference_num_threads) == 2
     assert str(compiled.get_property(hints.performance_mode)).endswith("LATENCY")
     assert compiled.get_property(hints.inference_precision) == openvino.Type.f32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_export_into_a_relative_folder(tmp_path, monkeypatch, backend: str) -> None:
+    """`--out exports` from the shell: converters that run in a subprocess with their own
+    working directory must still find the staged files."""
+    be = _require(backend)
+    monkeypatch.chdir(tmp_path)
+    path = be.export(_model("tiny-gru"), Path("exports"), "stream")
+    assert path.is_file() and path.resolve().parent == (tmp_path / "exports").resolve()

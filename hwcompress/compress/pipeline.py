@@ -129,7 +129,8 @@ def compress(
     def finetune(net: SEModel, stage: str, steps: int, **hooks) -> None:
         per_epoch = max(1, min(steps, 50))
         tcfg = TrainConfig(epochs=-(-steps // per_epoch), steps_per_epoch=per_epoch, batch=cfg.batch,
-                           seconds=cfg.seconds, lr=cfg.lr, patience=10**6, seed=cfg.seed, valid_items=8)
+                           seconds=cfg.seconds, lr=cfg.lr, patience=10**6, seed=cfg.seed, valid_items=8,
+                           halve_on_plateau=False)
         train(net, data, work / stage, tcfg, resume=False, log=log, **hooks)
 
     if cfg.regularize_steps and (cfg.l1 or cfg.group_lasso):

@@ -96,6 +96,15 @@ def get_backend(name: str) -> Backend:
     return importlib.import_module(module).BACKEND
 
 
+def backend_for_artifact(path: Path) -> str:
+    """The backend that runs an exported file, from its suffix (.onnx, .xml, .tflite)."""
+    suffixes = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert"}
+    key = suffixes.get(Path(path).suffix.lower())
+    if key is None:
+        raise HwcError(f"{path}: not a runtime artifact (expected one of {', '.join(suffixes)})")
+    return key
+
+
 def available_backends() -> list[str]:
     """Backends whose runtime imports here (the converter may still be missing for litert)."""
     out = []

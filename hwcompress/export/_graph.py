@@ -85,8 +85,9 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 @contextmanager
 def staging(out_dir: Path) -> Iterator[Path]:
     """A scratch folder next to the destination, so the final os.replace is atomic
-    (same file system) and a failed export leaves no half-written artifact."""
-    out_dir = Path(out_dir)
+    (same file system) and a failed export leaves no half-written artifact. Absolute, because
+    converters run in subprocesses with their own working directory."""
+    out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from hwcompress.export import check_mode, get_backend
-from hwcompress.profile.measure import artifact_files, speech_like_frames, runtime_version
+from hwcompress.export.probe import artifact_files, runtime_version, speech_like_frames
 
 PARITY_FRAMES = 50
 

@@ -90,7 +90,7 @@ def measure_over_ssh(model, target, device: SshDevice, runs: int = 500, warmup: 
     """Export `model` for a LiteRT target and time it on `device`: latency_source measured."""
     from hwcompress.export import _graph as g
     from hwcompress.export import get_backend
-    from hwcompress.profile.measure import artifact_files, speech_like_frames
+    from hwcompress.export.probe import artifact_files, speech_like_frames
 
     if target.runtime != "litert":
         raise HwcError(f"--host runs .tflite artifacts with the device runner; target {target.name} uses "

@@ -331,7 +331,7 @@ class Fitter:
         """Run the .tflite on the emulated target CPU and compare with this machine's run."""
         from hwcompress.export import _graph as g
         from hwcompress.export import get_backend
-        from hwcompress.profile.measure import speech_like_frames
+        from hwcompress.export.probe import speech_like_frames
 
         try:
             from hwcompress.profile.emulate import run_emulated

@@ -1,0 +1,82 @@
+"""What an exported artifact is made of and what it is probed with: its files on disk, the
+runtime's release, and a deterministic speech-like input. Shared by the export parity check and
+the profiler (which sits downstream of export)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import numpy as np
+
+#: frames timed per measurement and fed to parity checks by default
+PROBE_FRAMES = 300
+
+#: distribution names for version strings (module __version__ is not always the release)
+_DISTS: dict[str, tuple[str, str]] = {
+    "openvino": ("openvino", "openvino"),
+    "onnxruntime": ("onnxruntime", "onnxruntime"),
+    "litert": ("ai-edge-litert", "ai_edge_litert"),
+}
+
+
+def runtime_version(runtime: str) -> str | None:
+    dist, module = _DISTS.get(runtime, (runtime, runtime))
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        return getattr(__import__(module), "__version__", None)
+    except ImportError:
+        return None
+
+
+def artifact_files(path: Path) -> list[Path]:
+    """Every file the artifact needs at load time: an OpenVINO IR is the .xml plus its .bin."""
+    path = Path(path)
+    files = [path]
+    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
+        files.append(path.with_suffix(".bin"))
+    return files
+
+
+def speech_like_frames(n: int = PROBE_FRAMES, seed: int = 0) -> np.ndarray:
+    """`n` streaming STFT frames [n, 1, 1, F, 2] of a synthetic voiced signal in noise.
+
+    Not zeros or white noise: silence decays the recurrent state towards denormals,
+    which run far slower on x86 than normal floats, and white noise has none of the
+    spectral tilt and level changes of speech. Harmonics with a moving pitch under three
+    formant bumps, syllable-rate loudness changes and pauses, at about 10 dB SNR, give
+    spectra in the range a real input has. Frames come from the same StreamingStft the
+    model is trained and run with.
+    """
+    import torch
+
+    from hwcompress.enhance import STFT
+    from hwcompress.models.stft import StreamingStft
+
+    rng = np.random.default_rng(seed)
+    sr, hop = STFT.sample_rate, STFT.hop
+    t = np.arange((n + 1) * hop) / sr
+    f0 = 125 + 35 * np.sin(2 * np.pi * 0.6 * t) + 3 * rng.standard_normal(t.size).cumsum() / np.sqrt(t.size)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    voiced = np.zeros_like(t)
+    for k in range(1, 40):
+        fk = k * f0
+        envelope = sum(np.exp(-0.5 * ((fk - fc) / bw) ** 2) for fc, bw in ((550, 150), (1600, 250), (2600, 350)))
+        voiced += (0.2 + envelope) / k * np.sin(k * phase) * (fk < sr / 2 - 500)
+    syllables = np.clip(np.sin(2 * np.pi * 3.5 * t), 0, None) ** 1.5 * (np.sin(2 * np.pi * 0.4 * t) > -0.6)
+    speech = voiced * syllables
+    speech *= 0.3 / (np.abs(speech).max() + 1e-9)
+    noise = rng.standard_normal(t.size)
+    noise *= np.sqrt(np.mean(speech**2) / np.mean(noise**2)) * 10 ** (-10 / 20)
+    audio = (speech + noise).astype(np.float32)
+
+    stream = StreamingStft(STFT)
+    frames = []
+    with torch.no_grad():
+        for i in range(n + 1):
+            frames.append(stream.analyze(torch.from_numpy(audio[i * hop : (i + 1) * hop])[None]).numpy())
+    # the first frame saw only half a window of signal: drop it
+    return np.ascontiguousarray(np.stack(frames[1:]), dtype=np.float32)
