@@ -80,6 +80,16 @@ def read_bandwidth_gbps_torch(nbytes: int, threads: int, repeats: int) -> float:
     return x.numel() * 4 / s / 1e9
 
 
+def gemv_gbps_torch(n: int, threads: int) -> float:
+    # batch-1 streaming inference is matrix-vector work: every weight is read once per hop and
+    # used once, so its ceiling is the weight-read rate, shown here as effective GB/s
+    torch.set_num_threads(threads)
+    w = torch.randn(n, n)
+    x = torch.randn(n)
+    s = _best_seconds(lambda: torch.mv(w, x), repeats=20 if n <= 2048 else 5)
+    return w.numel() * 4 / s / 1e9
+
+
 def op_overhead_us_torch() -> float:
     # a 1-element add is pure dispatch cost: the floor any eager-framework operator pays
     torch.set_num_threads(1)
@@ -121,6 +131,11 @@ def measure() -> dict[str, float | None | str]:
         "l3_read_gbps_numpy_1t_8MiB": read_bandwidth_gbps_numpy(8 << 20, repeats=50),
         "l3_read_gbps_torch_1t_8MiB": read_bandwidth_gbps_torch(8 << 20, 1, repeats=50),
         "l3_read_gbps_torch_2t_8MiB": read_bandwidth_gbps_torch(8 << 20, 2, repeats=50),
+        # fp32 matrix-vector: 4096^2 = 64 MiB streams from DRAM, 1024^2 = 4 MiB sits in L3
+        "gemv_fp32_dram_gbps_1t": gemv_gbps_torch(4096, 1),
+        "gemv_fp32_dram_gbps_2t": gemv_gbps_torch(4096, 2),
+        "gemv_fp32_l3_gbps_1t": gemv_gbps_torch(1024, 1),
+        "gemv_fp32_l3_gbps_2t": gemv_gbps_torch(1024, 2),
         "torch_op_overhead_us": op_overhead_us_torch(),
     }
     return r

@@ -99,9 +99,9 @@ def quantize_int8(src: Path, dst: Path) -> None:
 class LiteRtSession(g.SessionBase):
     def __init__(self, path: Path, threads: int = 1) -> None:
         path = g.require_file(path)
+        self._path, self._threads, self.preserve_all_tensors = path, threads, False
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-            self.runner = self.interpreter.get_signature_runner()
+            self._open()
         except Exception as exc:
             raise g.corrupt(path, "LiteRT", exc) from None
         details = self.runner.get_input_details()
@@ -111,11 +111,44 @@ class LiteRtSession(g.SessionBase):
         self.state_shapes = [tuple(int(d) for d in details[g.state_name(i)]["shape"][1:]) for i in range(n)]
         self.frames = int(details[g.SPEC]["shape"][1])
         self._n = n
+        # fully integer models (e.g. ai-edge-quantizer static int8) take and give int8 tensors:
+        # (scale, zero point) per quantized input/output, so callers keep speaking float
+        self._in_q = {k: _affine(d) for k, d in details.items() if d["dtype"] != np.float32}
+        self._out_q = {k: _affine(d) for k, d in self.runner.get_output_details().items() if d["dtype"] != np.float32}
+
+    def _open(self) -> None:
+        self.interpreter = Interpreter(model_path=str(self._path), num_threads=self._threads,
+                                       experimental_preserve_all_tensors=self.preserve_all_tensors)
+        self.runner = self.interpreter.get_signature_runner()
 
     def run(self, spec: np.ndarray, state: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         spec, state = self._inputs(spec, state)
-        res = self.runner(**{g.SPEC: spec, **{g.state_name(i): s for i, s in enumerate(state)}})
+        feed = {g.SPEC: spec, **{g.state_name(i): s for i, s in enumerate(state)}}
+        for name, (scale, zero, dtype) in self._in_q.items():
+            info = np.iinfo(dtype)
+            feed[name] = np.clip(np.round(feed[name] / scale) + zero, info.min, info.max).astype(dtype)
+        try:
+            res = self.runner(**feed)
+        except ValueError as exc:
+            # seen with ai-edge-quantizer's static int8 output: LiteRT's memory planner leaves an
+            # output unallocated ("Tensor data is null"); keeping every tensor alive fixes it
+            if self.preserve_all_tensors or "null" not in str(exc):
+                raise
+            self.preserve_all_tensors = True
+            self._open()
+            res = self.runner(**feed)
+        for name, (scale, zero, _) in self._out_q.items():
+            res[name] = ((res[name].astype(np.float32) - zero) * scale).astype(np.float32)
         return res[g.OUT], [res[g.state_out_name(i)] for i in range(self._n)]
+
+
+def _affine(detail: dict) -> tuple[float, int, np.dtype]:
+    q = detail.get("quantization_parameters") or {}
+    scales, zeros = q.get("scales", []), q.get("zero_points", [])
+    if len(scales) != 1:
+        raise HwcError(f"LiteRT tensor {detail.get('name')!r} is {detail['dtype'].__name__} without one "
+                       "per-tensor scale: unsupported input/output quantization")
+    return float(scales[0]), int(zeros[0]), np.dtype(detail["dtype"])
 
 
 class LiteRtBackend:
