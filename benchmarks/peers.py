@@ -150,14 +150,14 @@ def torch_global_magnitude(dense, amount: float = 0.5):
     return net
 
 
-def nncf_compress(xml: Path, dst: Path, mode: str) -> None:
+def nncf_compress(xml: Path, dst: Path, mode: str, group_size: int = 128) -> None:
     import nncf
     import openvino as ov
 
     nncf.set_log_level(logging.ERROR)
     kwargs = {"int8": dict(mode=nncf.CompressWeightsMode.INT8_ASYM),
-              "int4": dict(mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=128, ratio=1.0, all_layers=True),
-              "cb4": dict(mode=nncf.CompressWeightsMode.CB4, group_size=128, ratio=1.0, all_layers=True)}[mode]
+              "int4": dict(mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=group_size, ratio=1.0, all_layers=True),
+              "cb4": dict(mode=nncf.CompressWeightsMode.CB4, group_size=group_size, ratio=1.0, all_layers=True)}[mode]
     model = ov.Core().read_model(str(xml))
     with _quiet():
         model = nncf.compress_weights(model, **kwargs)
@@ -315,7 +315,17 @@ def measure(row: Row, runs: int) -> dict:
 
     r = measure_artifact(TARGETS[row.target], Path(row.path), load_target(row.target).threads, runs=runs, warmup=50,
                          top=0)
-    return {k: r.get(k) for k in ("median_ms", "p90_ms", "peak_memory_bytes")} | {"load_avg": r["host"]["load_avg"]}
+    out = {k: r.get(k) for k in ("median_ms", "p90_ms", "peak_memory_bytes")} | {"load_avg": r["host"]["load_avg"]}
+    if TARGETS[row.target] == "openvino":
+        from hwcompress.errors import HwcError
+        from hwcompress.profile.measure import benchmark_app_latency
+
+        try:  # OpenVINO's own timer on the same IR and threads, as a cross-check of ours
+            out["benchmark_app_median_ms"] = benchmark_app_latency(row.path, load_target(row.target).threads,
+                                                                   niter=runs)["median_ms"]
+        except HwcError as exc:
+            out["benchmark_app_error"] = str(exc)
+    return out
 
 
 def usable(rows: list[Row], target: str) -> list[Row]:
@@ -407,7 +417,9 @@ def write_report(rows: list[Row], peaks: dict, args, versions: dict, seconds: fl
                       f" faster / {hwc.quality['pesq_wb'] - q['pesq_wb']:+.3f} / {hwc.quality['stoi'] - q['stoi']:+.4f}")
             name = f"**{r.name}**" if r.kind == "hwcompress" else r.name
             mem = lat.get("peak_memory_bytes")
-            lines.append(f"| {name} | {r.library} | {r.bytes} | {lat['median_ms']:.3f} ({lat['p90_ms']:.3f}) | "
+            bench = lat.get("benchmark_app_median_ms")
+            timing = f"{lat['median_ms']:.3f} ({lat['p90_ms']:.3f})" + (f"; benchmark_app {bench:.3f}" if bench else "")
+            lines.append(f"| {name} | {r.library} | {r.bytes} | {timing} | "
                          f"{mem / 1e6 if mem is not None else float('nan'):.1f} | {q['pesq_wb']:.3f} | {q['stoi']:.4f} | "
                          f"{q['si_sdr']:.2f} | {vs} | {r.note} |")
         lines.append("")

@@ -123,6 +123,9 @@ def test_parse_benchmark_app_report() -> None:
     p = parse_benchmark_app(text)
     assert p["median_ms"] == 8.16 and p["min_ms"] == 3.48 and p["max_ms"] == 16.13
     assert p["iterations"] == 200 and p["threads_reported"] == 2
+    # a later line that merely mentions latency (stderr is appended after stdout) must not hide the report
+    p = parse_benchmark_app(text + "[ WARNING ] Latency: hint ignored for this device\n")
+    assert p["median_ms"] == 8.16
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -529,7 +529,9 @@ def _ir_shapes(xml_path: Path) -> str:
 
 def parse_benchmark_app(text: str) -> dict[str, Any]:
     """Latency figures from benchmark_app's final report (the block after `Latency:`)."""
-    block = text[text.rfind("Latency:"):] if "Latency:" in text else ""
+    # the last "Latency:" that opens a block with a Median line: warnings may mention latency too
+    blocks = [text[m.start():] for m in re.finditer(r"Latency:", text)]
+    block = next((b for b in reversed(blocks) if re.search(r"Median:\s*[\d.]+\s*ms", b)), "")
     out: dict[str, Any] = {}
     for key in ("Median", "Average", "Min", "Max"):
         m = re.search(rf"{key}:\s*([\d.]+)\s*ms", block)
@@ -575,8 +577,11 @@ def benchmark_app_latency(xml_path: str | os.PathLike[str], threads: int, niter:
             raise HwcError(f"benchmark_app did not finish within {timeout:g} s") from None
     parsed = parse_benchmark_app(proc.stdout + proc.stderr)
     if proc.returncode != 0 or "median_ms" not in parsed:
-        err = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "ERROR" in ln or "Error" in ln]
-        raise HwcError(f"benchmark_app failed: {(err[-1] if err else f'exit code {proc.returncode}').strip()[:300]}")
+        lines = (proc.stdout + proc.stderr).splitlines()
+        err = [ln for ln in lines if "ERROR" in ln or "Error" in ln]
+        last = next((ln for ln in reversed(lines) if ln.strip()), "no output")
+        what = err[-1] if err else f"exit code {proc.returncode}, no latency report; last line: {last}"
+        raise HwcError(f"benchmark_app failed: {what.strip()[:300]}")
     return {**parsed, "threads": threads, "precision": precision, "command": cmd}
 
 
