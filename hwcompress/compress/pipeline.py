@@ -127,8 +127,10 @@ def compress(
     macs_before = total_macs(model)
 
     def finetune(net: SEModel, stage: str, steps: int, **hooks) -> None:
-        per_epoch = max(1, min(steps, 50))
-        tcfg = TrainConfig(epochs=-(-steps // per_epoch), steps_per_epoch=per_epoch, batch=cfg.batch,
+        # epochs of at most 50 steps (a validation pass and a checkpoint each) that add up to exactly `steps`
+        epochs = max(1, -(-steps // 50))
+        per_epoch = max(1, -(-steps // epochs))
+        tcfg = TrainConfig(epochs=epochs, steps_per_epoch=per_epoch, batch=cfg.batch,
                            seconds=cfg.seconds, lr=cfg.lr, patience=10**6, seed=cfg.seed, valid_items=8,
                            halve_on_plateau=False)
         train(net, data, work / stage, tcfg, resume=False, log=log, **hooks)
