@@ -303,7 +303,7 @@ def compress(
     for row in report["tensors"]:
         params = row["params"]
         sparsity_pct = 100 * (1 - row["nonzeros"] / params) if params else 0.0
-        table.add_row(row["name"], str(params), f"{sparsity_pct:.0f}%", str(row.get("k") or "-"),
+        table.add_row(row["name"], str(params), f"{sparsity_pct:.0f}%", str(row.get("K") or "-"),
                       f"{row['bits_per_weight']:.2f}", str(row["bytes"]))
     _console().print(table)
     macs = report["macs_per_frame"]

@@ -92,6 +92,12 @@ def test_cli_compress_and_errors(small_corpus, tmp_path) -> None:
 
     report = json.loads(proc.stdout)
     assert report["size_bytes"] == os.path.getsize(out)
+    # the same run as a table (resumed from its stages): every clustered weight shows its K
+    proc = _cli("compress", "--model", str(model), "--data", str(small_corpus), "--sparsity", "0.5", "--codebook", "8",
+                "--prune-steps", "2", "--cluster-steps", "1", "--batch", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    weight_rows = [ln for ln in proc.stdout.splitlines() if ".weight" in ln]
+    assert weight_rows and all(ln.split("│")[4].strip() == "8" for ln in weight_rows), proc.stdout
     # the artifact feeds the other commands
     wav = tmp_path / "in.wav"
     import soundfile as sf
