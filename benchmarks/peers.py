@@ -54,6 +54,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"generic-onnx": "onnxruntime", "x86-openvino": "openvino", "x86-litert": "litert"}
+FIT_WEIGHTS = {"generic-onnx": "int8", "x86-openvino": "int4", "x86-litert": "int8"}
 USABLE_PESQ_DROP = 0.1  # a peer that loses more than this is not a deployment choice
 L3_BYTES = 32 << 20
 
@@ -336,12 +337,13 @@ def usable(rows: list[Row], target: str) -> list[Row]:
 
 
 def run_fit(target: str, budgets_ms: list[float], budget_bytes: int, work: Path, log) -> Path:
-    """`hwcompress fit` in a subprocess (its own progress and caches); returns the report."""
+    """`hwcompress fit` in a subprocess (its own progress and caches); returns the report.
+    On OpenVINO it exports int4 weights (the runtime's 4-bit path), elsewhere int8."""
     out = work / f"fit-{target}"
     report = out / "report.json"
     ms = ",".join(f"{b:.4f}" for b in budgets_ms)
     cmd = [sys.executable, "-m", "hwcompress", "fit", "--target", target, "--budget-ms", ms,
-           "--budget-kb", f"{budget_bytes / 1024:.1f}", "--out", str(out)]
+           "--budget-kb", f"{budget_bytes / 1024:.1f}", "--out", str(out), "--weights", FIT_WEIGHTS[target]]
     if report.exists():
         r = json.loads(report.read_text())
         if [x["budget_ms"] for x in r["results"]] == [round(b, 4) for b in budgets_ms]:
@@ -536,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(report_file.read_text())
         for res, label in zip(report["results"], ("matched", "2x faster")):
             row = Row(target, f"hwcompress fit, {label}: <= {res['budget_ms']:.3f} ms, <= {b['budget_bytes']} B",
-                      "hwcompress", res["runtime_artifact"]["path"], "int8", int(res["macs_per_frame"]["after"]),
+                      "hwcompress", res["runtime_artifact"]["path"], FIT_WEIGHTS[target],
+                      int(res["macs_per_frame"]["after"]),
                       "hwcompress", note=(f"latency budget from: {b['latency_of']}; " if label == "matched" else "")
                       + f"size budget from: {b['bytes_of']}; .hwc {res['size_bytes']} B")
             row.bytes = artifact_bytes(row.path)

@@ -342,6 +342,7 @@ def fit(
     emulate: Annotated[bool, typer.Option(help="Functional run on the emulated target CPU when it cannot be measured here.")] = True,
     measure_runs: Annotated[int, typer.Option(min=10, help="Timed hops per latency measurement (the final one takes at least 500).")] = 300,
     allocation: Annotated[str, typer.Option(help="search (per layer), or uniform (one ratio and K=16 everywhere: the baseline).")] = "search",
+    weights: Annotated[str, typer.Option(help="Runtime weights: int8 (every backend) or int4 (OpenVINO: nncf INT4_ASYM).")] = "int8",
     json_: JsonOpt = False,
 ) -> None:
     """Find per-layer sparsity and codebook sizes that meet the target's budgets, then compress, export, verify and report."""
@@ -354,7 +355,7 @@ def fit(
     cfg = FitConfig(target=target, out=out, budgets_ms=budgets,
                     budget_bytes=int(budget_kb * 1024) if budget_kb is not None else None, model=model, data=data,
                     prune_steps=prune_steps, cluster_steps=cluster_steps, eval_items=eval_items, emulate=emulate,
-                    measure_runs=measure_runs, allocation=allocation)
+                    measure_runs=measure_runs, allocation=allocation, weights=weights)
     report = run_fit(cfg, log=lambda m: typer.echo(m, err=True))
     if json_:
         _print_json(report)
@@ -385,7 +386,7 @@ def export_cmd(
     format_: Annotated[str, typer.Option("--format", help="onnx, openvino or tflite.")],
     model: ModelOpt = "default",
     mode: Annotated[str, typer.Option(help="stream (one hop, state in/out), whole (utterance) or both.")] = "both",
-    weights: Annotated[str, typer.Option(help="fp32, or int8 weights in the runtime's native int8 form.")] = "fp32",
+    weights: Annotated[str, typer.Option(help="fp32; int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128).")] = "fp32",
     frames: Annotated[int, typer.Option(min=1, help="T of a whole-utterance .tflite (LiteRT fixes T).")] = 100,
     check: Annotated[bool, typer.Option(help="Run each artifact against torch and report the difference.")] = True,
     json_: JsonOpt = False,
@@ -462,7 +463,7 @@ def profile(
     backend: Annotated[Optional[str], typer.Option(help="Run with this backend instead of the target's runtime.")] = None,
     top: Annotated[int, typer.Option(min=1, help="Per-layer rows to show.")] = 10,
     out: Annotated[Optional[Path], typer.Option(help="Keep the exported artifact in this folder.")] = None,
-    weights: Annotated[str, typer.Option(help="fp32, or int8 weights in the runtime's native int8 form.")] = "fp32",
+    weights: Annotated[str, typer.Option(help="fp32; int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128).")] = "fp32",
     sweep: Annotated[bool, typer.Option(help="Build profiles/<target>.json: time a spread of model shapes here and fit the latency model.")] = False,
     host: Annotated[Optional[str], typer.Option(help="Measure on this device over SSH ([user@]address): copies the .tflite and a runner there.")] = None,
     port: Annotated[Optional[int], typer.Option(help="SSH port of --host.")] = None,

@@ -18,7 +18,9 @@ Whole-utterance graphs take the initial state as inputs too: pass zeros (or `Non
 `weights="int8"` stores the weight layers as 8-bit integers in the form each runtime
 executes natively (onnxruntime dynamic quantization, OpenVINO nncf int8 weight
 compression, LiteRT dynamic-range quantization with ai-edge-quantizer): the artifact is
-~4x smaller and memory-bound layers run faster. `weights="fp32"` keeps float weights.
+~4x smaller and memory-bound layers run faster. `weights="int4"` (OpenVINO only: nncf
+INT4_ASYM, groups of 128 input weights sharing a scale and zero point) halves that again; it
+is what a layer clustered to K <= 16 can use at run time. `weights="fp32"` keeps float weights.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ import torch
 from hwcompress.errors import HwcError
 
 MODES = ("stream", "whole")
-WEIGHTS = ("fp32", "int8")
+WEIGHTS = ("fp32", "int8", "int4")
+#: bits per stored weight of each format (for size and latency predictions)
+WEIGHT_BITS = {"fp32": 32, "int8": 8, "int4": 4}
+#: backends with a native 4-bit weight path
+INT4_BACKENDS = ("openvino",)
 
 # canonical name -> (module implementing it, runtime import that must work, pip extra)
 _BACKENDS: dict[str, tuple[str, str, str | None]] = {
@@ -117,11 +123,14 @@ def available_backends() -> list[str]:
     return out
 
 
-def check_mode(mode: str, weights: str = "fp32") -> None:
+def check_mode(mode: str, weights: str = "fp32", backend: str | None = None) -> None:
     if mode not in MODES:
         raise HwcError(f"unknown export mode {mode!r}: choose one of {', '.join(MODES)}")
     if weights not in WEIGHTS:
         raise HwcError(f"unknown weight format {weights!r}: choose one of {', '.join(WEIGHTS)}")
+    if weights == "int4" and backend is not None and backend not in INT4_BACKENDS:
+        raise HwcError(f"int4 weights: backend {backend!r} has no native 4-bit weight path here "
+                       f"(only {', '.join(INT4_BACKENDS)}); use int8")
 
 
 def run_stream(

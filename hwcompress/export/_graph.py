@@ -105,12 +105,12 @@ def publish(files: list[tuple[Path, Path]]) -> None:
 
 def artifact_stem(stem: str | None, mode: str, frames: int | None = None, weights: str = "fp32") -> str:
     base = stem or "model"
-    return f"{base}-{mode}" + (f"-t{frames}" if frames else "") + ("-int8" if weights == "int8" else "")
+    return f"{base}-{mode}" + (f"-t{frames}" if frames else "") + (f"-{weights}" if weights != "fp32" else "")
 
 
 def with_weights(staged: Path, weights: str, quantize_int8: Callable[[Path, Path], None]) -> Path:
     """The staged file itself (fp32), or its int8 version written next to it."""
-    if weights != "int8":
+    if weights == "fp32":
         return staged
     quantized = staged.with_name("q-" + staged.name)
     quantize_int8(staged, quantized)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hwcompress.export import check_mode, get_backend
+from hwcompress.export import canonical_name, check_mode, get_backend
 from hwcompress.export.probe import artifact_files, runtime_version, speech_like_frames
 
 PARITY_FRAMES = 50
@@ -59,7 +59,7 @@ def export_checked(model: torch.nn.Module, backend: str, out_dir: Path, modes: l
     """Export `model` in each mode; returns one row per artifact with its files, bytes on
     disk and (with check) its parity against torch."""
     for mode in modes:
-        check_mode(mode, weights)
+        check_mode(mode, weights, canonical_name(backend))
     be = get_backend(backend)
     rows = []
     for mode in modes:

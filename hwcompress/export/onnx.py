@@ -149,7 +149,7 @@ class OnnxBackend:
     def export(self, model: torch.nn.Module, out_dir: Path, mode: str = "stream", *,
                frames: int | None = None, stem: str | None = None, weights: str = "fp32") -> Path:
         """`frames` is ignored: the whole-utterance graph has a dynamic T."""
-        check_mode(mode, weights)
+        check_mode(mode, weights, self.name)
         dst = Path(out_dir) / (g.artifact_stem(stem, mode, weights=weights) + self.suffix)
         with g.staging(Path(out_dir)) as tmp:
             staged = tmp / dst.name

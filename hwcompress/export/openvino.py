@@ -27,16 +27,25 @@ from hwcompress.export.onnx import export_onnx
 PRECISIONS = {"f32": ov.Type.f32, "bf16": ov.Type.bf16, "f16": ov.Type.f16}
 
 
-def compress_int8(ov_model: ov.Model) -> ov.Model:
-    """nncf weight compression: per-channel asymmetric u8 weights, float activations."""
+def compress_weights(ov_model: ov.Model, weights: str) -> ov.Model:
+    """nncf weight compression, float activations: int8 = per-channel asymmetric u8; int4 =
+    asymmetric u4 in groups of 128 inputs (a row that 128 does not divide gets a smaller group,
+    so pruned, oddly sized layers compress too)."""
     try:
         import nncf
+        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
     except ImportError:
-        raise HwcError("OpenVINO int8 export needs nncf: pip install 'hwcompress[openvino]'") from None
+        raise HwcError(f"OpenVINO {weights} export needs nncf: pip install 'hwcompress[openvino]'") from None
     nncf.set_log_level(logging.ERROR)
+    if weights == "int8":
+        kwargs: dict = {"mode": nncf.CompressWeightsMode.INT8_ASYM}
+    else:
+        kwargs = {"mode": nncf.CompressWeightsMode.INT4_ASYM, "group_size": 128, "ratio": 1.0, "all_layers": True,
+                  "advanced_parameters": AdvancedCompressionParameters(
+                      group_size_fallback_mode=GroupSizeFallbackMode.ADJUST, min_adjusted_group_size=16)}
     # nncf draws a rich progress bar on stdout; our stdout carries tables and JSON
     with contextlib.redirect_stdout(io.StringIO()):
-        return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        return nncf.compress_weights(ov_model, **kwargs)
 
 
 class OpenVinoSession(g.SessionBase):
@@ -94,22 +103,22 @@ class OpenVinoBackend:
     def export(self, model: torch.nn.Module, out_dir: Path, mode: str = "stream", *,
                frames: int | None = None, stem: str | None = None, weights: str = "fp32") -> Path:
         """`frames` is ignored: the whole-utterance IR has a dynamic T."""
-        check_mode(mode, weights)
+        check_mode(mode, weights, self.name)
         xml = Path(out_dir) / (g.artifact_stem(stem, mode, weights=weights) + self.suffix)
         with g.staging(Path(out_dir)) as tmp:
             onnx_path = tmp / "graph.onnx"
             # nncf leaves the weights of a fused LSTMSequence/GRUSequence in fp32 (measured:
             # 11 of the default model's layers compressed, its two LSTMs not), so int8 IRs
             # trace the recurrent cells as matmuls, which the CPU plugin runs with u8 weights
-            cells = g.explicit_cells(model) if weights == "int8" else contextlib.nullcontext()
+            cells = g.explicit_cells(model) if weights != "fp32" else contextlib.nullcontext()
             with cells:
                 export_onnx(model, onnx_path, mode, exporter="OpenVINO (via ONNX)")
             try:
                 ov_model = ov.convert_model(str(onnx_path))
             except Exception as exc:
                 raise g.unsupported("OpenVINO", exc) from None
-            if weights == "int8":
-                ov_model = compress_int8(ov_model)
+            if weights != "fp32":
+                ov_model = compress_weights(ov_model, weights)
             staged = tmp / xml.name
             # keep fp32 weights: fp16 compression is a compression decision, not an export one
             ov.save_model(ov_model, str(staged), compress_to_fp16=False)

@@ -157,7 +157,7 @@ class LiteRtBackend:
 
     def export(self, model: torch.nn.Module, out_dir: Path, mode: str = "stream", *,
                frames: int | None = None, stem: str | None = None, weights: str = "fp32") -> Path:
-        check_mode(mode, weights)
+        check_mode(mode, weights, self.name)
         t = 1 if mode == "stream" else int(frames or WHOLE_FRAMES)
         dst = Path(out_dir) / (g.artifact_stem(stem, mode, t if mode == "whole" else None, weights) + self.suffix)
         python = converter_python()

@@ -430,7 +430,9 @@ def measure_local(model: Any, target: Target | str, backend: str | None = None, 
         backend = canonical_name(backend)  # aliases (ort, ov, tflite) and unknown names fail early
     runtime = backend or tg.runtime
     host = host_info()
-    prediction = predict_latency(net, tg, 8 if weights == "int8" else 32)
+    from hwcompress.export import WEIGHT_BITS
+
+    prediction = predict_latency(net, tg, WEIGHT_BITS[weights])
     result: dict[str, Any] = {
         "weights": weights,
         "target": tg.name,

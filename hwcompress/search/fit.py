@@ -73,6 +73,7 @@ class FitConfig:
     emulate: bool = True
     allocation: str = "search"  # or "uniform": one ratio for all groups, one K for all layers (the baseline)
     uniform_codebook: int = 16
+    weights: str = "int8"  # runtime weight format: int8 everywhere, or int4 where the backend has it (OpenVINO)
 
 
 def _read_json(path: Path) -> Any:
@@ -114,8 +115,13 @@ class Fitter:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.model = load_model(cfg.model).eval()
-        self.oracle = alloc.CostOracle(self.model, self.target, weight_bits=8)
-        # runtime bytes per weight of the int8 artifact, refined from the dense export
+        from hwcompress.export import WEIGHT_BITS, check_mode
+
+        if cfg.weights not in ("int8", "int4"):
+            raise HwcError(f"fit exports int8 or int4 runtime weights, not {cfg.weights!r}")
+        check_mode("stream", cfg.weights, self.backend)
+        self.oracle = alloc.CostOracle(self.model, self.target, weight_bits=WEIGHT_BITS[cfg.weights])
+        # runtime bytes per weight of the quantized artifact, refined from the dense export
         self.bytes_per_weight = 1.0
         self.calibration_log: list[dict] = []
 
@@ -124,7 +130,8 @@ class Fitter:
     def _export(self, model: SEModel, out_dir: Path, check: bool = True) -> dict:
         from hwcompress.export.check import export_checked
 
-        return export_checked(model, self.backend, out_dir, ["stream"], weights="int8", stem="model", check=check)[0]
+        return export_checked(model, self.backend, out_dir, ["stream"], weights=self.cfg.weights, stem="model",
+                              check=check)[0]
 
     def _measure(self, path: str, runs: int | None = None) -> dict:
         from hwcompress.profile.measure import measure_artifact
@@ -152,15 +159,16 @@ class Fitter:
     # ------------------------------------------------------------ stages
 
     def calibrate(self) -> None:
-        """Dense int8 artifact: its bytes per weight, and measured/predicted latency."""
+        """Dense quantized artifact: its bytes per weight, and measured/predicted latency."""
         path = self.out / "calibration.json"
         cached = _read_json(path)
-        if cached and cached.get("target") == self.target.name and cached.get("model") == self.cfg.model:
+        if (cached and cached.get("target") == self.target.name and cached.get("model") == self.cfg.model
+                and cached.get("weights", "int8") == self.cfg.weights):
             self.bytes_per_weight = cached["bytes_per_weight"]
             self.oracle.calibration = cached["calibration"]
             self.calibration_log = cached["log"]
             return
-        self.log(f"calibrate: exporting the dense model to {self.backend} int8"
+        self.log(f"calibrate: exporting the dense model to {self.backend} {self.cfg.weights}"
                  + (" and timing it here" if self.measurable else ""))
         probe = self._probe({})
         self.bytes_per_weight = probe["bytes"] / probe["params"]
@@ -168,8 +176,9 @@ class Fitter:
         if self.measurable:
             self.oracle.calibration = probe["measured_ms"] / predicted
         self.calibration_log.append({"ratios": {}, "predicted_ms": predicted, **probe})
-        atomic_json(path, {"target": self.target.name, "model": self.cfg.model, "bytes_per_weight": self.bytes_per_weight,
-                            "calibration": self.oracle.calibration, "log": self.calibration_log})
+        atomic_json(path, {"target": self.target.name, "model": self.cfg.model, "weights": self.cfg.weights,
+                           "bytes_per_weight": self.bytes_per_weight, "calibration": self.oracle.calibration,
+                           "log": self.calibration_log})
 
     def budget_params(self) -> int:
         return int(self.budget_bytes / self.bytes_per_weight)
@@ -190,7 +199,7 @@ class Fitter:
         limit = tight * (MEASURE_MARGIN if self.measurable else 1.0)
         if best_ms > limit:
             raise HwcError(f"budget {tight:g} ms cannot be met on {self.target.name}: the best reachable is about "
-                           f"{best_ms:.3g} ms per hop ({how}; {alloc.MAX_RATIO:.0%} of every group pruned, int8 weights)")
+                           f"{best_ms:.3g} ms per hop ({how}; {alloc.MAX_RATIO:.0%} of every group pruned, {self.cfg.weights} weights)")
         if best_params * self.bytes_per_weight > self.budget_bytes:
             raise HwcError(f"size budget {self.budget_bytes} B cannot be met: the smallest reachable runtime artifact is "
                            f"about {int(best_params * self.bytes_per_weight)} B")
@@ -214,7 +223,7 @@ class Fitter:
             except alloc.Infeasible:
                 raise HwcError(f"budget {budget_ms:g} ms cannot be met on {self.target.name}: the best reachable is "
                                f"about {self.floor_ms:.3g} ms per hop ({self.floor_how}; {alloc.MAX_RATIO:.0%} of every "
-                               "group pruned, int8 weights)") from None
+                               f"group pruned, {self.cfg.weights} weights)") from None
             if not self.measurable:
                 return a, trials
             probe = self._probe(a.ratios)
@@ -302,7 +311,9 @@ class Fitter:
         from hwcompress.profile.measure import runtime_version
 
         art = self._export(compressed, work / "export")
-        prediction = predict_latency(compressed, self.target, 8)
+        from hwcompress.export import WEIGHT_BITS
+
+        prediction = predict_latency(compressed, self.target, WEIGHT_BITS[self.cfg.weights])
         v: dict[str, Any] = {
             "runtime": self.backend, "runtime_version": runtime_version(self.backend), "threads": self.target.threads,
             "artifact": {k: art[k] for k in ("path", "files", "bytes", "weights")}, "parity_vs_torch": art["parity"],

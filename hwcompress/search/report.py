@@ -122,7 +122,8 @@ def plots(report: dict) -> dict[str, str]:
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="C0", lw=1, label="Pareto front")
     if dense_ms:
         ax.scatter([dense_ms], [q0["baseline"]["pesq_wb"]], marker="s", s=40 + 400 * cal["log"][0]["bytes"] / biggest,
-                   color="C1", label="dense model: int8 runtime latency (measured), fp32 quality")
+                   color="C1", label=f"dense model: {report['settings'].get('weights', 'int8')} runtime latency "
+                                     "(measured), fp32 quality")
     ax.axhline(q0["baseline"]["pesq_wb"], color="C1", lw=0.8, ls="--", label="dense model quality")
     ax.axhline(q0["noisy"]["pesq_wb"], color="C3", lw=0.8, ls="--", label="noisy input")
     ax.set_xlabel("latency per 10 ms hop (ms)")
