@@ -168,3 +168,31 @@ def test_uniform_baseline_uses_one_ratio_and_costs_more_loss(crn_oracle) -> None
     r = next(iter(u.ratios.values()))
     assert crn_oracle.latency_ms({g: max(0.0, r - 0.01) for g in u.ratios}) > budget
     assert alloc.allocate(curves, crn_oracle, budget).predicted_loss < u.predicted_loss
+
+
+def test_measured_allocation_loosens_after_a_pessimistic_calibration(crn_oracle) -> None:
+    """The control loop of Fitter.allocate, fed timings from a stand-in device whose true
+    speed is the latency model's prediction: a calibration that was 2x too slow (a noisy
+    first measurement) over-prunes at first; the loop must loosen and keep the feasible
+    allocation that loses least, not stop at the first one that fits."""
+    from hwcompress.search.fit import MEASURE_MARGIN, FitConfig, Fitter
+
+    oracle, truth = _scaled(crn_oracle, 2.0), _scaled(crn_oracle, 1.0)
+    f = Fitter.__new__(Fitter)
+    f.cfg, f.oracle, f.measurable, f.log = FitConfig(target="raspberrypi4", out="unused", retries=4), oracle, True, print
+    f.floor_ms, f.floor_how = 0.0, "-"
+    f.budget_params = lambda: 10**12
+    f._probe = lambda ratios: {"measured_ms": truth.latency_ms(ratios), "bytes": 0, "params": 0}
+    budget = 0.7 * truth.latency_ms({})
+    curves = _curves(crn_oracle, expensive={"rnn.0"})
+    chosen, trials = f.allocate(curves, budget)
+    assert len(trials) >= 2 and trials[0]["measured_ms"] < 0.8 * budget  # first try over-pruned
+    assert truth.latency_ms(chosen.ratios) <= budget * MEASURE_MARGIN
+    first = alloc.allocate(curves, _scaled(crn_oracle, 2.0), budget * MEASURE_MARGIN)
+    assert chosen.predicted_loss < first.predicted_loss
+
+
+def _scaled(oracle, factor: float):
+    o = alloc.CostOracle(oracle.model, oracle.target, weight_bits=8)
+    o.calibration = factor
+    return o
