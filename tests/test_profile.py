@@ -126,6 +126,10 @@ def test_parse_benchmark_app_report() -> None:
     # a later line that merely mentions latency (stderr is appended after stdout) must not hide the report
     p = parse_benchmark_app(text + "[ WARNING ] Latency: hint ignored for this device\n")
     assert p["median_ms"] == 8.16
+    # under 1 ms the report is in microseconds (seen with OpenVINO 2026.4 on int8/int4 IRs)
+    fast = text.replace("8.16 ms", "842.11 us").replace("3.48 ms", "430.64 us")
+    p = parse_benchmark_app(fast)
+    assert p["median_ms"] == pytest.approx(0.84211) and p["min_ms"] == pytest.approx(0.43064)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

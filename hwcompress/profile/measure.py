@@ -532,13 +532,15 @@ def _ir_shapes(xml_path: Path) -> str:
 def parse_benchmark_app(text: str) -> dict[str, Any]:
     """Latency figures from benchmark_app's final report (the block after `Latency:`)."""
     # the last "Latency:" that opens a block with a Median line: warnings may mention latency too
+    # benchmark_app switches to microseconds below 1 ms ("Median: 842.11 us")
+    unit = {"ms": 1.0, "us": 1e-3, "s": 1e3}
     blocks = [text[m.start():] for m in re.finditer(r"Latency:", text)]
-    block = next((b for b in reversed(blocks) if re.search(r"Median:\s*[\d.]+\s*ms", b)), "")
+    block = next((b for b in reversed(blocks) if re.search(r"Median:\s*[\d.]+\s*(ms|us|s)\b", b)), "")
     out: dict[str, Any] = {}
     for key in ("Median", "Average", "Min", "Max"):
-        m = re.search(rf"{key}:\s*([\d.]+)\s*ms", block)
+        m = re.search(rf"{key}:\s*([\d.]+)\s*(ms|us|s)\b", block)
         if m:
-            out[f"{key.lower()}_ms"] = float(m.group(1))
+            out[f"{key.lower()}_ms"] = float(m.group(1)) * unit[m.group(2)]
     m = re.search(r"Count:\s*(\d+)\s*iterations", text)
     if m:
         out["iterations"] = int(m.group(1))
