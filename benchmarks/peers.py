@@ -57,6 +57,7 @@ TARGETS = {"generic-onnx": "onnxruntime", "x86-openvino": "openvino", "x86-liter
 FIT_WEIGHTS = {"generic-onnx": "int8", "x86-openvino": "int4", "x86-litert": "int8"}
 USABLE_PESQ_DROP = 0.1  # a peer that loses more than this is not a deployment choice
 L3_BYTES = 32 << 20
+NOTES = "## Reading (written by hand"
 
 
 @dataclass
@@ -463,19 +464,31 @@ def plot(rows: list[Row], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig, axes = plt.subplots(1, len(TARGETS), figsize=(5 * len(TARGETS), 4.2))
+    fig, axes = plt.subplots(1, len(TARGETS), figsize=(5.5 * len(TARGETS), 4.6))
     for ax, target in zip(axes, TARGETS):
         sel = [r for r in rows if r.target == target]
-        for r in sel:
+        if not sel:
+            continue
+        noisy = sel[0].quality["noisy"]["pesq_wb"]
+        shown = [r for r in sel if r.quality["pesq_wb"] >= noisy]
+        off = [r.name.split("(")[0].strip() for r in sel if r not in shown]
+        for i, r in enumerate(shown):
             color = {"reference": "grey", "peer": "tab:blue", "hwcompress": "tab:red"}[r.kind]
-            ax.scatter(r.latency["median_ms"], r.quality["pesq_wb"], s=max(12, r.bytes / 4e5), color=color, alpha=0.7)
-            ax.annotate(r.name.split("(")[0][:28], (r.latency["median_ms"], r.quality["pesq_wb"]), fontsize=6)
-        if sel:
-            ax.axhline(sel[0].quality["noisy"]["pesq_wb"], color="k", lw=0.5, ls=":")
+            ax.scatter(r.latency["median_ms"], r.quality["pesq_wb"], s=max(15, r.bytes / 3e5), color=color, alpha=0.6)
+            ax.annotate(str(i + 1), (r.latency["median_ms"], r.quality["pesq_wb"]), fontsize=8,
+                        xytext=(4, 4 if i % 2 else -10), textcoords="offset points")
+        legend = "\n".join(f"{i + 1} {r.name.split(':')[0].split('(')[0][:38]}" for i, r in enumerate(shown))
+        ax.text(0.99, 0.02, legend, transform=ax.transAxes, fontsize=6, ha="right", va="bottom",
+                bbox=dict(facecolor="white", alpha=0.8, lw=0))
+        ax.axhline(noisy, color="k", lw=0.5, ls=":")
         ax.set_xscale("log")
-        ax.set_title(f"{target} (marker area ~ bytes)", fontsize=9)
-        ax.set_xlabel("measured median ms per hop")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"{target}; marker area ~ bytes; red = hwcompress" + (f"\nbelow noisy, not shown: {', '.join(off)}"
+                                                                          if off else ""), fontsize=8)
+        ax.set_xlabel("measured median ms per 10 ms hop (log)")
         ax.set_ylabel("PESQ-WB (dotted: noisy input)")
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
@@ -584,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
             versions[dist] = importlib.metadata.version(dist)
     args.pass1 = budgets.get("pass1_ms", {})
     text = write_report(rows, peaks, args, versions, time.time() - started)
+    old = args.out.read_text() if args.out.exists() else ""
+    if NOTES in old:  # the hand-written reading survives a rerun of the tables
+        text += "\n" + old[old.index(NOTES):]
     args.out.write_text(text)
     args.out.with_suffix(".json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "ceilings": peaks,
                                                          "budgets": budgets, "versions": versions}, indent=1,
