@@ -102,7 +102,8 @@ def test_export_reports_bytes_and_parity(tmp_path, tiny_model) -> None:
     "args, fragment",
     [
         (["--format", "caffe"], "unknown backend 'caffe'"),
-        (["--format", "onnx", "--weights", "int4"], "unknown weight format 'int4'"),
+        (["--format", "onnx", "--weights", "int2"], "unknown weight format 'int2'"),
+        (["--format", "onnx", "--weights", "int4"], "backend 'onnxruntime' has no native 4-bit"),
         (["--format", "onnx", "--mode", "chunk"], "unknown export mode 'chunk'"),
     ],
 )
