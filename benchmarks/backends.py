@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from hwcompress.export import get_backend
     from hwcompress.models.cost import count_params, total_macs
     from hwcompress.models.io import load_model
-    from hwcompress.profile.measure import (artifact_files, benchmark_app_latency, host_cpu, measure_artifact,
+    from hwcompress.export.probe import artifact_bytes
+    from hwcompress.profile.measure import (benchmark_app_latency, host_cpu, measure_artifact,
                                             runtime_version)
     from hwcompress.targets import load_target
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="hwc-bench-backends-") as tmp:
             for label, model, weights in variants:
                 path = be.export(model, Path(tmp), "stream", weights=weights, stem=label.replace(" ", "-"))
-                nbytes = sum(f.stat().st_size for f in artifact_files(path))
+                nbytes = artifact_bytes(path)
                 m = measure_artifact(backend, path, target.threads, runs=args.runs, warmup=50, top=1)
                 bench = "-"
                 if backend == "openvino":

@@ -83,14 +83,15 @@ class _Recorder:
     quantizers, from real (validation) speech rather than synthetic frames."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.feeds = inner, []
-        self.state_shapes, self.frames = inner.state_shapes, inner.frames
-
-    def run(self, spec, state=None):
         from hwcompress.export import _graph as g
 
+        self.inner, self.feeds = inner, []
+        self.state_shapes, self.frames = inner.state_shapes, inner.frames
+        self.names = [g.SPEC, *(g.state_name(i) for i in range(len(inner.state_shapes)))]
+
+    def run(self, spec, state=None):
         spec_in, states = self.inner._inputs(spec, state)
-        self.feeds.append({g.SPEC: spec_in, **{g.state_name(i): s for i, s in enumerate(states)}})
+        self.feeds.append(dict(zip(self.names, [spec_in, *states])))
         return self.inner.run(spec, state)
 
 
@@ -287,12 +288,6 @@ def build_peers(dense, data: Path, work: Path, log) -> list[Row]:
 
 
 # ---------------------------------------------------------------- scoring
-
-
-def artifact_bytes(path: str) -> int:
-    from hwcompress.export.probe import artifact_files
-
-    return sum(f.stat().st_size for f in artifact_files(Path(path)))
 
 
 def quality(row: Row, data: Path, items: int, cache_dir: Path) -> dict:
@@ -511,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from hwcompress.data.corpus import ensure_default_corpus
-    from hwcompress.export.probe import runtime_version
+    from hwcompress.export.probe import artifact_bytes, runtime_version
     from hwcompress.models.io import load_model
     from hwcompress.targets import load_target
 
@@ -589,12 +584,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r.kind in ("reference", "hwcompress") or r.name.startswith("quantize_dynamic int8 per-channel"):
             r.latency["roofline"] = roofline(r, load_target(r.target).threads, peaks)
-    versions = {k: runtime_version(k) for k in ("onnxruntime", "openvino", "litert")}
-    for dist in ("nncf", "ai-edge-quantizer", "torch"):
-        with contextlib.suppress(Exception):
-            import importlib.metadata
-
-            versions[dist] = importlib.metadata.version(dist)
+    # runtime_version falls back to the distribution's metadata, so it serves the libraries too
+    versions = {k: runtime_version(k) for k in ("onnxruntime", "openvino", "litert", "nncf", "ai-edge-quantizer",
+                                                 "torch")}
     args.pass1 = budgets.get("pass1_ms", {})
     text = write_report(rows, peaks, args, versions, time.time() - started)
     old = args.out.read_text() if args.out.exists() else ""

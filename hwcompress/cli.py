@@ -226,9 +226,10 @@ def eval_cmd(
     MODEL may also be an exported streaming artifact (.onnx, .xml, .tflite): it then runs hop
     by hop in its runtime, so quantized weights are scored as they would ship."""
     from hwcompress.evaluate import evaluate, evaluate_artifact, write_results
+    from hwcompress.export import ARTIFACT_SUFFIXES
     from hwcompress.models.io import load_model
 
-    if Path(model).suffix.lower() in (".onnx", ".xml", ".tflite"):
+    if Path(model).suffix.lower() in ARTIFACT_SUFFIXES:
         result = evaluate_artifact(Path(model), _corpus(data), set_name, limit, workers)
     else:
         result = evaluate(load_model(model), _corpus(data), set_name, limit, workers)

@@ -18,6 +18,7 @@ import pytest
 
 from hwcompress.export import get_backend, run_stream
 from test_export import _model, _require
+from test_export_compressed import _snr_db
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -25,10 +26,6 @@ peers = pytest.importorskip("peers")
 
 AUDIO = (0.1 * np.sin(2 * np.pi * 220 * np.arange(8000) / 16000)
          + 0.02 * np.random.default_rng(0).standard_normal(8000)).astype(np.float32)
-
-
-def _snr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    return float(10 * np.log10(np.sum(ref**2) / max(np.sum((ref - got) ** 2), 1e-20)))
 
 
 @pytest.fixture(scope="module")

@@ -102,12 +102,15 @@ def get_backend(name: str) -> Backend:
     return importlib.import_module(module).BACKEND
 
 
+#: file suffix of each backend's artifact -> the backend (as each Backend.suffix says, without importing runtimes)
+ARTIFACT_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert"}
+
+
 def backend_for_artifact(path: Path) -> str:
     """The backend that runs an exported file, from its suffix (.onnx, .xml, .tflite)."""
-    suffixes = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert"}
-    key = suffixes.get(Path(path).suffix.lower())
+    key = ARTIFACT_SUFFIXES.get(Path(path).suffix.lower())
     if key is None:
-        raise HwcError(f"{path}: not a runtime artifact (expected one of {', '.join(suffixes)})")
+        raise HwcError(f"{path}: not a runtime artifact (expected one of {', '.join(ARTIFACT_SUFFIXES)})")
     return key
 
 

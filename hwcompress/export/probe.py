@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-#: frames timed per measurement and fed to parity checks by default
+#: frames of synthetic audio fed cyclically to timed runs (3 s); distinct frames keep caches honest
 PROBE_FRAMES = 300
 
 #: distribution names for version strings (module __version__ is not always the release)
@@ -39,6 +39,11 @@ def artifact_files(path: Path) -> list[Path]:
     if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
         files.append(path.with_suffix(".bin"))
     return files
+
+
+def artifact_bytes(path: Path) -> int:
+    """Bytes on disk of every file the artifact loads."""
+    return sum(f.stat().st_size for f in artifact_files(path))
 
 
 def speech_like_frames(n: int = PROBE_FRAMES, seed: int = 0) -> np.ndarray:

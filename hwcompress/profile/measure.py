@@ -52,7 +52,6 @@ REPO = Path(hwcompress.__file__).resolve().parent.parent
 #: target.runtime -> export backend that produces and runs its artifact here
 RUNTIME_BACKENDS: dict[str, str] = {"openvino": "openvino", "onnxruntime": "onnxruntime", "litert": "litert"}
 _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
-#: frames of synthetic audio fed cyclically (3 s); distinct frames keep caches honest
 #: enough profiled hops for stable per-node means without a huge ORT trace file
 _PROFILE_RUNS = 200
 _PROFILE_WARMUP = 10
@@ -531,14 +530,15 @@ def _ir_shapes(xml_path: Path) -> str:
 
 def parse_benchmark_app(text: str) -> dict[str, Any]:
     """Latency figures from benchmark_app's final report (the block after `Latency:`)."""
-    # the last "Latency:" that opens a block with a Median line: warnings may mention latency too
     # benchmark_app switches to microseconds below 1 ms ("Median: 842.11 us")
     unit = {"ms": 1.0, "us": 1e-3, "s": 1e3}
+    value = r":\s*([\d.]+)\s*(ms|us|s)\b"
+    # the last "Latency:" that opens a block with a Median line: warnings may mention latency too
     blocks = [text[m.start():] for m in re.finditer(r"Latency:", text)]
-    block = next((b for b in reversed(blocks) if re.search(r"Median:\s*[\d.]+\s*(ms|us|s)\b", b)), "")
+    block = next((b for b in reversed(blocks) if re.search("Median" + value, b)), "")
     out: dict[str, Any] = {}
     for key in ("Median", "Average", "Min", "Max"):
-        m = re.search(rf"{key}:\s*([\d.]+)\s*(ms|us|s)\b", block)
+        m = re.search(key + value, block)
         if m:
             out[f"{key.lower()}_ms"] = float(m.group(1)) * unit[m.group(2)]
     m = re.search(r"Count:\s*(\d+)\s*iterations", text)

@@ -90,7 +90,7 @@ def measure_over_ssh(model, target, device: SshDevice, runs: int = 500, warmup: 
     """Export `model` for a LiteRT target and time it on `device`: latency_source measured."""
     from hwcompress.export import _graph as g
     from hwcompress.export import get_backend
-    from hwcompress.export.probe import artifact_files, speech_like_frames
+    from hwcompress.export.probe import artifact_bytes, speech_like_frames
 
     if target.runtime != "litert":
         raise HwcError(f"--host runs .tflite artifacts with the device runner; target {target.name} uses "
@@ -105,7 +105,7 @@ def measure_over_ssh(model, target, device: SshDevice, runs: int = 500, warmup: 
         for i, s in enumerate(model.state_shapes()):
             feeds[g.state_name(i)] = np.zeros((1, *s), np.float32)
         _, info = device.run_tflite(path, feeds, runs=n, warmup=warmup, threads=target.threads)
-        nbytes = sum(f.stat().st_size for f in artifact_files(path))
+        nbytes = artifact_bytes(path)
     lat = info["latency_ms"]
     result = {
         "target": target.name, "runtime": info["runtime"]["name"], "runtime_version": info["runtime"]["version"],

@@ -122,7 +122,8 @@ class Fitter:
         if cfg.weights not in ("int8", "int4"):
             raise HwcError(f"fit exports int8 or int4 runtime weights, not {cfg.weights!r}")
         check_mode("stream", cfg.weights, self.backend)
-        self.oracle = alloc.CostOracle(self.model, self.target, weight_bits=WEIGHT_BITS[cfg.weights])
+        self.weight_bits = WEIGHT_BITS[cfg.weights]
+        self.oracle = alloc.CostOracle(self.model, self.target, weight_bits=self.weight_bits)
         # runtime bytes per weight of the quantized artifact, refined from the dense export
         self.bytes_per_weight = 1.0
         self.calibration_log: list[dict] = []
@@ -326,9 +327,7 @@ class Fitter:
         from hwcompress.profile.measure import runtime_version
 
         art = self._export(compressed, work / "export")
-        from hwcompress.export import WEIGHT_BITS
-
-        prediction = predict_latency(compressed, self.target, WEIGHT_BITS[self.cfg.weights])
+        prediction = predict_latency(compressed, self.target, self.weight_bits)
         v: dict[str, Any] = {
             "runtime": self.backend, "runtime_version": runtime_version(self.backend), "threads": self.target.threads,
             "artifact": {k: art[k] for k in ("path", "files", "bytes", "weights")}, "parity_vs_torch": art["parity"],
