@@ -177,17 +177,17 @@ def test_agrees_with_openvino_benchmark_app(tmp_path) -> None:
     the median of the round ratios then drops a round that one burst hit.
     """
     net = load_model("crn")
-    ratios, bare_ratios, pairs = [], [], []
+    ratios, runtime_ratios, pairs = [], [], []
     for _ in range(3):
         ours = measure_local(net, "x86-openvino", runs=300, warmup=30, out_dir=tmp_path, top=1)
         theirs = benchmark_app_latency(ours["artifact"]["path"], threads=2, niter=300)
         assert theirs["threads_reported"] == 2 and "float32" in theirs["precision_reported"]
-        pairs.append((ours["median_ms"], ours["runtime_only_median_ms"], theirs["median_ms"]))
+        pairs.append((ours["median_ms"], ours["runtime_median_ms"], theirs["median_ms"]))
         ratios.append(ours["median_ms"] / theirs["median_ms"])
-        bare_ratios.append(ours["runtime_only_median_ms"] / theirs["median_ms"])
-    # benchmark_app times a bare infer() on preset tensors; so does our runtime-only loop
-    # (Session.run adds Python input/output handling, reported as harness_overhead_ms)
-    ratio = sorted(bare_ratios)[1]
-    print(f"\nours/benchmark_app median ratios {ratios}; runtime-only/benchmark_app {bare_ratios}; "
-          f"ms (Session.run, bare infer, benchmark_app) {pairs}; load {os.getloadavg()}")
-    assert 1 / 1.2 <= ratio <= 1.2, (bare_ratios, ratios, pairs)
+        runtime_ratios.append(ours["runtime_median_ms"] / theirs["median_ms"])
+    # benchmark_app reports InferRequest.latency, which our session records for the same
+    # hops it wall-times (runtime_median_ms); the headline adds the Python call and copies
+    print(f"\nours/benchmark_app median ratios {ratios}; runtime's own/benchmark_app {runtime_ratios}; "
+          f"ms (Session.run, InferRequest.latency, benchmark_app) {pairs}; load {os.getloadavg()}")
+    assert 1 / 1.2 <= sorted(runtime_ratios)[1] <= 1.2, (runtime_ratios, ratios, pairs)
+    assert 1 / 1.2 <= sorted(ratios)[1] <= 1.2, (runtime_ratios, ratios, pairs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from hwcompress.errors import HwcError
@@ -16,16 +17,20 @@ from hwcompress.targets import load_target
 
 
 def test_fit_recovers_known_coefficients() -> None:
-    true = {"const": 0.05, "layers": 0.002, "conv_macs": 2e-8, "rnn_macs": 5e-8, "linear_macs": 0.0,
-            "weight_bytes": 1e-8, "weight_bytes_over_cache": 3e-8}
+    true = {"const": 0.05, "layers": 0.002, "conv_macs": 2e-8, "deconv_macs": 3e-8, "lstm_macs": 5e-8,
+            "gru_macs": 7e-8, "linear_macs": 0.0, "weight_bytes": 1e-8, "weight_bytes_over_cache": 3e-8}
+    rng = np.random.default_rng(0)
     rows = []
-    for i, (conv, rnn, lin, wb, layers) in enumerate([(1e5, 1e6, 1e5, 4e6, 4), (5e5, 4e6, 2e5, 2e7, 6), (2e6, 1e5, 0, 1e6, 10),
-                                                      (3e6, 8e6, 1e6, 5e7, 12), (1e4, 3e5, 3e4, 5e5, 3), (8e5, 2e6, 5e5, 9e6, 8),
-                                                      (4e6, 1.6e7, 2e6, 7.4e7, 12), (2e5, 6e5, 1e4, 3e6, 5)]):
-        f = {"const": 1.0, "layers": layers, "conv_macs": conv, "rnn_macs": rnn, "linear_macs": lin,
+    for _ in range(30):
+        wb = float(rng.uniform(5e5, 8e7))
+        f = {"const": 1.0, "layers": float(rng.integers(3, 14)), "conv_macs": float(rng.uniform(0, 4e6)),
+             "deconv_macs": float(rng.uniform(0, 4e6)), "lstm_macs": float(rng.uniform(0, 1.6e7)),
+             "gru_macs": float(rng.uniform(0, 1e7)), "linear_macs": float(rng.uniform(0, 2e6)),
              "weight_bytes": wb, "weight_bytes_over_cache": max(0.0, wb - 3.3e7)}
         rows.append({"features": f, "measured_ms": sum(true[k] * f[k] for k in tb.FEATURES)})
     fit = tb.fit_coefficients(rows)
+    for k in tb.FEATURES:
+        assert fit[k] == pytest.approx(true[k], rel=1e-3, abs=1e-12), k
     for r in rows:
         assert sum(fit[k] * r["features"][k] for k in tb.FEATURES) == pytest.approx(r["measured_ms"], rel=1e-3)
 
@@ -52,11 +57,11 @@ def test_latency_model_prefers_a_measured_table(tmp_path, monkeypatch) -> None:
 def test_small_sweep_on_this_machine(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HWCOMPRESS_PROFILES", str(tmp_path))
     specs = [s for s in tb.sweep_specs() if s[0] in ("lstm-h128", "gru-h256", "crn-c0.25-h128")]
-    table = tb.sweep(load_target("generic-onnx"), runs=30, specs=specs)
+    table = tb.sweep(load_target("generic-onnx"), runs=30, specs=specs, repeats=2)
     path = tb.write_table(table)
     assert path == tmp_path / "generic-onnx.json"
     assert len(table["rows"]) == 6 and {r["weights"] for r in table["rows"]} == {"fp32", "int8"}
-    assert all(r["measured_ms"] > 0 for r in table["rows"])
+    assert all(r["measured_ms"] > 0 and len(r["repeat_ms"]) == 2 for r in table["rows"])
     assert table["provenance"].startswith("measured here: hwcompress profile --sweep")
     assert tb.load_table(load_target("generic-onnx"))["fits"] == table["fits"]
 

@@ -34,8 +34,9 @@ from hwcompress.errors import HwcError
 from hwcompress.targets import Target
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
-FEATURES = ("const", "layers", "conv_macs", "rnn_macs", "linear_macs", "weight_bytes", "weight_bytes_over_cache")
-TABLE_FORMAT = 1
+FEATURES = ("const", "layers", "conv_macs", "deconv_macs", "lstm_macs", "gru_macs", "linear_macs",
+            "weight_bytes", "weight_bytes_over_cache")
+TABLE_FORMAT = 2
 BASE_CHANNELS = [16, 32, 64, 128, 256]
 
 
@@ -44,18 +45,44 @@ def profiles_dir() -> Path:
 
 
 def sweep_specs() -> list[tuple[str, str, dict]]:
-    """(label, arch, config) of the sweep: widths from 4k to 19M parameters."""
+    """(label, arch, config) of the sweep: widths from 4k to 19M parameters, dense between
+    3M and 19M where the pruned shapes `fit` tries live (a fit is only as good as the
+    shapes around the point it predicts)."""
     specs = []
     for scale in (0.25, 0.5, 1.0):
         channels = [max(2, int(c * scale)) for c in BASE_CHANNELS]
         for hidden in ([128], [256, 256], [512, 512], [1024, 1024]):
             specs.append((f"crn-c{scale:g}-h{'x'.join(map(str, hidden))}", "crn", {"channels": channels, "hidden": hidden}))
-    for hidden in ([128], [256, 256], [512, 512], [1024]):
+    # between the grid points above: mid widths, unequal recurrent layers, and the default's
+    # encoder with pruned projections / decoders as structural pruning leaves them
+    for channels, hidden, extra in (
+        ([12, 24, 48, 96, 192], [256, 256], {}),
+        ([12, 24, 48, 96, 192], [1024], {}),
+        ([16, 32, 64, 96, 192], [512, 1024], {}),
+        (BASE_CHANNELS, [768, 384], {"proj_channels": 128}),
+        (BASE_CHANNELS, [256, 256], {"proj_channels": 64, "dec_channels": [64, 32, 16, 8]}),
+        (BASE_CHANNELS, [1024, 256], {"proj_channels": 192, "dec_channels": [128, 64, 32, 16]}),
+        ([16, 24, 48, 64, 128], [768, 768], {}),
+    ):
+        label = f"crn-{'-'.join(map(str, channels))}-h{'x'.join(map(str, hidden))}" + (
+            f"-p{extra['proj_channels']}" if "proj_channels" in extra else "") + ("-d" if "dec_channels" in extra else "")
+        specs.append((label, "crn", {"channels": channels, "hidden": hidden, **extra}))
+    for hidden in ([128], [256, 256], [512, 512], [1024], [192], [768, 768]):
         specs.append((f"lstm-h{'x'.join(map(str, hidden))}", "rnn", {"cell": "lstm", "hidden": hidden}))
-    for hidden in ([256], [512, 512]):
+    for hidden in ([256], [512, 512], [384], [1024, 1024]):
         specs.append((f"gru-h{'x'.join(map(str, hidden))}", "rnn", {"cell": "gru", "hidden": hidden}))
     specs.append(("gcrn-c0.5-h256", "gcrn", {"channels": [8, 16, 16, 32, 64], "hidden": [256]}))
+    specs.append(("gcrn-c0.25-h128", "gcrn", {"channels": [4, 8, 16, 32, 64], "hidden": [128]}))
+    specs.append(("gcrn-c0.75-h768", "gcrn", {"channels": [12, 24, 48, 96, 192], "hidden": [768]}))
     return specs
+
+
+#: every shape quantity stored with a sweep row; FEATURES is the subset the fit uses, so a
+#: later choice of features can be re-fitted from stored rows without re-measuring
+RAW_FEATURES = ("const", "layers", "conv_macs", "deconv_macs", "lstm_macs", "gru_macs", "linear_macs",
+                "weight_bytes", "weight_bytes_over_cache")
+_KINDS = {"conv_macs": ("Conv2d",), "deconv_macs": ("ConvTranspose2d",), "lstm_macs": ("LSTM",),
+          "gru_macs": ("GRU",), "linear_macs": ("Linear",)}
 
 
 def features(model: Any, weight_bits: int, cache_bytes: int) -> dict[str, float]:
@@ -63,30 +90,27 @@ def features(model: Any, weight_bits: int, cache_bytes: int) -> dict[str, float]
 
     rows = layer_costs(model)
     wb = sum(r["params"] for r in rows) * weight_bits / 8
-    kinds = {"conv_macs": ("Conv2d", "ConvTranspose2d"), "rnn_macs": ("LSTM", "GRU"), "linear_macs": ("Linear",)}
     f = {"const": 1.0, "layers": float(len(rows))}
-    for key, names in kinds.items():
+    for key, names in _KINDS.items():
         f[key] = float(sum(r["macs_per_frame"] for r in rows if r["kind"] in names))
     f["weight_bytes"] = wb
     f["weight_bytes_over_cache"] = max(0.0, wb - cache_bytes)
     return f
 
 
-def _scales() -> dict[str, float]:
+def _scale(key: str) -> float:
     # NNLS on raw MACs (1e7) next to a constant (1) is badly conditioned: fit in ms per unit
-    return {"const": 1.0, "layers": 1.0, "conv_macs": 1e6, "rnn_macs": 1e6, "linear_macs": 1e6,
-            "weight_bytes": 1e6, "weight_bytes_over_cache": 1e6}
+    return 1.0 if key in ("const", "layers") else 1e6
 
 
-def fit_coefficients(rows: list[dict]) -> dict[str, float]:
+def fit_coefficients(rows: list[dict], keys: tuple[str, ...] | list[str] = FEATURES) -> dict[str, float]:
     from scipy.optimize import nnls
 
-    sc = _scales()
-    a = np.array([[r["features"][k] / sc[k] for k in FEATURES] for r in rows])
+    a = np.array([[r["features"][k] / _scale(k) for k in keys] for r in rows])
     y = np.array([r["measured_ms"] for r in rows])
     # relative error matters (a 0.1 ms miss is nothing at 5 ms, everything at 0.2 ms): weight by 1/y
     coef, _ = nnls(a / y[:, None], np.ones_like(y))
-    return {k: float(c / sc[k]) for k, c in zip(FEATURES, coef)}
+    return {k: float(c / _scale(k)) for k, c in zip(keys, coef)}
 
 
 def predict_from_table(table: dict, model: Any, weight_bits: int) -> float | None:
@@ -94,7 +118,7 @@ def predict_from_table(table: dict, model: Any, weight_bits: int) -> float | Non
     if not fit:
         return None
     f = features(model, weight_bits, table["cache_bytes"])
-    return float(sum(fit[k] * f[k] for k in FEATURES))
+    return float(sum(c * f[k] for k, c in fit.items()))
 
 
 def load_table(target: Target) -> dict | None:
@@ -110,7 +134,10 @@ def load_table(target: Target) -> dict | None:
     return table
 
 
-def _measure_spec(arch: str, config: dict, backend: str, weights: str, threads: int, runs: int) -> tuple[dict, Any]:
+def _measure_spec(arch: str, config: dict, backend: str, weights: str, threads: int, runs: int,
+                  repeats: int = 3) -> tuple[dict, Any]:
+    """Export once, time in `repeats` fresh processes; `median_ms` is the median of their
+    medians (one process that a burst of host load hit does not move it), `repeat_ms` all of them."""
     import torch
 
     from hwcompress.export import get_backend
@@ -121,11 +148,14 @@ def _measure_spec(arch: str, config: dict, backend: str, weights: str, threads: 
     model = zoo.build(arch, config).eval()
     with tempfile.TemporaryDirectory(prefix="hwc-sweep-") as tmp:
         path = get_backend(backend).export(model, Path(tmp), "stream", weights=weights)
-        m = measure_artifact(backend, path, threads, runs=runs, warmup=30, top=1)
+        runs_ = [measure_artifact(backend, path, threads, runs=runs, warmup=30, top=0) for _ in range(max(1, repeats))]
+    medians = [r["median_ms"] for r in runs_]
+    m = {**runs_[int(np.argsort(medians)[len(medians) // 2])], "median_ms": float(np.median(medians)),
+         "repeat_ms": medians}
     return m, model
 
 
-def sweep(target: Target, runs: int = 200, specs: list[tuple[str, str, dict]] | None = None,
+def sweep(target: Target, runs: int = 200, specs: list[tuple[str, str, dict]] | None = None, repeats: int = 3,
           log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """Time every sweep model on this machine and fit the table (see module docstring)."""
     from hwcompress.profile.measure import RUNTIME_BACKENDS, host_arch, host_cpu, runtime_version
@@ -144,11 +174,12 @@ def sweep(target: Target, runs: int = 200, specs: list[tuple[str, str, dict]] | 
         task = bar.add_task(f"sweep {target.name}", total=2 * len(specs))
         for weights, bits in (("fp32", 32), ("int8", 8)):
             for label, arch, config in specs:
-                m, model = _measure_spec(arch, config, backend, weights, target.threads, runs)
+                m, model = _measure_spec(arch, config, backend, weights, target.threads, runs, repeats)
                 rows.append({"model": label, "arch": arch, "config": config, "weights": weights,
                              "params": int(sum(p.numel() for p in model.parameters())),
                              "features": features(model, bits, cache), "measured_ms": m["median_ms"],
-                             "p90_ms": m["p90_ms"]})
+                             "p90_ms": m["p90_ms"], "repeat_ms": m["repeat_ms"],
+                             "runtime_ms": m.get("runtime_median_ms")})
                 bar.advance(task)
     fits = {w: fit_coefficients([r for r in rows if r["weights"] == w]) for w in ("fp32", "int8")}
     for r in rows:
@@ -158,7 +189,7 @@ def sweep(target: Target, runs: int = 200, specs: list[tuple[str, str, dict]] | 
         "format": TABLE_FORMAT, "target": target.name, "runtime": target.runtime, "backend": backend,
         "runtime_version": runtime_version(backend), "threads": target.threads, "cache_bytes": cache,
         "provenance": (f"measured here: hwcompress profile --sweep --target {target.name}; {len(specs)} models x "
-                       f"fp32/int8, median of {runs} streaming hops each in a fresh subprocess, on {host_cpu()} "
+                       f"fp32/int8, median of {runs} streaming hops in each of {repeats} fresh subprocesses, median of those, on {host_cpu()} "
                        f"({platform.machine()}), {datetime.date.today().isoformat()}"),
         "features": list(FEATURES), "fits": fits, "rows": rows,
     }
