@@ -15,16 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 from hwcompress.profile.latency_model import predict_latency
-from hwcompress.profile.table import _measure_spec, load_table, sweep, write_table
+from hwcompress.profile.table import load_table, refit, sweep, time_specs, write_table
 from hwcompress.targets import load_target
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = [16, 32, 64, 128, 256]
+NOTES = "## Reading (written by hand"
 
 
 def held_out() -> list[tuple[str, str, dict]]:
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3, help="fresh processes per measurement (median of their medians)")
     p.add_argument("--table", type=Path, default=ROOT / "benchmarks" / "latency_model.md")
+    p.add_argument("--refit", action="store_true",
+                   help="fit the stored profile tables' rows again with the current features (no timing)")
     p.add_argument("--reuse", action="store_true",
                    help="predict again for the held-out measurements stored in the .json next to --table (no timing)")
     args = p.parse_args(argv)
@@ -61,17 +65,22 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = ["# Latency model: predicted vs measured", "",
              f"Command: `python benchmarks/latency_model.py --targets {args.targets}"
-             + (" --sweep" if args.sweep else "") + f" --runs {args.runs} --repeats {args.repeats}`", "",
-             f"Machine: {host_cpu()}. Every measured figure is the median over {args.repeats} fresh processes of "
-             f"the median of {args.runs} streaming hops of the exported artifact on this machine, with the target's "
-             "runtime and threads; *spread* is (max - min) / median of those process medians: the measurement's own "
+             + (" --sweep" if args.sweep else "") + (" --refit" if args.refit else "")
+             + (" --reuse" if args.reuse else "") + f" --runs {args.runs} --repeats {args.repeats}`", "",
+             f"Machine: {host_cpu()}. Every measured figure is the median over {args.repeats} interleaved rounds "
+             f"(each round times every model once, in a fresh process: the median of {args.runs} streaming hops of "
+             "the exported artifact on this machine, with the target's runtime and threads); *spread* is "
+             "(max - min) / median of the rounds: the measurement's own "
              "repeatability, against which a prediction error can be read. "
              "Predictions: *table* = the target's measured profile table (profiles/<target>.json, fitted to a "
              "sweep of other shapes), *roofline* = the target's perf parameters alone. Held-out models only.", ""]
     summary = []
     store_path = args.table.with_suffix(".json")
-    stored = json.loads(store_path.read_text())["measured_ms"] if args.reuse and store_path.is_file() else {}
-    measured_store: dict[str, list[float]] = {}
+    # measurements of other targets from earlier runs stay in the store next to this run's
+    store = json.loads(store_path.read_text()) if store_path.is_file() else {}
+    stored = store.get("measured_ms", {})
+    measured_store: dict[str, list[float]] = dict(stored)
+    commands: dict[str, str] = store.get("commands", {})
     from hwcompress.models import zoo
 
     for name in args.targets.split(","):
@@ -81,22 +90,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep or load_table(target) is None:
             print(f"sweeping {name} ...", file=sys.stderr, flush=True)
             write_table(sweep(target, runs=args.runs, repeats=args.repeats))
+        elif args.refit:
+            path = ROOT / "profiles" / f"{name}.json"
+            write_table(refit(json.loads(path.read_text())))
         table = load_table(target)
         lines += [f"## {name}: {backend} {runtime_version(backend)}, {target.threads} thread(s)", "",
                   f"Table: {table['provenance']}.", "",
                   "| model | weights | params | measured ms | spread | table ms | error | roofline ms | error |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         errs_table, errs_roof, spreads = [], [], []
+        keys = {(label, w): f"{name}/{label}/{w}" for label, _, _ in held_out() for w in ("fp32", "int8")}
+        timed_now = not (args.reuse and all(k in stored for k in keys.values()))
+        if timed_now:  # all held-out artifacts in interleaved rounds (see table.time_specs)
+            for t in time_specs(held_out(), backend, target.threads, args.runs, args.repeats):
+                measured_store[keys[t["model"], t["weights"]]] = t["repeat_ms"]
         for label, arch, config in held_out():
+            model = zoo.build(arch, config).eval()
             for weights, bits in (("fp32", 32), ("int8", 8)):
-                key = f"{name}/{label}/{weights}"
-                if args.reuse and key in stored:
-                    model = zoo.build(arch, config).eval()
-                    repeat_ms = stored[key]
-                else:
-                    m, model = _measure_spec(arch, config, backend, weights, target.threads, args.runs, args.repeats)
-                    repeat_ms = m["repeat_ms"]
-                measured_store[key] = repeat_ms
+                repeat_ms = measured_store[keys[label, weights]]
                 pred = predict_latency(model, target, bits)
                 roof = pred["roofline_ms"]
                 tab = pred["latency_ms"] if pred["latency_model"] == "profile table" else float("nan")
@@ -109,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(f"| {label} | {weights} | {sum(p.numel() for p in model.parameters())} | {measured:.3f} | "
                              f"{100 * spread:.0f}% | {tab:.3f} | {100 * et:+.1f}% | {roof:.3f} | {100 * er:+.1f}% |")
                 print(lines[-1], file=sys.stderr, flush=True)
+        if timed_now:
+            commands[name] = f"{lines[2]} ({date.today().isoformat()})"
+        lines += ["", f"Held-out rows timed by: {commands.get(name, 'an earlier run')}."]
         within = float(np.mean(np.abs(errs_table) <= 0.10))
         within_roof = float(np.mean(np.abs(errs_roof) <= 0.10))
         lines += ["", f"Within +/-10%: table **{100 * within:.0f}%** of {len(errs_table)} predictions "
@@ -122,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {100 * w:.0f}% | {n} | {100 * wr:.0f}% |")
     allp = sum(w * n for _, w, n, _ in summary) / max(1, sum(n for _, _, n, _ in summary))
     lines += ["", f"All backends: {100 * allp:.0f}% of predictions within +/-10% (goal: 90%)."]
-    args.table.write_text("\n".join(lines) + "\n")
-    store_path.write_text(json.dumps({"command": lines[2], "measured_ms": measured_store}, indent=1) + "\n")
+    text = "\n".join(lines) + "\n"
+    old = args.table.read_text() if args.table.is_file() else ""
+    if NOTES in old:  # the hand-written reading survives a rerun of the tables
+        text += "\n" + old[old.index(NOTES):]
+    args.table.write_text(text)
+    store_path.write_text(json.dumps({"commands": commands, "measured_ms": measured_store}, indent=1) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -40,6 +40,10 @@ WEIGHTS = ("fp32", "int8", "int4")
 WEIGHT_BITS = {"fp32": 32, "int8": 8, "int4": 4}
 #: backends with a native 4-bit weight path
 INT4_BACKENDS = ("openvino",)
+#: layer kinds a backend's weight quantization leaves in float: onnxruntime's quantize_dynamic
+#: has an integer LSTM (DynamicQuantizeLSTM) but no integer GRU, so GRU weights stay fp32 in
+#: its int8 artifact and run at fp32 speed (measured: GRU models' int8/fp32 latency ratio 1.0)
+FLOAT_KINDS_WHEN_QUANTIZED: dict[str, tuple[str, ...]] = {"onnxruntime": ("GRU",)}
 
 # canonical name -> (module implementing it, runtime import that must work, pip extra)
 _BACKENDS: dict[str, tuple[str, str, str | None]] = {

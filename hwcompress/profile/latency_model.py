@@ -52,8 +52,8 @@ def predict_latency(model: SEModel, target: Target, weight_bits: dict[str, int] 
         fitted = predict_from_table(table, model, next(iter(bits.values()))) if table else None
         if fitted is not None:
             latency_ms, model_kind = fitted, "profile table"
-            how = (f"profile table profiles/{target.name}.json: per-kind MACs, layer count and weight bytes with "
-                   f"coefficients fitted to {len(table['rows'])} measured sweep points ({table['provenance']})")
+            how = (f"profile table profiles/{target.name}.json: per-kind MACs, layer count, weight bytes and the bytes past "
+                   f"fractions of the cache, with coefficients fitted to {len(table['rows'])} measured sweep points ({table['provenance']})")
     return {
         "target": target.name,
         "runtime": target.runtime,

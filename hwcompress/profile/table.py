@@ -8,12 +8,17 @@ every row with its per-kind shape features in profiles/<target>.json, with prove
 runtime version, threads, date, command).
 
 The fitted model is a per-precision non-negative least-squares fit of
-    ms = c0 + c1 * weight layers + c2 * conv MACs + c3 * recurrent MACs + c4 * linear MACs
-         + c5 * weight bytes + c6 * weight bytes beyond the last-level cache
+    ms = c0 + c1 * weight layers + c2 * Conv2d MACs + c3 * ConvTranspose2d MACs
+         + c4 * LSTM MACs + c5 * GRU MACs + c6 * Linear MACs
+         + c7 * weight bytes + c8 * weight bytes beyond the last-level cache
 i.e. the roofline's terms (dispatch overhead, compute per layer kind, weight traffic, the
-cache cliff) with coefficients measured instead of taken from peak figures. Non-negative,
-because every term is a cost; a fit that wanted a negative coefficient would be fitting
-noise. The sweep's own points and a held-out set (benchmarks/latency_model.py) show how
+cache cliff) with coefficients measured instead of taken from peak figures. Kinds are
+separate because runtimes treat them differently (onnxruntime's dynamic quantization has
+an int8 LSTM kernel but runs GRU in fp32; OpenVINO's deconvolutions are slower per MAC than
+its convolutions). Non-negative, because every term is a cost; a fit that wanted a
+negative coefficient would be fitting noise. Each sweep point is the median of several
+fresh processes, since one process's median moves by several percent with host load. The
+sweep's own points and a held-out set (benchmarks/latency_model.py) show how
 well it predicts.
 """
 
@@ -23,10 +28,9 @@ import datetime
 import json
 import os
 import platform
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +38,6 @@ from hwcompress.errors import HwcError
 from hwcompress.targets import Target
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
-FEATURES = ("const", "layers", "conv_macs", "deconv_macs", "lstm_macs", "gru_macs", "linear_macs",
-            "weight_bytes", "weight_bytes_over_cache")
 TABLE_FORMAT = 2
 BASE_CHANNELS = [16, 32, 64, 128, 256]
 
@@ -77,24 +79,37 @@ def sweep_specs() -> list[tuple[str, str, dict]]:
     return specs
 
 
-#: every shape quantity stored with a sweep row; FEATURES is the subset the fit uses, so a
-#: later choice of features can be re-fitted from stored rows without re-measuring
-RAW_FEATURES = ("const", "layers", "conv_macs", "deconv_macs", "lstm_macs", "gru_macs", "linear_macs",
-                "weight_bytes", "weight_bytes_over_cache")
 _KINDS = {"conv_macs": ("Conv2d",), "deconv_macs": ("ConvTranspose2d",), "lstm_macs": ("LSTM",),
           "gru_macs": ("GRU",), "linear_macs": ("Linear",)}
+#: fractions of the last-level cache where the cost per weight byte may step up. A streaming
+#: model reads every weight once per hop; measured here (onnxruntime, fp32) the effective read
+#: bandwidth falls gradually from ~55 GB/s at 14 MB of weights to ~36 GB/s at 31 MB, well
+#: before the 32 MiB L3 is full (other data, the VM's neighbours), so one cliff at the cache
+#: size mispredicted the 25-45 MB models by 25-45%. Hinges at several fractions let the
+#: non-negative fit draw that convex curve.
+CACHE_KNOTS = (0.125, 0.375, 0.75, 1.5)
 
 
-def features(model: Any, weight_bits: int, cache_bytes: int) -> dict[str, float]:
+def _knot_key(frac: float) -> str:
+    return f"weight_bytes_over_{frac:g}_cache"
+
+
+FEATURES = ("const", "layers", *_KINDS, "weight_bytes", *(_knot_key(frac) for frac in CACHE_KNOTS))
+
+
+def features(model: Any, weight_bits: int, cache_bytes: int, float_kinds: tuple[str, ...] = ()) -> dict[str, float]:
+    """Shape features of `model` with `weight_bits` weights; `float_kinds` are layer kinds the
+    backend leaves in fp32 when it quantizes (export.FLOAT_KINDS_WHEN_QUANTIZED)."""
     from hwcompress.models.cost import layer_costs
 
     rows = layer_costs(model)
-    wb = sum(r["params"] for r in rows) * weight_bits / 8
+    wb = sum(r["params"] * (32 if r["kind"] in float_kinds else weight_bits) / 8 for r in rows)
     f = {"const": 1.0, "layers": float(len(rows))}
     for key, names in _KINDS.items():
         f[key] = float(sum(r["macs_per_frame"] for r in rows if r["kind"] in names))
     f["weight_bytes"] = wb
-    f["weight_bytes_over_cache"] = max(0.0, wb - cache_bytes)
+    for frac in CACHE_KNOTS:
+        f[_knot_key(frac)] = max(0.0, wb - frac * cache_bytes)
     return f
 
 
@@ -117,8 +132,14 @@ def predict_from_table(table: dict, model: Any, weight_bits: int) -> float | Non
     fit = table.get("fits", {}).get("int8" if weight_bits <= 8 else "fp32")
     if not fit:
         return None
-    f = features(model, weight_bits, table["cache_bytes"])
+    f = features(model, weight_bits, table["cache_bytes"], _float_kinds(table.get("backend"), weight_bits))
     return float(sum(c * f[k] for k, c in fit.items()))
+
+
+def _float_kinds(backend: str | None, weight_bits: int) -> tuple[str, ...]:
+    from hwcompress.export import FLOAT_KINDS_WHEN_QUANTIZED
+
+    return FLOAT_KINDS_WHEN_QUANTIZED.get(backend or "", ()) if weight_bits < 32 else ()
 
 
 def load_table(target: Target) -> dict | None:
@@ -134,32 +155,54 @@ def load_table(target: Target) -> dict | None:
     return table
 
 
-def _measure_spec(arch: str, config: dict, backend: str, weights: str, threads: int, runs: int,
-                  repeats: int = 3) -> tuple[dict, Any]:
-    """Export once, time in `repeats` fresh processes; `median_ms` is the median of their
-    medians (one process that a burst of host load hit does not move it), `repeat_ms` all of them."""
+def time_specs(specs: list[tuple[str, str, dict]], backend: str, threads: int, runs: int, repeats: int = 3,
+               weights: tuple[str, ...] = ("fp32", "int8")) -> list[dict]:
+    """Export every (spec, weights) once, then time them in `repeats` interleaved rounds,
+    each artifact in a fresh process per round. Returns one dict per artifact with
+    `repeat_ms` (one median per round) and `median_ms` (their median).
+
+    Interleaved, not back to back: on this shared 2-vCPU host the slow periods last
+    seconds to tens of seconds, so back-to-back repeats of one model land in the same
+    period (measured: 0.43 / 0.78 / 0.79 / 0.81 / 0.47 ms for one OpenVINO IR), while a
+    round across all models spreads each period over many models and the median of the
+    rounds drops it."""
     import torch
 
     from hwcompress.export import get_backend
     from hwcompress.models import zoo
     from hwcompress.profile.measure import measure_artifact
+    from hwcompress.progress import progress_bar
 
-    torch.manual_seed(0)
-    model = zoo.build(arch, config).eval()
-    with tempfile.TemporaryDirectory(prefix="hwc-sweep-") as tmp:
-        path = get_backend(backend).export(model, Path(tmp), "stream", weights=weights)
-        runs_ = [measure_artifact(backend, path, threads, runs=runs, warmup=30, top=0) for _ in range(max(1, repeats))]
-    medians = [r["median_ms"] for r in runs_]
-    m = {**runs_[int(np.argsort(medians)[len(medians) // 2])], "median_ms": float(np.median(medians)),
-         "repeat_ms": medians}
-    return m, model
+    items = [(label, arch, config, w) for w in weights for label, arch, config in specs]
+    out: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="hwc-sweep-") as tmp, progress_bar() as bar:
+        task = bar.add_task(f"export {len(items)} {backend} artifacts", total=len(items))
+        for i, (label, arch, config, w) in enumerate(items):
+            torch.manual_seed(0)
+            model = zoo.build(arch, config).eval()
+            path = get_backend(backend).export(model, Path(tmp) / str(i), "stream", weights=w)
+            out.append({"model": label, "arch": arch, "config": config, "weights": w, "net": model, "path": path,
+                        "repeat_ms": [], "runtime_repeat_ms": []})
+            bar.advance(task)
+        task = bar.add_task(f"time {len(items)} artifacts x {repeats} rounds", total=len(items) * repeats)
+        for _ in range(max(1, repeats)):
+            for item in out:
+                m = measure_artifact(backend, item["path"], threads, runs=runs, warmup=30, top=0)
+                item["repeat_ms"].append(m["median_ms"])
+                if m.get("runtime_median_ms") is not None:
+                    item["runtime_repeat_ms"].append(m["runtime_median_ms"])
+                bar.advance(task)
+    for item in out:
+        item["median_ms"] = float(np.median(item["repeat_ms"]))
+        item["runtime_ms"] = float(np.median(item["runtime_repeat_ms"])) if item["runtime_repeat_ms"] else None
+        del item["path"]
+    return out
 
 
-def sweep(target: Target, runs: int = 200, specs: list[tuple[str, str, dict]] | None = None, repeats: int = 3,
-          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+def sweep(target: Target, runs: int = 200, specs: list[tuple[str, str, dict]] | None = None,
+          repeats: int = 3) -> dict:
     """Time every sweep model on this machine and fit the table (see module docstring)."""
     from hwcompress.profile.measure import RUNTIME_BACKENDS, host_arch, host_cpu, runtime_version
-    from hwcompress.progress import progress_bar
 
     if target.arch != host_arch():
         raise HwcError(f"--sweep measures this machine: target {target.name} is {target.arch}, this machine is "
@@ -168,31 +211,36 @@ def sweep(target: Target, runs: int = 200, specs: list[tuple[str, str, dict]] | 
         raise HwcError(f"target {target.name}: runtime {target.runtime!r} has no local backend to sweep")
     backend = RUNTIME_BACKENDS[target.runtime]
     specs = specs or sweep_specs()
-    cache = int(target.value("cache_bytes"))
     rows = []
-    with progress_bar() as bar:
-        task = bar.add_task(f"sweep {target.name}", total=2 * len(specs))
-        for weights, bits in (("fp32", 32), ("int8", 8)):
-            for label, arch, config in specs:
-                m, model = _measure_spec(arch, config, backend, weights, target.threads, runs, repeats)
-                rows.append({"model": label, "arch": arch, "config": config, "weights": weights,
-                             "params": int(sum(p.numel() for p in model.parameters())),
-                             "features": features(model, bits, cache), "measured_ms": m["median_ms"],
-                             "p90_ms": m["p90_ms"], "repeat_ms": m["repeat_ms"],
-                             "runtime_ms": m.get("runtime_median_ms")})
-                bar.advance(task)
-    fits = {w: fit_coefficients([r for r in rows if r["weights"] == w]) for w in ("fp32", "int8")}
-    for r in rows:
+    for t in time_specs(specs, backend, target.threads, runs, repeats):
+        net = t.pop("net")
+        rows.append({**t, "params": int(sum(p.numel() for p in net.parameters())), "measured_ms": t.pop("median_ms")})
+    return refit({
+        "format": TABLE_FORMAT, "target": target.name, "runtime": target.runtime, "backend": backend,
+        "runtime_version": runtime_version(backend), "threads": target.threads,
+        "cache_bytes": int(target.value("cache_bytes")),
+        "provenance": (f"measured here: hwcompress profile --sweep --target {target.name}; {len(specs)} models x "
+                       f"fp32/int8, each the median of {repeats} interleaved rounds (one fresh process per model "
+                       f"per round, median of {runs} streaming hops), on {host_cpu()} ({platform.machine()}), "
+                       f"{datetime.date.today().isoformat()}"),
+        "rows": rows,
+    })
+
+
+def refit(table: dict) -> dict:
+    """Recompute every row's features from its stored architecture and fit the coefficients
+    again: a new feature set is tried on measured rows without timing anything again."""
+    from hwcompress.models import zoo
+
+    for r in table["rows"]:
+        bits = 8 if r["weights"] == "int8" else 32
+        model = zoo.build(r["arch"], r["config"])
+        r["features"] = features(model, bits, table["cache_bytes"], _float_kinds(table.get("backend"), bits))
+    fits = {w: fit_coefficients([r for r in table["rows"] if r["weights"] == w]) for w in ("fp32", "int8")}
+    for r in table["rows"]:
         f = fits[r["weights"]]
         r["fitted_ms"] = float(sum(f[k] * r["features"][k] for k in FEATURES))
-    return {
-        "format": TABLE_FORMAT, "target": target.name, "runtime": target.runtime, "backend": backend,
-        "runtime_version": runtime_version(backend), "threads": target.threads, "cache_bytes": cache,
-        "provenance": (f"measured here: hwcompress profile --sweep --target {target.name}; {len(specs)} models x "
-                       f"fp32/int8, median of {runs} streaming hops in each of {repeats} fresh subprocesses, median of those, on {host_cpu()} "
-                       f"({platform.machine()}), {datetime.date.today().isoformat()}"),
-        "features": list(FEATURES), "fits": fits, "rows": rows,
-    }
+    return {**table, "format": TABLE_FORMAT, "features": list(FEATURES), "fits": fits}
 
 
 def write_table(table: dict) -> Path:
