@@ -67,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
              f"Command: `python benchmarks/latency_model.py --targets {args.targets}"
              + (" --sweep" if args.sweep else "") + (" --refit" if args.refit else "")
              + (" --reuse" if args.reuse else "") + f" --runs {args.runs} --repeats {args.repeats}`", "",
-             f"Machine: {host_cpu()}. Every measured figure is the median over {args.repeats} interleaved rounds "
-             f"(each round times every model once, in a fresh process: the median of {args.runs} streaming hops of "
-             "the exported artifact on this machine, with the target's runtime and threads); *spread* is "
+             f"Machine: {host_cpu()}. Every measured figure is the median over interleaved rounds (`--repeats` of "
+             "the command that timed it, given under each target; each round times every model once, in a fresh "
+             "process: the median of `--runs` streaming hops of the exported artifact on this machine, with the "
+             "target's runtime and threads); *spread* is "
              "(max - min) / median of the rounds: the measurement's own "
              "repeatability, against which a prediction error can be read. "
              "Predictions: *table* = the target's measured profile table (profiles/<target>.json, fitted to a "
