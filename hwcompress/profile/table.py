@@ -14,8 +14,8 @@ The fitted model is a per-precision non-negative least-squares fit of
 i.e. the roofline's terms (dispatch overhead, compute per layer kind, weight traffic, the
 cache cliff) with coefficients measured instead of taken from peak figures. Kinds are
 separate because runtimes treat them differently (onnxruntime's dynamic quantization has
-an int8 LSTM kernel but runs GRU in fp32; OpenVINO's deconvolutions are slower per MAC than
-its convolutions). Non-negative, because every term is a cost; a fit that wanted a
+an int8 LSTM kernel but runs GRU in fp32; the fp32 fits here cost a ConvTranspose2d MAC at
+3-6x a Conv2d MAC on all three runtimes). Non-negative, because every term is a cost; a fit that wanted a
 negative coefficient would be fitting noise. Each sweep point is the median of several
 fresh processes, since one process's median moves by several percent with host load. The
 sweep's own points and a held-out set (benchmarks/latency_model.py) show how
