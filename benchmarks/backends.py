@@ -18,9 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _reading import write_keeping_reading  # benchmarks/, the script's own folder
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"onnxruntime": "generic-onnx", "openvino": "x86-openvino", "litert": "x86-litert"}
-NOTES = "## Reading (written by hand"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
               "per-hop wall time of Session.run (copies in, infer, copies out, as a Python application pays it); "
               "*runtime's own* is InferRequest.latency of the same hops, the like-for-like figure; percentages are "
               "against benchmark_app."]
-    text = "\n".join(lines) + "\n"
-    old = args.table.read_text() if args.table.is_file() else ""
-    if NOTES in old:  # the hand-written reading survives a rerun of the tables
-        text += "\n" + old[old.index(NOTES):]
-    args.table.write_text(text)
+    text = write_keeping_reading(args.table, "\n".join(lines) + "\n")
     print(text)
     return 0
 

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from hwcompress.profile.latency_model import predict_latency
-from hwcompress.profile.table import load_table, refit, sweep, time_specs, write_table
+from hwcompress.profile.table import load_table, profiles_dir, refit, sweep, time_specs, write_table
 from hwcompress.targets import load_target
+
+from _reading import write_keeping_reading  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = [16, 32, 64, 128, 256]
-NOTES = "## Reading (written by hand"
 
 
 def held_out() -> list[tuple[str, str, dict]]:
@@ -92,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sweeping {name} ...", file=sys.stderr, flush=True)
             write_table(sweep(target, runs=args.runs, repeats=args.repeats))
         elif args.refit:
-            path = ROOT / "profiles" / f"{name}.json"
-            write_table(refit(json.loads(path.read_text())))
+            write_table(refit(json.loads((profiles_dir() / f"{name}.json").read_text())))
         table = load_table(target)
         lines += [f"## {name}: {backend} {runtime_version(backend)}, {target.threads} thread(s)", "",
                   f"Table: {table['provenance']}.", "",
@@ -137,11 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {100 * w:.0f}% | {n} | {100 * wr:.0f}% |")
     allp = sum(w * n for _, w, n, _ in summary) / max(1, sum(n for _, _, n, _ in summary))
     lines += ["", f"All backends: {100 * allp:.0f}% of predictions within +/-10% (goal: 90%)."]
-    text = "\n".join(lines) + "\n"
-    old = args.table.read_text() if args.table.is_file() else ""
-    if NOTES in old:  # the hand-written reading survives a rerun of the tables
-        text += "\n" + old[old.index(NOTES):]
-    args.table.write_text(text)
+    write_keeping_reading(args.table, "\n".join(lines) + "\n")
     store_path.write_text(json.dumps({"commands": commands, "measured_ms": measured_store}, indent=1) + "\n")
     print("\n".join(lines))
     return 0

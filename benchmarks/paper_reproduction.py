@@ -27,13 +27,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _reading import write_keeping_reading  # benchmarks/, the script's own folder
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "paper"
 HEADLINE = ["--sparsity", "0.5", "--codebook", "16", "--prune-steps", "300", "--cluster-steps", "100"]
 SMALL_TRAIN = ["--model", "crn-compact", "--epochs", "12", "--steps-per-epoch", "150", "--batch", "8", "--seconds", "4",
                "--lr", "1e-3", "--patience", "4", "--seed", "0"]
 METRICS = ("pesq_wb", "stoi", "estoi", "si_sdr")
-NOTES = "## Reading (written by hand"
 
 
 def hwc(*args: str) -> None:
@@ -169,11 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     dp, ds = s["enhanced"]["pesq_wb"] - base["enhanced"]["pesq_wb"], s["enhanced"]["stoi"] - base["enhanced"]["stoi"]
     lines.append(row(f"control: dense fine-tuned {steps + csteps} steps, no compression", s, 4 * count_params(net),
                      count_params(net), f"{dp:+.3f} / {ds:+.4f}"))
-    # the hand-written reading of the results survives a rerun of the tables
-    notes = ""
-    if args.table.exists() and NOTES in args.table.read_text():
-        notes = args.table.read_text()[args.table.read_text().index(NOTES):]
-    args.table.write_text("\n".join(lines) + "\n" + ("\n" + notes if notes else ""))
+    write_keeping_reading(args.table, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -52,12 +52,13 @@ from pathlib import Path
 
 import numpy as np
 
+from _reading import write_keeping_reading  # benchmarks/, the script's own folder
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"generic-onnx": "onnxruntime", "x86-openvino": "openvino", "x86-litert": "litert"}
 FIT_WEIGHTS = {"generic-onnx": "int8", "x86-openvino": "int4", "x86-litert": "int8"}
 USABLE_PESQ_DROP = 0.1  # a peer that loses more than this is not a deployment choice
 L3_BYTES = 32 << 20
-NOTES = "## Reading (written by hand"
 
 
 @dataclass
@@ -589,10 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "torch")}
     args.pass1 = budgets.get("pass1_ms", {})
     text = write_report(rows, peaks, args, versions, time.time() - started)
-    old = args.out.read_text() if args.out.exists() else ""
-    if NOTES in old:  # the hand-written reading survives a rerun of the tables
-        text += "\n" + old[old.index(NOTES):]
-    args.out.write_text(text)
+    write_keeping_reading(args.out, text)
     args.out.with_suffix(".json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "ceilings": peaks,
                                                          "budgets": budgets, "versions": versions}, indent=1,
                                                         default=float))

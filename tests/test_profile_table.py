@@ -30,6 +30,8 @@ def test_fit_recovers_known_coefficients() -> None:
     fit = tb.fit_coefficients(rows)
     for k in tb.FEATURES:
         assert fit[k] == pytest.approx(true[k], rel=1e-3, abs=1e-12), k
+    for r in rows:
+        assert sum(fit[k] * r["features"][k] for k in tb.FEATURES) == pytest.approx(r["measured_ms"], rel=1e-3)
 
 
 def test_latency_model_prefers_a_measured_table(tmp_path, monkeypatch) -> None:

@@ -10,14 +10,15 @@ runtime version, threads, date, command).
 The fitted model is a per-precision non-negative least-squares fit of
     ms = c0 + c1 * weight layers + c2 * Conv2d MACs + c3 * ConvTranspose2d MACs
          + c4 * LSTM MACs + c5 * GRU MACs + c6 * Linear MACs
-         + c7 * weight bytes + c8 * weight bytes beyond the last-level cache
+         + c7 * weight bytes + sum over knots k of c_k * weight bytes beyond k x last-level cache
 i.e. the roofline's terms (dispatch overhead, compute per layer kind, weight traffic, the
 cache cliff) with coefficients measured instead of taken from peak figures. Kinds are
 separate because runtimes treat them differently (onnxruntime's dynamic quantization has
 an int8 LSTM kernel but runs GRU in fp32; the fp32 fits here cost a ConvTranspose2d MAC at
 3-6x a Conv2d MAC on all three runtimes). Non-negative, because every term is a cost; a fit that wanted a
 negative coefficient would be fitting noise. Each sweep point is the median of several
-fresh processes, since one process's median moves by several percent with host load. The
+interleaved timing rounds (`time_specs`), since one process's median moves by several
+percent with host load. The
 sweep's own points and a held-out set (benchmarks/latency_model.py) show how
 well it predicts.
 """
