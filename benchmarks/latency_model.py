@@ -3,11 +3,14 @@ machine can run, for models the profile tables never saw.
 
     python benchmarks/latency_model.py [--targets x86-openvino,generic-onnx,x86-litert] [--sweep]
 
---sweep first rebuilds profiles/<target>.json (`hwcompress profile --sweep`). Then each
-held-out model (other widths than the sweep, GRU/GCRN variants, and structurally pruned
-shapes of the default CRN as `fit` produces them) is exported in fp32 and int8, timed here
-(median of 300 hops in a fresh process) and predicted twice: by the profile table and by
-the roofline from the target's perf parameters. Writes benchmarks/latency_model.md.
+--sweep rebuilds profiles/<target>.json (the sweep of `hwcompress profile --sweep`), timing
+the sweep's models and the held-out ones in the same interleaved rounds. Each held-out
+model is exported in fp32 and int8, timed here (the median over rounds of the median of
+--runs hops, a fresh process per round) and predicted twice: by the profile table and by
+the roofline from the target's perf parameters. Two held-out sets: *fresh* (random prunings
+of the shipped model as `fit` produces them, and other architectures; fixed before it was
+first measured) and *seen* (the earlier set, read while the features were chosen).
+Writes benchmarks/latency_model.md and the measurements to benchmarks/latency_model.json.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from hwcompress.profile.latency_model import predict_latency
-from hwcompress.profile.table import load_table, profiles_dir, refit, sweep, time_specs, write_table
+from hwcompress.profile.table import (load_table, profiles_dir, pruned_default_specs, refit, sweep_specs,
+                                      table_from_timings, time_specs, write_table)
 from hwcompress.targets import load_target
 
 from _reading import write_keeping_reading  # benchmarks/, the script's own folder
@@ -30,7 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = [16, 32, 64, 128, 256]
 
 
-def held_out() -> list[tuple[str, str, dict]]:
+def held_out_seen() -> list[tuple[str, str, dict]]:
+    """The first held-out set: its rows were read while the features were developed, so its
+    score is not an unbiased one (kept to show the change)."""
     return [
         ("crn-c0.75-h384x384", "crn", {"channels": [12, 24, 48, 96, 192], "hidden": [384, 384]}),
         ("crn-c0.75-h768x768", "crn", {"channels": [12, 24, 48, 96, 192], "hidden": [768, 768]}),
@@ -47,6 +53,20 @@ def held_out() -> list[tuple[str, str, dict]]:
         ("gru-h128x128", "rnn", {"cell": "gru", "hidden": [128, 128]}),
         ("gcrn-c0.5-h512", "gcrn", {"channels": [8, 16, 32, 64, 128], "hidden": [512]}),
     ]
+
+
+def held_out_fresh() -> list[tuple[str, str, dict]]:
+    """Fixed before its first measurement, never used to choose anything: 12 random prunings
+    of the shipped model (another seed than the sweep's) and four other architectures."""
+    return pruned_default_specs(12, seed=2) + [
+        ("gru-h160x160x160", "rnn", {"cell": "gru", "hidden": [160, 160, 160]}),
+        ("lstm-h640", "rnn", {"cell": "lstm", "hidden": [640]}),
+        ("crn-gru-c0.75-h512", "crn", {"channels": [12, 24, 48, 96, 192], "hidden": [512], "cell": "gru"}),
+        ("gcrn-c0.5-h384x384", "gcrn", {"channels": [8, 16, 32, 64, 128], "hidden": [384, 384]}),
+    ]
+
+
+SETS = {"fresh": held_out_fresh, "seen": held_out_seen}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,27 +105,42 @@ def main(argv: list[str] | None = None) -> int:
     commands: dict[str, str] = store.get("commands", {})
     from hwcompress.models import zoo
 
+    held = [(set_name, spec) for set_name, make in SETS.items() for spec in make()]
     for name in args.targets.split(","):
         target = load_target(name)
         backend = RUNTIME_BACKENDS[target.runtime]
         get_backend(backend)
-        if args.sweep or load_table(target) is None:
-            print(f"sweeping {name} ...", file=sys.stderr, flush=True)
-            write_table(sweep(target, runs=args.runs, repeats=args.repeats))
+        keys = {(label, w): f"{name}/{label}/{w}" for _, (label, _, _) in held for w in ("fp32", "int8")}
+        timed_now = not (args.reuse and all(k in stored for k in keys.values()))
+        if args.sweep or (timed_now and load_table(target) is None):
+            # the sweep and the held-out models in the same interleaved rounds: a slow hour
+            # of the host then moves the table and the measurements it is judged on alike
+            print(f"sweeping {name} with the held-out models ...", file=sys.stderr, flush=True)
+            specs = sweep_specs()
+            timed = time_specs(specs + [spec for _, spec in held], backend, target.threads, args.runs, args.repeats)
+            sweep_labels = {label for label, _, _ in specs}
+            assert not sweep_labels & {label for _, (label, _, _) in held}, "a held-out model is in the sweep"
+            sweep_rows = [t for t in timed if t["model"] in sweep_labels]
+            write_table(table_from_timings(target, specs, sweep_rows, args.runs, args.repeats,
+                                           command=f"{lines[2][len('Command: '):].strip('`')} (sweep and held-out "
+                                                   "models timed in the same rounds)"))
+            held_labels = {label for _, (label, _, _) in held}
+            for t in timed:
+                if t["model"] in held_labels:
+                    measured_store[keys[t["model"], t["weights"]]] = t["repeat_ms"]
         elif args.refit:
             write_table(refit(json.loads((profiles_dir() / f"{name}.json").read_text())))
+        elif timed_now:  # held-out artifacts alone, in interleaved rounds (see table.time_specs)
+            for t in time_specs([spec for _, spec in held], backend, target.threads, args.runs, args.repeats):
+                measured_store[keys[t["model"], t["weights"]]] = t["repeat_ms"]
         table = load_table(target)
         lines += [f"## {name}: {backend} {runtime_version(backend)}, {target.threads} thread(s)", "",
                   f"Table: {table['provenance']}.", "",
-                  "| model | weights | params | measured ms | spread | table ms | error | roofline ms | error |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        errs_table, errs_roof, spreads = [], [], []
-        keys = {(label, w): f"{name}/{label}/{w}" for label, _, _ in held_out() for w in ("fp32", "int8")}
-        timed_now = not (args.reuse and all(k in stored for k in keys.values()))
-        if timed_now:  # all held-out artifacts in interleaved rounds (see table.time_specs)
-            for t in time_specs(held_out(), backend, target.threads, args.runs, args.repeats):
-                measured_store[keys[t["model"], t["weights"]]] = t["repeat_ms"]
-        for label, arch, config in held_out():
+                  "| held-out set | model | weights | params | measured ms | spread | table ms | error | roofline ms | error |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        errs: dict[str, list[float]] = {k: [] for k in SETS}
+        errs_roof, spreads = [], []
+        for set_name, (label, arch, config) in held:
             model = zoo.build(arch, config).eval()
             for weights, bits in (("fp32", 32), ("int8", 8)):
                 repeat_ms = measured_store[keys[label, weights]]
@@ -115,28 +150,38 @@ def main(argv: list[str] | None = None) -> int:
                 measured = float(np.median(repeat_ms))
                 spread = (max(repeat_ms) - min(repeat_ms)) / measured
                 et, er = tab / measured - 1, roof / measured - 1
-                errs_table.append(et)
+                errs[set_name].append(et)
                 errs_roof.append(er)
                 spreads.append(spread)
-                lines.append(f"| {label} | {weights} | {sum(p.numel() for p in model.parameters())} | {measured:.3f} | "
-                             f"{100 * spread:.0f}% | {tab:.3f} | {100 * et:+.1f}% | {roof:.3f} | {100 * er:+.1f}% |")
+                lines.append(f"| {set_name} | {label} | {weights} | {sum(p.numel() for p in model.parameters())} | "
+                             f"{measured:.3f} | {100 * spread:.0f}% | {tab:.3f} | {100 * et:+.1f}% | {roof:.3f} | "
+                             f"{100 * er:+.1f}% |")
                 print(lines[-1], file=sys.stderr, flush=True)
         if timed_now:
             commands[name] = f"{lines[2]} ({date.today().isoformat()})"
-        lines += ["", f"Held-out rows timed by: {commands.get(name, 'an earlier run')}."]
-        within = float(np.mean(np.abs(errs_table) <= 0.10))
-        within_roof = float(np.mean(np.abs(errs_roof) <= 0.10))
-        lines += ["", f"Within +/-10%: table **{100 * within:.0f}%** of {len(errs_table)} predictions "
-                      f"(median |error| {100 * np.median(np.abs(errs_table)):.1f}%); roofline {100 * within_roof:.0f}% "
-                      f"(median |error| {100 * np.median(np.abs(errs_roof)):.1f}%). Measurement spread: median "
-                      f"{100 * np.median(spreads):.0f}%, {100 * np.mean(np.array(spreads) > 0.10):.0f}% of rows above 10%.", ""]
-        summary.append((name, within, len(errs_table), within_roof))
-    lines += ["## Summary", "", "| target | within +/-10% (table) | predictions | within +/-10% (roofline) |",
-              "| --- | ---: | ---: | ---: |"]
-    for name, w, n, wr in summary:
-        lines.append(f"| {name} | {100 * w:.0f}% | {n} | {100 * wr:.0f}% |")
-    allp = sum(w * n for _, w, n, _ in summary) / max(1, sum(n for _, _, n, _ in summary))
-    lines += ["", f"All backends: {100 * allp:.0f}% of predictions within +/-10% (goal: 90%)."]
+        lines += ["", f"Held-out rows timed by: {commands.get(name, 'an earlier run')}.", ""]
+        for set_name, e in errs.items():
+            a = np.abs(e)
+            lines.append(f"- {set_name} held-out: table within +/-10%: **{100 * np.mean(a <= 0.10):.0f}%** of {len(a)} "
+                         f"predictions (median |error| {100 * np.median(a):.1f}%, within +/-15%: "
+                         f"{100 * np.mean(a <= 0.15):.0f}%, worst {100 * a.max():.0f}%)")
+        ar = np.abs(errs_roof)
+        lines += [f"- roofline within +/-10%: {100 * np.mean(ar <= 0.10):.0f}% (median |error| {100 * np.median(ar):.1f}%)",
+                  f"- measurement spread: median {100 * np.median(spreads):.0f}%, "
+                  f"{100 * np.mean(np.array(spreads) > 0.10):.0f}% of rows above 10%", ""]
+        summary.append((name, {k: (float(np.mean(np.abs(e) <= 0.10)), len(e)) for k, e in errs.items()},
+                        float(np.mean(ar <= 0.10))))
+    lines += ["## Summary", "", "| target | fresh held-out within +/-10% | seen held-out within +/-10% | predictions "
+              "| roofline within +/-10% |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, by_set, wr in summary:
+        lines.append(f"| {name} | {100 * by_set['fresh'][0]:.0f}% | {100 * by_set['seen'][0]:.0f}% | "
+                     f"{by_set['fresh'][1]} + {by_set['seen'][1]} | {100 * wr:.0f}% |")
+    lines.append("")
+    for set_name in SETS:
+        n = sum(by_set[set_name][1] for _, by_set, _ in summary)
+        share = sum(by_set[set_name][0] * by_set[set_name][1] for _, by_set, _ in summary) / max(1, n)
+        lines += [f"All backends, {set_name} held-out: {100 * share:.0f}% of {n} predictions within +/-10% "
+                  "(goal: 90%).", ""]
     write_keeping_reading(args.table, "\n".join(lines) + "\n")
     store_path.write_text(json.dumps({"commands": commands, "measured_ms": measured_store}, indent=1) + "\n")
     print("\n".join(lines))

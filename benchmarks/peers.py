@@ -173,11 +173,11 @@ def explicit_cell_ir(dense, dst: Path) -> None:
     """The IR hwcompress's own OpenVINO export produces: LSTMs traced as MatMul cells."""
     import openvino as ov
 
-    from hwcompress.export import _graph as g
+    from hwcompress.export._trace import explicit_cells
     from hwcompress.export.onnx import export_onnx
 
     tmp = dst.with_suffix(".onnx")
-    with g.explicit_cells(dense):
+    with explicit_cells(dense):
         export_onnx(dense, tmp, "stream")
     ov.save_model(ov.convert_model(str(tmp)), str(dst), compress_to_fp16=False)
     tmp.unlink()

@@ -100,6 +100,26 @@ def test_backend_override_measures_that_runtime() -> None:
     assert r["latency_source"] == "measured" and r["threads"] == 2
 
 
+def test_sessions_load_without_torch(tmp_path) -> None:
+    """The measurement child (one fresh process per timed artifact) must not pay torch's
+    ~1 s import: loading and running a session of every runtime leaves torch unimported."""
+    from hwcompress.export import available_backends, get_backend
+    from hwcompress.models.io import load_model
+
+    paths = {name: get_backend(name).export(load_model("tiny-gru"), tmp_path / name, "stream")
+             for name in available_backends()}
+    code = ("import sys, json, numpy as np\n"
+            "from hwcompress.export import get_backend\n"
+            "from hwcompress.profile import measure\n"
+            "for name, path in json.loads(sys.argv[1]).items():\n"
+            "    s = get_backend(name).load(path)\n"
+            "    s.run(np.zeros((1, 1, 161, 2), np.float32))\n"
+            "print(sorted(m for m in ('torch', 'litert_torch') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps({k: str(v) for k, v in paths.items()})],
+                         capture_output=True, text=True, check=True)
+    assert len(paths) >= 2 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_errors_are_one_line_hwc_errors() -> None:
     with pytest.raises(HwcError, match="unknown target"):
         measure_local("tiny-crn", "no-such-target")

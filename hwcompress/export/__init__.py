@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # sessions load without torch (see _graph)
+    import torch
 
 from hwcompress.errors import HwcError
 
@@ -148,6 +150,8 @@ def run_stream(
     Mirrors `hwcompress.enhance.enhance_streaming` (same padding, the same StreamingStft
     and the same realignment), so the two outputs can be compared sample for sample.
     """
+    import torch
+
     from hwcompress.enhance import STFT
     from hwcompress.models.stft import StreamingStft
 

@@ -22,6 +22,7 @@ import torch
 
 from hwcompress.errors import HwcError
 from hwcompress.export import _graph as g
+from hwcompress.export import _trace
 
 ERROR_EXIT = 3
 ERROR_TAG = "HWC-ERROR: "
@@ -29,14 +30,14 @@ ERROR_TAG = "HWC-ERROR: "
 
 def trace(model: torch.nn.Module, frames: int) -> tuple[torch.export.ExportedProgram, dict[str, torch.Tensor]]:
     """The program litert-torch will convert (T fixed to `frames`) and its sample inputs."""
-    spec, state = g.sample_inputs(model, frames)
+    spec, state = _trace.sample_inputs(model, frames)
     kwargs = {g.SPEC: spec, **{g.state_name(i): s for i, s in enumerate(state)}}
-    with g.eval_mode(model), warnings.catch_warnings():
+    with _trace.eval_mode(model), warnings.catch_warnings():
         # nn.LSTM/GRU re-assign their _flat_weights list while traced: harmless
         warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights")
         try:
             # strict=False: what litert-torch itself uses, so re-exporting below is a no-op
-            program = torch.export.export(g.Named(model).eval(), (), kwargs, strict=False)
+            program = torch.export.export(_trace.Named(model).eval(), (), kwargs, strict=False)
         except Exception as exc:
             raise g.unsupported("LiteRT (torch.export)", exc) from None
     return program, kwargs

@@ -24,15 +24,18 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 
 from hwcompress.errors import HwcError
 from hwcompress.export import _graph as g
 from hwcompress.export import check_mode
+
+if TYPE_CHECKING:  # torch is imported where a model is traced: sessions load without it
+    import torch
 
 #: ONNX LSTM/GRU/ConvTranspose are all stable here; ORT and OpenVINO both read it
 OPSET = 17
@@ -74,12 +77,16 @@ def _layer_of(op: str, dump: str) -> str | None:
 
 def export_onnx(model: torch.nn.Module, path: Path, mode: str, exporter: str = "ONNX") -> None:
     """Write the ONNX graph of `model` to exactly `path` (no atomicity: callers stage)."""
+    import torch
+
+    from hwcompress.export import _trace
+
     check_mode(mode)
-    spec, state = g.sample_inputs(model, 1 if mode == "stream" else 7)
+    spec, state = _trace.sample_inputs(model, 1 if mode == "stream" else 7)
     n = len(state)
     dynamic = {g.SPEC: {1: "frames"}, g.OUT: {1: "frames"}} if mode == "whole" else None
-    wrapper = g.Positional(model)
-    with g.eval_mode(model), warnings.catch_warnings():
+    wrapper = _trace.Positional(model)
+    with _trace.eval_mode(model), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         # nn.LSTM/GRU shape checks on traced sizes: shapes are fixed per export, so harmless
         warnings.simplefilter("ignore", torch.jit.TracerWarning)

@@ -12,17 +12,20 @@ import contextlib
 import io
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import openvino as ov
 import openvino.properties as props
 import openvino.properties.hint as hints
-import torch
 
 from hwcompress.errors import HwcError
 from hwcompress.export import _graph as g
 from hwcompress.export import check_mode
 from hwcompress.export.onnx import export_onnx
+
+if TYPE_CHECKING:  # sessions load without torch
+    import torch
 
 PRECISIONS = {"f32": ov.Type.f32, "bf16": ov.Type.bf16, "f16": ov.Type.f16}
 
@@ -130,7 +133,9 @@ class OpenVinoBackend:
             # nncf leaves the weights of a fused LSTMSequence/GRUSequence in fp32 (measured:
             # 11 of the default model's layers compressed, its two LSTMs not), so int8 IRs
             # trace the recurrent cells as matmuls, which the CPU plugin runs with u8 weights
-            cells = g.explicit_cells(model) if weights != "fp32" else contextlib.nullcontext()
+            from hwcompress.export._trace import explicit_cells
+
+            cells = explicit_cells(model) if weights != "fp32" else contextlib.nullcontext()
             with cells:
                 export_onnx(model, onnx_path, mode, exporter="OpenVINO (via ONNX)")
             try:

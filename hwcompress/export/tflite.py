@@ -21,16 +21,18 @@ import io
 import os
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from ai_edge_litert.interpreter import Interpreter
 
 import hwcompress
 from hwcompress.errors import HwcError
 from hwcompress.export import _graph as g
-from hwcompress.export import _litert_convert as conv
 from hwcompress.export import check_mode
+
+if TYPE_CHECKING:  # the converter side (torch, _litert_convert) loads on export only
+    import torch
 
 REPO = Path(hwcompress.__file__).resolve().parent.parent
 VENV_PYTHON = REPO / ".venv-tflite" / "bin" / "python"
@@ -56,6 +58,10 @@ def converter_python() -> str | None:
 
 def _convert_in_subprocess(python: str, program: torch.export.ExportedProgram,
                            kwargs: dict[str, torch.Tensor], dst: Path, tmp: Path) -> None:
+    import torch
+
+    from hwcompress.export import _litert_convert as conv
+
     program_file, inputs_file = tmp / "model.pt2", tmp / "inputs.pt"
     torch.export.save(program, program_file)
     torch.save(kwargs, inputs_file)
@@ -160,6 +166,8 @@ class LiteRtBackend:
         check_mode(mode, weights, self.name)
         t = 1 if mode == "stream" else int(frames or WHOLE_FRAMES)
         dst = Path(out_dir) / (g.artifact_stem(stem, mode, t if mode == "whole" else None, weights) + self.suffix)
+        from hwcompress.export import _litert_convert as conv
+
         python = converter_python()
         program, kwargs = conv.trace(model, t)
         with g.staging(Path(out_dir)) as tmp:

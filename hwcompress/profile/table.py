@@ -77,6 +77,40 @@ def sweep_specs() -> list[tuple[str, str, dict]]:
     specs.append(("gcrn-c0.5-h256", "gcrn", {"channels": [8, 16, 16, 32, 64], "hidden": [256]}))
     specs.append(("gcrn-c0.25-h128", "gcrn", {"channels": [4, 8, 16, 32, 64], "hidden": [128]}))
     specs.append(("gcrn-c0.75-h768", "gcrn", {"channels": [12, 24, 48, 96, 192], "hidden": [768]}))
+    # small stacks (tens of microseconds: the fixed per-layer cost dominates) and a CRN with
+    # GRU cells, so the recurrent kinds are not only seen in one setting each
+    specs.append(("gru-h192x192", "rnn", {"cell": "gru", "hidden": [192, 192]}))
+    specs.append(("lstm-h96x96x96", "rnn", {"cell": "lstm", "hidden": [96, 96, 96]}))
+    specs.append(("crn-gru-c0.5-h384x384", "crn", {"channels": [8, 16, 32, 64, 128], "hidden": [384, 384],
+                                                    "cell": "gru"}))
+    # what `fit` actually predicts: the shipped model with its groups pruned independently
+    return specs + pruned_default_specs(12, seed=1)
+
+
+#: the shipped model's architecture (hwcompress/pretrained/default.pt)
+DEFAULT_CRN = {"channels": BASE_CHANNELS, "hidden": [1024, 1024]}
+#: structured sparsities fit's search allocates per group
+PRUNE_LEVELS = (0.0, 0.25, 0.5, 0.75)
+
+
+def pruned_default_specs(n: int, seed: int) -> list[tuple[str, str, dict]]:
+    """`n` shapes `fit` can produce from the shipped CRN: each prunable group (encoder
+    stages, recurrent layers, bottleneck projection, decoder stages) keeps a fraction drawn
+    independently from 1 - PRUNE_LEVELS, as shrink leaves it (a smaller dense model).
+    Seeded, so the sweep (seed 1) and the latency benchmark's held-out set (another seed)
+    are disjoint samples of the same space."""
+    rng = np.random.default_rng(seed)
+    base_dec = BASE_CHANNELS[-2::-1]
+
+    def kept(width: int) -> int:
+        return max(1, round(width * (1 - float(rng.choice(PRUNE_LEVELS)))))
+
+    specs = []
+    for i in range(n):
+        channels = [kept(c) for c in BASE_CHANNELS]
+        config = {"channels": channels, "hidden": [kept(h) for h in DEFAULT_CRN["hidden"]],
+                  "proj_channels": kept(BASE_CHANNELS[-1]), "dec_channels": [kept(c) for c in base_dec]}
+        specs.append((f"pruned-default-s{seed}.{i}", "crn", config))
     return specs
 
 
@@ -200,27 +234,44 @@ def time_specs(specs: list[tuple[str, str, dict]], backend: str, threads: int, r
     return out
 
 
-def sweep(target: Target, runs: int = 200, specs: list[tuple[str, str, dict]] | None = None,
-          repeats: int = 3) -> dict:
-    """Time every sweep model on this machine and fit the table (see module docstring)."""
-    from hwcompress.profile.measure import RUNTIME_BACKENDS, host_arch, host_cpu, runtime_version
+def sweep_backend(target: Target) -> str:
+    """The local backend that times `target`'s runtime, or a one-line error when this
+    machine cannot stand in for the target."""
+    from hwcompress.profile.measure import RUNTIME_BACKENDS, host_arch
 
     if target.arch != host_arch():
         raise HwcError(f"--sweep measures this machine: target {target.name} is {target.arch}, this machine is "
                        f"{host_arch()} (run the sweep on the device itself)")
     if target.runtime not in RUNTIME_BACKENDS:
         raise HwcError(f"target {target.name}: runtime {target.runtime!r} has no local backend to sweep")
-    backend = RUNTIME_BACKENDS[target.runtime]
+    return RUNTIME_BACKENDS[target.runtime]
+
+
+def sweep(target: Target, runs: int = 200, specs: list[tuple[str, str, dict]] | None = None,
+          repeats: int = 3) -> dict:
+    """Time every sweep model on this machine and fit the table (see module docstring)."""
+    backend = sweep_backend(target)
     specs = specs or sweep_specs()
+    return table_from_timings(target, specs, time_specs(specs, backend, target.threads, runs, repeats), runs, repeats)
+
+
+def table_from_timings(target: Target, specs: list[tuple[str, str, dict]], timings: list[dict], runs: int,
+                       repeats: int, command: str | None = None) -> dict:
+    """The profile table of `timings` (time_specs' results for `specs`), fitted. Split from
+    sweep so a benchmark can time the sweep and its held-out models in the same rounds."""
+    from hwcompress.profile.measure import RUNTIME_BACKENDS, host_cpu, runtime_version
+
+    backend = RUNTIME_BACKENDS[target.runtime]
     rows = []
-    for t in time_specs(specs, backend, target.threads, runs, repeats):
+    for t in timings:
         net = t.pop("net")
         rows.append({**t, "params": int(sum(p.numel() for p in net.parameters())), "measured_ms": t.pop("median_ms")})
     return refit({
         "format": TABLE_FORMAT, "target": target.name, "runtime": target.runtime, "backend": backend,
         "runtime_version": runtime_version(backend), "threads": target.threads,
         "cache_bytes": int(target.value("cache_bytes")),
-        "provenance": (f"measured here: hwcompress profile --sweep --target {target.name}; {len(specs)} models x "
+        "provenance": (f"measured here: {command or f'hwcompress profile --sweep --target {target.name}'}; "
+                       f"{len(specs)} models x "
                        f"fp32/int8, each the median of {repeats} interleaved rounds (one fresh process per model "
                        f"per round, median of {runs} streaming hops), on {host_cpu()} ({platform.machine()}), "
                        f"{datetime.date.today().isoformat()}"),
