@@ -65,6 +65,23 @@ def test_small_sweep_on_this_machine(tmp_path, monkeypatch) -> None:
     assert tb.load_table(load_target("generic-onnx"))["fits"] == table["fits"]
 
 
+def test_pruned_default_specs_are_fit_shapes() -> None:
+    """The sweep's and the benchmark's prunings of the shipped model: deterministic per
+    seed, different between seeds, every width a kept fraction fit can choose."""
+    a, b = tb.pruned_default_specs(6, seed=1), tb.pruned_default_specs(6, seed=2)
+    assert a == tb.pruned_default_specs(6, seed=1)
+    assert not {str(s[2]) for s in a} & {str(s[2]) for s in b}
+    base = {"channels": tb.BASE_CHANNELS, "hidden": tb.DEFAULT_CRN["hidden"], "proj_channels": [tb.BASE_CHANNELS[-1]],
+            "dec_channels": tb.BASE_CHANNELS[-2::-1]}
+    for label, arch, config in a + b:
+        assert arch == "crn" and label.startswith("pruned-default-s")
+        for key, full in base.items():
+            widths = config[key] if isinstance(config[key], list) else [config[key]]
+            for w, f in zip(widths, full):
+                assert any(w == max(1, round(f * (1 - lvl))) for lvl in tb.PRUNE_LEVELS), (key, w, f)
+    assert {s[0] for s in tb.pruned_default_specs(12, seed=1)} <= {s[0] for s in tb.sweep_specs()}
+
+
 def test_sweep_of_another_machine_is_refused() -> None:
     with pytest.raises(HwcError, match="run the sweep on the device itself"):
         tb.sweep(load_target("raspberrypi4"))

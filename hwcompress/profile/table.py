@@ -2,8 +2,9 @@
 model fitted to it.
 
 `hwcompress profile --sweep --target NAME` exports a spread of zoo architectures (CRN, LSTM
-and GRU maskers at several widths, random weights: speed does not depend on the values) to
-the target's runtime in fp32 and int8, times each streaming hop on this machine and stores
+and GRU maskers at several widths, and random structured prunings of the shipped model as
+`fit` produces them; random weights: speed does not depend on the values) to the target's
+runtime in fp32 and int8, times each streaming hop on this machine and stores
 every row with its per-kind shape features in profiles/<target>.json, with provenance (CPU,
 runtime version, threads, date, command).
 
