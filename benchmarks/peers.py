@@ -91,7 +91,7 @@ class _Recorder:
         self.names = [g.SPEC, *(g.state_name(i) for i in range(len(inner.state_shapes)))]
 
     def run(self, spec, state=None):
-        spec_in, states = self.inner._inputs(spec, state)
+        spec_in, states = self.inner.checked_inputs(spec, state)
         self.feeds.append(dict(zip(self.names, [spec_in, *states])))
         return self.inner.run(spec, state)
 

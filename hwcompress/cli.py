@@ -466,6 +466,7 @@ def profile(
     out: Annotated[Optional[Path], typer.Option(help="Keep the exported artifact in this folder.")] = None,
     weights: Annotated[str, typer.Option(help="fp32; int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128).")] = "fp32",
     sweep: Annotated[bool, typer.Option(help="Build profiles/<target>.json: time a spread of model shapes here and fit the latency model.")] = False,
+    rounds: Annotated[int, typer.Option(min=1, help="With --sweep: interleaved timing rounds per model, a fresh process each (the median is kept; the committed tables used 7, OpenVINO 9: a shared host needs several).")] = 5,
     host: Annotated[Optional[str], typer.Option(help="Measure on this device over SSH ([user@]address): copies the .tflite and a runner there.")] = None,
     port: Annotated[Optional[int], typer.Option(help="SSH port of --host.")] = None,
     identity: Annotated[Optional[Path], typer.Option(help="SSH private key for --host.")] = None,
@@ -500,7 +501,7 @@ def profile(
         from hwcompress.profile.table import sweep as run_sweep
         from hwcompress.profile.table import write_table
 
-        table = run_sweep(tg, runs=min(runs, 300))
+        table = run_sweep(tg, runs=min(runs, 300), repeats=rounds)
         path = write_table(table)
         if json_:
             _print_json(table)

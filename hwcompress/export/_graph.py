@@ -116,7 +116,9 @@ class SessionBase:
     state_shapes: list[tuple[int, ...]]
     frames: int | None
 
-    def _inputs(self, spec: np.ndarray, state: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
+    def checked_inputs(self, spec: np.ndarray, state: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """`spec` and `state` as the graph takes them (C-contiguous float32; zeros for a missing
+        state), or a one-line HwcError for a wrong shape or state count."""
         spec = as_input(spec)
         if spec.ndim != 4 or spec.shape[0] != 1 or spec.shape[3] != 2:
             raise HwcError(f"spec must be [1, T, F, 2], got {list(spec.shape)}")

@@ -143,7 +143,7 @@ class OnnxSession(g.SessionBase):
         self._outputs = g.output_names(n)
 
     def run(self, spec: np.ndarray, state: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        spec, state = self._inputs(spec, state)
+        spec, state = self.checked_inputs(spec, state)
         feed = {g.SPEC: spec, **{g.state_name(i): s for i, s in enumerate(state)}}
         out = self.sess.run(self._outputs, feed)
         return out[0], list(out[1:])

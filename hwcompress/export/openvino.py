@@ -99,7 +99,7 @@ class OpenVinoSession(g.SessionBase):
             self._out_views = [self.request.get_tensor(p).data for p in self._outputs]
 
     def run(self, spec: np.ndarray, state: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        spec, state = self._inputs(spec, state)
+        spec, state = self.checked_inputs(spec, state)
         if self._in_views is not None:
             for view, array in zip(self._in_views, (spec, *state)):
                 np.copyto(view, array)

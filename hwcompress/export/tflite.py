@@ -128,7 +128,7 @@ class LiteRtSession(g.SessionBase):
         self.runner = self.interpreter.get_signature_runner()
 
     def run(self, spec: np.ndarray, state: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        spec, state = self._inputs(spec, state)
+        spec, state = self.checked_inputs(spec, state)
         feed = {g.SPEC: spec, **{g.state_name(i): s for i, s in enumerate(state)}}
         for name, (scale, zero, dtype) in self._in_q.items():
             info = np.iinfo(dtype)

@@ -75,6 +75,10 @@ class CRN(SEModel):
     bottleneck, transposed-conv decoder with skips, magnitude mask on the noisy STFT."""
 
     arch = "crn"
+    #: encoder input planes: the log-magnitude (CRN) or magnitude, real and imaginary (GCRN)
+    input_channels = 1
+    #: GLU-gated convolutions (GCRN) instead of ELU
+    gated = False
 
     def __init__(
         self,
@@ -90,12 +94,14 @@ class CRN(SEModel):
         self.channels, self.hidden, self.cell, self.kt = list(channels), list(hidden), cell, kt
         self._set_widths(proj_channels, dec_channels)
         self.freqs = _freqs(n_bins, len(self.channels))
-        ins = [1, *self.channels[:-1]]
-        self.enc = nn.ModuleList(CausalConv2d(a, b, kt) for a, b in zip(ins, self.channels))
+        ins = [self.input_channels, *self.channels[:-1]]
+        # gated layers produce value and gate halves: 2 * c_out channels, GLU over channels
+        per_unit = 2 if self.gated else 1
+        self.enc = nn.ModuleList(CausalConv2d(a, per_unit * b, kt) for a, b in zip(ins, self.channels))
         self.rnn = Recurrent(cell, [self.channels[-1] * self.freqs[-1], *self.hidden])
         self.proj = nn.Linear(self.hidden[-1], self.proj_channels * self.freqs[-1])
-        self.dec = self._decoder(self.dec_channels, gated=False)
-        self.act = nn.ELU()
+        self.dec = self._decoder(self.dec_channels, gated=self.gated)
+        self.act = nn.GLU(dim=1) if self.gated else nn.ELU()
 
     # Shrinking (hwcompress.compress.shrink) makes the bottleneck projection and the
     # decoder narrower than the mirrored encoder; these optional widths let the config
@@ -177,6 +183,8 @@ class GCRN(CRN):
     estimating the real and imaginary parts of a complex ratio mask."""
 
     arch = "gcrn"
+    input_channels = 3
+    gated = True
 
     def __init__(
         self,
@@ -189,23 +197,12 @@ class GCRN(CRN):
         dec_channels: list[int] | None = None,
         dec_imag_channels: list[int] | None = None,
     ) -> None:
-        nn.Module.__init__(self)
-        SEModel.__init__(self, n_bins)
-        self.channels, self.hidden, self.cell, self.kt = list(channels), list(hidden), cell, kt
-        self._set_widths(proj_channels, dec_channels)
+        super().__init__(channels, hidden, cell, kt, n_bins, proj_channels, dec_channels)
         mirrored = self._mirrored()
         self.dec_imag_channels = mirrored if dec_imag_channels is None else [int(c) for c in dec_imag_channels]
         if len(self.dec_imag_channels) != len(mirrored):
             raise TypeError(f"dec_imag_channels needs {len(mirrored)} values (one per decoder stage before the mask)")
-        self.freqs = _freqs(n_bins, len(self.channels))
-        ins = [3, *self.channels[:-1]]
-        # gated layers produce value and gate halves: 2 * c_out channels, GLU over channels
-        self.enc = nn.ModuleList(CausalConv2d(a, 2 * b, kt) for a, b in zip(ins, self.channels))
-        self.rnn = Recurrent(cell, [self.channels[-1] * self.freqs[-1], *self.hidden])
-        self.proj = nn.Linear(self.hidden[-1], self.proj_channels * self.freqs[-1])
-        self.dec = self._decoder(self.dec_channels, gated=True)
         self.dec_imag = self._decoder(self.dec_imag_channels, gated=True)
-        self.act = nn.GLU(dim=1)
 
     def _width_config(self) -> dict:
         extra = super()._width_config()
