@@ -26,6 +26,7 @@ import numpy as np
 from hwcompress.profile.latency_model import predict_latency
 from hwcompress.profile.table import (load_table, profiles_dir, pruned_default_specs, refit, sweep_specs,
                                       table_from_timings, time_specs, write_table)
+from hwcompress.search.sensitivity import atomic_json
 from hwcompress.targets import load_target
 
 from _reading import write_keeping_reading  # benchmarks/, the script's own folder
@@ -84,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     from hwcompress.export import get_backend
     from hwcompress.profile.measure import RUNTIME_BACKENDS, host_cpu, runtime_version
 
-    lines = ["# Latency model: predicted vs measured", "",
-             f"Command: `python benchmarks/latency_model.py --targets {args.targets}"
-             + (" --sweep" if args.sweep else "") + (" --refit" if args.refit else "")
-             + (" --reuse" if args.reuse else "") + f" --runs {args.runs} --repeats {args.repeats}`", "",
+    command = (f"python benchmarks/latency_model.py --targets {args.targets}" + (" --sweep" if args.sweep else "")
+               + (" --refit" if args.refit else "") + (" --reuse" if args.reuse else "")
+               + f" --runs {args.runs} --repeats {args.repeats}")
+    lines = ["# Latency model: predicted vs measured", "", f"Command: `{command}`", "",
              f"Machine: {host_cpu()}. Every measured figure is the median over interleaved rounds (`--repeats` of "
              "the command that timed it, given under each target; each round times every model once, in a fresh "
              "process: the median of `--runs` streaming hops of the exported artifact on this machine, with the "
@@ -106,32 +107,31 @@ def main(argv: list[str] | None = None) -> int:
     from hwcompress.models import zoo
 
     held = [(set_name, spec) for set_name, make in SETS.items() for spec in make()]
+    held_specs = [spec for _, spec in held]
     for name in args.targets.split(","):
         target = load_target(name)
         backend = RUNTIME_BACKENDS[target.runtime]
         get_backend(backend)
         keys = {(label, w): f"{name}/{label}/{w}" for _, (label, _, _) in held for w in ("fp32", "int8")}
         timed_now = not (args.reuse and all(k in stored for k in keys.values()))
+        timed: list[dict] = []
         if args.sweep or (timed_now and load_table(target) is None):
             # the sweep and the held-out models in the same interleaved rounds: a slow hour
             # of the host then moves the table and the measurements it is judged on alike
             print(f"sweeping {name} with the held-out models ...", file=sys.stderr, flush=True)
             specs = sweep_specs()
-            timed = time_specs(specs + [spec for _, spec in held], backend, target.threads, args.runs, args.repeats)
             sweep_labels = {label for label, _, _ in specs}
-            assert not sweep_labels & {label for _, (label, _, _) in held}, "a held-out model is in the sweep"
-            sweep_rows = [t for t in timed if t["model"] in sweep_labels]
-            write_table(table_from_timings(target, specs, sweep_rows, args.runs, args.repeats,
-                                           command=f"{lines[2][len('Command: '):].strip('`')} (sweep and held-out "
-                                                   "models timed in the same rounds)"))
-            held_labels = {label for _, (label, _, _) in held}
-            for t in timed:
-                if t["model"] in held_labels:
-                    measured_store[keys[t["model"], t["weights"]]] = t["repeat_ms"]
+            assert not sweep_labels & {label for label, _, _ in held_specs}, "a held-out model is in the sweep"
+            timed = time_specs(specs + held_specs, backend, target.threads, args.runs, args.repeats)
+            write_table(table_from_timings(target, [t for t in timed if t["model"] in sweep_labels], args.runs,
+                                           args.repeats, command=f"{command} (sweep and held-out models timed in "
+                                                                 "the same rounds)"))
         elif args.refit:
             write_table(refit(json.loads((profiles_dir() / f"{name}.json").read_text())))
         elif timed_now:  # held-out artifacts alone, in interleaved rounds (see table.time_specs)
-            for t in time_specs([spec for _, spec in held], backend, target.threads, args.runs, args.repeats):
+            timed = time_specs(held_specs, backend, target.threads, args.runs, args.repeats)
+        for t in timed:
+            if (t["model"], t["weights"]) in keys:  # the held-out rows (a sweep's rows are in the table)
                 measured_store[keys[t["model"], t["weights"]]] = t["repeat_ms"]
         table = load_table(target)
         lines += [f"## {name}: {backend} {runtime_version(backend)}, {target.threads} thread(s)", "",
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{100 * er:+.1f}% |")
                 print(lines[-1], file=sys.stderr, flush=True)
         if timed_now:
-            commands[name] = f"{lines[2]} ({date.today().isoformat()})"
+            commands[name] = f"Command: `{command}` ({date.today().isoformat()})"
         lines += ["", f"Held-out rows timed by: {commands.get(name, 'an earlier run')}.", ""]
         for set_name, e in errs.items():
             a = np.abs(e)
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"All backends, {set_name} held-out: {100 * share:.0f}% of {n} predictions within +/-10% "
                   "(goal: 90%).", ""]
     write_keeping_reading(args.table, "\n".join(lines) + "\n")
-    store_path.write_text(json.dumps({"commands": commands, "measured_ms": measured_store}, indent=1) + "\n")
+    atomic_json(store_path, {"commands": commands, "measured_ms": measured_store})
     print("\n".join(lines))
     return 0
 

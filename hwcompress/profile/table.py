@@ -253,13 +253,13 @@ def sweep(target: Target, runs: int = 200, specs: list[tuple[str, str, dict]] | 
     """Time every sweep model on this machine and fit the table (see module docstring)."""
     backend = sweep_backend(target)
     specs = specs or sweep_specs()
-    return table_from_timings(target, specs, time_specs(specs, backend, target.threads, runs, repeats), runs, repeats)
+    return table_from_timings(target, time_specs(specs, backend, target.threads, runs, repeats), runs, repeats)
 
 
-def table_from_timings(target: Target, specs: list[tuple[str, str, dict]], timings: list[dict], runs: int,
-                       repeats: int, command: str | None = None) -> dict:
-    """The profile table of `timings` (time_specs' results for `specs`), fitted. Split from
-    sweep so a benchmark can time the sweep and its held-out models in the same rounds."""
+def table_from_timings(target: Target, timings: list[dict], runs: int, repeats: int,
+                       command: str | None = None) -> dict:
+    """The profile table of `timings` (time_specs' results), fitted. Split from sweep so a
+    benchmark can time the sweep and its held-out models in the same rounds."""
     from hwcompress.profile.measure import RUNTIME_BACKENDS, host_cpu, runtime_version
 
     backend = RUNTIME_BACKENDS[target.runtime]
@@ -272,7 +272,7 @@ def table_from_timings(target: Target, specs: list[tuple[str, str, dict]], timin
         "runtime_version": runtime_version(backend), "threads": target.threads,
         "cache_bytes": int(target.value("cache_bytes")),
         "provenance": (f"measured here: {command or f'hwcompress profile --sweep --target {target.name}'}; "
-                       f"{len(specs)} models x "
+                       f"{len({t['model'] for t in timings})} models x "
                        f"fp32/int8, each the median of {repeats} interleaved rounds (one fresh process per model "
                        f"per round, median of {runs} streaming hops), on {host_cpu()} ({platform.machine()}), "
                        f"{datetime.date.today().isoformat()}"),
