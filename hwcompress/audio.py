@@ -9,10 +9,11 @@ NaN clip makes PESQ/STOI/SI-SDR undefined).
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from math import gcd
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import soundfile as sf
@@ -27,6 +28,17 @@ PathLike = Union[str, os.PathLike]
 SILENCE_PEAK = 1e-5
 # Shorter clips do not fill a single STOI/PESQ analysis window in a meaningful way.
 MIN_DURATION_S = 0.1
+# Float files may hold samples beyond full scale (+/-1.0); they are scaled to this peak,
+# with a warning, instead of being hard-clipped on the way out (save_audio clips to +/-1).
+RESCALED_PEAK = 0.99
+# Input rates below this carry no speech band worth enhancing, and resampling them up to
+# 16 kHz would multiply the sample count (a 1 Hz header turns 1 s of file into 4.4 h).
+MIN_SAMPLE_RATE = 4000
+
+
+def print_warning(message: str) -> None:
+    """Default `warn` of load_audio: one `warning: ...` line on stderr (stdout stays clean)."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 class AudioError(HwcError):
@@ -34,14 +46,22 @@ class AudioError(HwcError):
 
 
 def load_audio(
-    path: PathLike, sample_rate: int = 16000, min_duration: float = MIN_DURATION_S
+    path: PathLike,
+    sample_rate: int = 16000,
+    min_duration: float = MIN_DURATION_S,
+    warn: Callable[[str], None] = print_warning,
 ) -> np.ndarray:
     """Read a WAV/FLAC/OGG file as float32 mono at `sample_rate`.
 
     Multichannel files keep only the first channel (averaging could cancel out
-    channels that are out of phase). Any input rate is resampled with a polyphase
-    filter. Raises AudioError with a one-line message naming the file for missing,
-    unreadable, empty, non-finite, too-short or silent audio.
+    channels that are out of phase). Any input rate of at least MIN_SAMPLE_RATE is
+    resampled with a polyphase filter. Raises AudioError with a one-line message naming
+    the file for missing, unreadable, empty, non-finite, too-short or silent audio.
+
+    A float file whose samples go beyond full scale (peak > 1.0) is scaled down to peak
+    RESCALED_PEAK rather than clipped later, and `warn` gets one message naming the file,
+    its peak and the factor (default: a `warning: ...` line on stderr; code reading many
+    files can collect the messages instead).
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
@@ -65,6 +85,8 @@ def load_audio(
 
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioError(f"{name}: audio is empty (0 samples)")
+    if file_rate < MIN_SAMPLE_RATE:
+        raise AudioError(f"{name}: sample rate {file_rate} Hz is too low (at least {MIN_SAMPLE_RATE} Hz)")
     audio = np.ascontiguousarray(data[:, 0])
 
     n_bad = int(np.count_nonzero(~np.isfinite(audio)))
@@ -83,6 +105,13 @@ def load_audio(
         g = gcd(int(file_rate), int(sample_rate))
         # float64 for the filter so the resampler adds no audible rounding noise.
         audio = resample_poly(audio.astype(np.float64), sample_rate // g, file_rate // g)
+    if peak > 1.0:
+        # only float files can exceed full scale; as is, the output would be hard-clipped.
+        # The factor is taken after resampling, whose ringing can raise the peak a little.
+        factor = RESCALED_PEAK / float(np.max(np.abs(audio)))
+        audio = audio * factor
+        warn(f"{name}: float samples exceed full scale (peak {peak:.4g} > 1.0): scaled by {factor:.4g} "
+             f"to peak {RESCALED_PEAK:g} instead of clipping")
     return audio.astype(np.float32, copy=False)
 
 

@@ -9,6 +9,7 @@ and register it below with `app.add_typer(my_app, name="my-command")`; a single 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -20,6 +21,7 @@ from rich.table import Table
 
 from hwcompress.errors import HwcError
 from hwcompress.targets import Target, list_targets, load_target
+from hwcompress.workdir import check_writable
 
 try:
     # recent typer ships its own copy of click; its usage errors are not click's classes
@@ -172,6 +174,30 @@ def data_path(seed: Annotated[int, typer.Option()] = 0) -> None:
     typer.echo(str(default_corpus_dir(seed)))
 
 
+@data_app.command("example")
+def data_example(
+    min_seconds: Annotated[float, typer.Option(help="Shortest acceptable recording, seconds.")] = 4.0,
+    set_name: Annotated[str, typer.Option("--set", help="Evaluation set: test, test-synth or valid.")] = "test",
+    data: Annotated[Optional[Path], typer.Option("--data", help="Corpus folder (default: the shared cache for --seed).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    json_: JsonOpt = False,
+) -> None:
+    """Print the noisy WAV of the first mixture of a set (in id order) lasting --min-seconds or more."""
+    from hwcompress.data.example import first_long_mixture
+
+    if data is None:  # corpus.py pulls in scipy.signal (seconds): only for the default location
+        from hwcompress.data.corpus import default_corpus_dir
+
+        data = default_corpus_dir(seed)
+    ex = first_long_mixture(data, set_name, min_seconds)
+    if json_:
+        _print_json({"set": ex.set_name, "id": ex.id, "noisy": str(ex.noisy), "clean": str(ex.clean),
+                     "seconds": ex.seconds, "snr_db": ex.snr_db, "noise_kind": ex.noise_kind, "speaker": ex.speaker,
+                     "seconds_source": f"mix/{ex.set_name}.json (speech length written by hwcompress data build)"})
+    else:
+        typer.echo(str(ex.noisy))
+
+
 def _corpus(data: Optional[Path]) -> Path:
     from hwcompress.data.corpus import ensure_default_corpus
 
@@ -180,6 +206,18 @@ def _corpus(data: Optional[Path]) -> Path:
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Model file (.pt/.hwc), zoo preset, or 'default'.")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Corpus folder (default: built-in corpus).")]
+
+
+def reject_artifact(model: str, command: str) -> None:
+    """Call before load_model in a command that needs the torch model: an exported runtime
+    artifact (.onnx, .xml, .tflite, an IR's .bin) gets one line saying what the command takes
+    and which commands take the artifact, instead of an unpickling error."""
+    from hwcompress.export import is_artifact
+
+    if is_artifact(model):
+        raise HwcError(f"{model}: {command} accepts a model (.pt, .hwc, a zoo preset or 'default'), not an exported "
+                       f"runtime artifact; for an exported artifact use `hwcompress eval --model {model}` (quality) "
+                       f"or `hwcompress profile --model {model}` (latency)")
 
 
 # ---------------------------------------------------------------- train / eval / enhance
@@ -205,6 +243,11 @@ def train(
     from hwcompress.train import TrainConfig
     from hwcompress.train import train as run_train
 
+    reject_artifact(model, "train")
+    check_writable(out, "dir")
+    for name, value in (("lr", lr), ("seconds", seconds), ("max-minutes", max_minutes)):
+        if not math.isfinite(value):
+            raise HwcError(f"--{name} must be finite, got {value:g}")
     net = load_model(model)
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch, seconds=seconds, lr=lr,
                       patience=patience, seed=seed, max_minutes=max_minutes)
@@ -226,10 +269,16 @@ def eval_cmd(
     MODEL may also be an exported streaming artifact (.onnx, .xml, .tflite): it then runs hop
     by hop in its runtime, so quantized weights are scored as they would ship."""
     from hwcompress.evaluate import evaluate, evaluate_artifact, write_results
-    from hwcompress.export import ARTIFACT_SUFFIXES
+    from hwcompress.export import backend_for_artifact, is_artifact
     from hwcompress.models.io import load_model
 
-    if Path(model).suffix.lower() in ARTIFACT_SUFFIXES:
+    for path in (json_out, markdown):
+        if path is not None:
+            check_writable(path, "file")
+    if is_artifact(model):
+        backend_for_artifact(Path(model))  # an IR's .bin: "give its .xml", before any corpus work
+        if not Path(model).is_file():
+            raise HwcError(f"{model}: no such artifact file")
         result = evaluate_artifact(Path(model), _corpus(data), set_name, limit, workers)
     else:
         result = evaluate(load_model(model), _corpus(data), set_name, limit, workers)
@@ -240,21 +289,67 @@ def eval_cmd(
 @app.command()
 def enhance(
     inp: Annotated[Path, typer.Argument(metavar="IN.wav", help="Noisy audio, any sample rate (first channel).")],
-    out: Annotated[Path, typer.Argument(metavar="OUT.wav", help="Enhanced 16 kHz audio.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT.wav", help="Enhanced 16 kHz audio (never the input file).")],
     model: ModelOpt = "default",
-    whole: Annotated[bool, typer.Option(help="Process the utterance at once instead of hop by hop.")] = False,
+    runtime: Annotated[str, typer.Option(help="Chunked path: onnxruntime (the model exported to a session) or torch.")] = "onnxruntime",
+    weights: Annotated[str, typer.Option(help="onnxruntime weights: fp32 (the model's own numbers) or int8 (faster, approximate).")] = "fp32",
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for the model.")] = 1,
+    whole: Annotated[bool, typer.Option(help="torch, the utterance in one pass (inputs over 30 s in 30 s passes).")] = False,
+    hop_by_hop: Annotated[bool, typer.Option(help="torch, one 10 ms hop at a time, as a device runs it (slow).")] = False,
 ) -> None:
-    """Enhance a recording frame by frame with carried state, as a device would."""
+    """Enhance a recording: 4 s chunks of frames with the model state carried across them (the same
+    samples as hop-by-hop streaming, in bounded memory), with progress and the real-time factor."""
+    import tempfile
+
+    import torch
+
     from hwcompress.audio import load_audio, save_audio
-    from hwcompress.enhance import enhance as enhance_whole
-    from hwcompress.enhance import enhance_streaming
+    from hwcompress import enhance as enh
     from hwcompress.models.io import load_model
 
+    enh.check_output_not_input(inp, out)
+    check_writable(out, "file")
+    if whole and hop_by_hop:
+        raise HwcError("--whole and --hop-by-hop exclude each other")
+    if runtime not in ("onnxruntime", "torch"):
+        raise HwcError(f"unknown runtime {runtime!r}: choose onnxruntime or torch")
+    if weights not in ("fp32", "int8"):
+        raise HwcError(f"unknown weights {weights!r}: choose fp32 or int8")
+    if weights != "fp32" and (runtime != "onnxruntime" or whole or hop_by_hop):
+        raise HwcError("--weights int8 needs the chunked onnxruntime path (no --runtime torch, --whole, --hop-by-hop)")
+    reject_artifact(model, "enhance")
     audio = load_audio(inp, 16000)
+    torch.set_num_threads(threads)
     net = load_model(model)
-    result = enhance_whole(net, audio) if whole else enhance_streaming(net, audio)
-    save_audio(out, result, 16000)
-    typer.echo(f"{out}: {audio.size / 16000:.2f} s enhanced with {model}")
+    if whole or hop_by_hop:
+        how = f"torch {'whole' if whole else 'hop by hop'}"
+        fn = enh.enhance if whole else enh.enhance_streaming
+        done = enh.timed(lambda tick: fn(net, audio, progress=tick), audio.size)
+    else:
+        if runtime == "onnxruntime":
+            # Why onnxruntime: measured here (default CRN, 1 thread, 400-frame chunks of 6 s of noise,
+            # process CPU time, best of 3 on the shared 2-core machine) the exported whole-utterance
+            # graph took 3.0 ms per frame and the same chunks in torch 3.8 ms, for the same samples
+            # (fp32, ~1e-6 apart); exporting costs ~2 s once per run. Both are bound by reading the
+            # two 16 MB LSTM recurrent matrices every frame. int8 weights took 1.4 ms but differ from
+            # the fp32 output (~19 dB SNR), so they are opt-in. 10-minute figures: benchmarks/enhance_long.md.
+            from hwcompress.export import get_backend
+
+            backend = get_backend("onnxruntime")
+            with tempfile.TemporaryDirectory(prefix="hwc-enhance-") as tmp:
+                session = backend.load(backend.export(net, Path(tmp), "whole", weights=weights), threads=threads)
+            run, state = session.run, None
+        else:
+            run, state = enh.torch_runner(net)
+        how = f"{runtime} {weights}, {enh.CHUNK_FRAMES}-frame chunks"
+        done = enh.timed(lambda tick: enh.enhance_chunked(run, audio, state, progress=tick), audio.size)
+    try:  # atomic: a failed write leaves no partial file (and never touches the input)
+        save_audio(out, done.audio, 16000)
+    except OSError as exc:
+        raise HwcError(f"{out}: cannot write the enhanced audio ({exc.strerror or type(exc).__name__})") from None
+    typer.echo(f"{out}: {done.seconds:.2f} s enhanced with {model} in {done.wall_s:.1f} s, real-time factor "
+               f"{done.rtf:.3f} (wall time of the enhancement / audio duration, loading not included; "
+               f"{how}, {threads} thread{'s' if threads > 1 else ''})")
 
 
 # ---------------------------------------------------------------- compress
@@ -291,6 +386,8 @@ def compress(
     check_global(cfg)
     if out.suffix != ".hwc":
         raise HwcError(f"{out}: the output must be a .hwc file")
+    check_writable(out, "file")
+    reject_artifact(model, "compress")
     net = load_model(model)
     report = run_compress(net, cfg, _corpus(data), out, log=lambda m: typer.echo(m, err=True))
     report["model"] = model
@@ -317,16 +414,24 @@ def compress(
 def _budget_list(text: Optional[str]) -> list[float]:
     if text is None:
         return []
+    parts = [x.strip() for x in text.split(",")]
+    if not any(parts):
+        raise HwcError("--budget-ms is empty")
+    if not all(parts):  # "2,,3", "2," and ",2" are typos, not a list of two budgets
+        raise HwcError(f"--budget-ms takes numbers separated by single commas (e.g. 2,4,8), got {text!r}")
     try:
-        values = [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in parts]
     except ValueError:
         raise HwcError(f"--budget-ms takes numbers separated by commas (e.g. 2,4,8), got {text!r}") from None
-    if not values:
-        raise HwcError("--budget-ms is empty")
     for v in values:
-        if not v > 0:
-            raise HwcError(f"latency budget must be positive, got {v:g} ms")
+        check_budget_value(v, "latency budget", "ms")
     return values
+
+
+def check_budget_value(v: float, what: str, unit: str) -> None:
+    # nan compares false and 1e309 parses as inf: both must be refused before a whole fit runs
+    if not (v > 0 and math.isfinite(v)):
+        raise HwcError(f"{what} must be a finite positive number, got {v:g} {unit}")
 
 
 @app.command()
@@ -350,9 +455,10 @@ def fit(
     from hwcompress.search.fit import FitConfig
     from hwcompress.search.fit import fit as run_fit
 
+    reject_artifact(model, "fit")
     budgets = _budget_list(budget_ms)
-    if budget_kb is not None and not budget_kb > 0:
-        raise HwcError(f"size budget must be positive, got {budget_kb:g} KiB")
+    if budget_kb is not None:
+        check_budget_value(budget_kb, "size budget", "KiB")
     cfg = FitConfig(target=target, out=out, budgets_ms=budgets,
                     budget_bytes=int(budget_kb * 1024) if budget_kb is not None else None, model=model, data=data,
                     prune_steps=prune_steps, cluster_steps=cluster_steps, eval_items=eval_items, emulate=emulate,
@@ -389,10 +495,12 @@ def export_cmd(
     mode: Annotated[str, typer.Option(help="stream (one hop, state in/out), whole (utterance) or both.")] = "both",
     weights: Annotated[str, typer.Option(help="fp32; int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128).")] = "fp32",
     frames: Annotated[int, typer.Option(min=1, help="T of a whole-utterance .tflite (LiteRT fixes T).")] = 100,
-    check: Annotated[bool, typer.Option(help="Run each artifact against torch and report the difference.")] = True,
+    check: Annotated[bool, typer.Option(help="Run each artifact against torch; one beyond its tolerance fails the export.")] = True,
+    min_snr_db: Annotated[Optional[float], typer.Option(help="Parity tolerance: least SNR (dB) of the runtime output vs torch (default per weights: fp32 60, int8 25, int4 20).")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Export a model (.pt, .hwc, preset or default) to a runtime artifact, checked against torch."""
+    """Export a model (.pt, .hwc, preset or default) to a runtime artifact, checked against torch:
+    an artifact whose output departs from torch beyond the tolerance fails (exit 2, one line)."""
     from hwcompress.export import canonical_name
     from hwcompress.export.check import export_checked
     from hwcompress.models.io import load_model
@@ -400,22 +508,31 @@ def export_cmd(
     backend = canonical_name(format_)
     if mode not in ("stream", "whole", "both"):
         raise HwcError(f"unknown export mode {mode!r}: choose stream, whole or both")
+    if min_snr_db is not None and not check:
+        raise HwcError("--min-snr-db is the parity tolerance: it needs --check")
+    if min_snr_db is not None and not -1e3 < min_snr_db < 1e3:  # nan fails too: it would fail every export
+        raise HwcError(f"--min-snr-db must be a finite number of dB, got {min_snr_db:g}")
     modes = ["stream", "whole"] if mode == "both" else [mode]
+    check_writable(out, "dir")
+    reject_artifact(model, "export")
     net = load_model(model)
     stem = Path(model).stem if Path(model).suffix in (".pt", ".hwc") else model
-    rows = export_checked(net, backend, out, modes, weights=weights, frames=frames, stem=stem, check=check)
+    rows = export_checked(net, backend, out, modes, weights=weights, frames=frames, stem=stem, check=check,
+                          min_snr_db=min_snr_db)
     if json_:
         _print_json({"model": model, "artifacts": rows})
         return
     table = Table(title=f"{model} -> {backend} {rows[0]['runtime_version'] or ''}".rstrip(),
-                  caption="max|diff| and SNR: runtime output vs torch on 50 speech-like hops (whole: one utterance)",
+                  caption="max|diff| and SNR: runtime output vs torch on 50 speech-like hops (whole: one utterance); "
+                          "every artifact shown is within its tolerance (min SNR)",
                   box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, pad_edge=False)
-    for col in ("artifact", "mode", "weights", "bytes", "max|diff|", "SNR dB"):
+    for col in ("artifact", "mode", "weights", "bytes", "max|diff|", "SNR dB", "min SNR"):
         table.add_column(col, justify="left" if col in ("artifact", "mode", "weights") else "right", no_wrap=True)
     for r in rows:
         par = r.get("parity")
         table.add_row(Path(r["path"]).name, r["mode"], r["weights"], str(r["bytes"]),
-                      f"{par['max_abs_diff']:.1e}" if par else "-", f"{par['snr_db']:.1f}" if par else "-")
+                      f"{par['max_abs_diff']:.1e}" if par else "-", f"{par['snr_db']:.1f}" if par else "-",
+                      f"{par['min_snr_db']:g}" if par else "not checked")
     _console().print(table)
 
 
@@ -435,6 +552,7 @@ def predict(
 
     if weight_bits not in (8, 32):
         raise HwcError(f"--weight-bits must be 8 or 32, got {weight_bits}")
+    reject_artifact(model, "predict")
     tg = load_target(target)
     result = predict_latency(load_model(model), tg, weight_bits)
     result["model"] = model
@@ -464,7 +582,7 @@ def profile(
     backend: Annotated[Optional[str], typer.Option(help="Run with this backend instead of the target's runtime.")] = None,
     top: Annotated[int, typer.Option(min=1, help="Per-layer rows to show.")] = 10,
     out: Annotated[Optional[Path], typer.Option(help="Keep the exported artifact in this folder.")] = None,
-    weights: Annotated[str, typer.Option(help="fp32; int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128).")] = "fp32",
+    weights: Annotated[Optional[str], typer.Option(help="fp32 (default); int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128). Not with an exported artifact: it keeps its own.")] = None,
     sweep: Annotated[bool, typer.Option(help="Build profiles/<target>.json: time a spread of model shapes here and fit the latency model.")] = False,
     rounds: Annotated[int, typer.Option(min=1, help="With --sweep: interleaved timing rounds per model, a fresh process each (the median is kept; the committed tables used 7, OpenVINO 9: a shared host needs several).")] = 5,
     host: Annotated[Optional[str], typer.Option(help="Measure on this device over SSH ([user@]address): copies the .tflite and a runner there.")] = None,
@@ -473,12 +591,22 @@ def profile(
     remote_python: Annotated[str, typer.Option(help="Python on --host that has ai-edge-litert or tflite-runtime.")] = "python3",
     json_: JsonOpt = False,
 ) -> None:
-    """Per-hop streaming latency on this machine (measured), or predicted when the target is another CPU."""
+    """Per-hop streaming latency on this machine (measured), or predicted when the target is another CPU.
+    MODEL may also be an exported streaming artifact (.onnx, OpenVINO .xml, .tflite): that very file is
+    timed in its runtime with the target's threads (what benchmark_app would be compared with)."""
     from hwcompress.models.io import load_model
-    from hwcompress.profile.measure import measure_local
+    from hwcompress.profile.measure import measure_local, profile_artifact
 
-    from hwcompress.export import check_mode
+    from hwcompress.export import check_mode, is_artifact
 
+    artifact = is_artifact(model)
+    if artifact:
+        given = [flag for flag, v in (("--weights", weights), ("--out", out), ("--host", host)) if v is not None]
+        given += ["--sweep"] if sweep else []
+        if given:
+            raise HwcError(f"{model}: profile times an exported artifact as it is, here; the options {', '.join(given)} "
+                           "are for a model that profile exports (.pt, .hwc, a zoo preset or 'default')")
+    weights = weights or "fp32"
     check_mode("stream", weights)
     tg = load_target(target)
     if host is not None:
@@ -514,8 +642,11 @@ def profile(
                       f"{100 * (r['fitted_ms'] / r['measured_ms'] - 1):+.1f}%")
         _console().print(t)
         return
-    r = measure_local(load_model(model), tg, backend=backend, runs=runs, warmup=warmup, out_dir=out, top=top,
-                      weights=weights)
+    if artifact:
+        r = profile_artifact(model, tg, backend=backend, runs=runs, warmup=warmup, top=top)
+    else:
+        r = measure_local(load_model(model), tg, backend=backend, runs=runs, warmup=warmup, out_dir=out, top=top,
+                          weights=weights)
     r["model"] = model
     if json_:
         _print_json(r)
@@ -537,8 +668,9 @@ def profile(
         ("runtime's own timing", f"median {r['runtime_median_ms']:.3f} ms, p90 {r['runtime_p90_ms']:.3f} ms of the same hops, "
                                  f"InferRequest.latency as benchmark_app reports it (Python call adds "
                                  f"{r['harness_overhead_ms']:.3f} ms)" if r.get("runtime_median_ms") is not None else "-"),
-        ("predicted (roofline)", f"{r['predicted_ms']:.3f} ms"),
-        ("runtime", f"{r['runtime']} {r.get('runtime_version') or ''}, {r['weights']} weights".strip()),
+        ("predicted (roofline)", f"{r['predicted_ms']:.3f} ms" if r["predicted_ms"] is not None else r.get("prediction", "-")),
+        ("runtime", f"{r['runtime']} {r.get('runtime_version') or ''}, {r['weights']} weights".strip()
+         + (" (read from the artifact)" if artifact else "")),
         ("threads", str(r["threads"])),
         ("device", f"{r['device']['cpu']} ({r['device']['arch']}, {r['device']['where']})"),
         ("host load", " ".join(str(x) for x in r["host"].get("load_avg") or []) or "-"),
@@ -549,6 +681,8 @@ def profile(
         head.add_row(k, v)
     if r.get("emulation"):
         head.add_row("emulation", r["emulation"])
+    if r.get("note"):
+        head.add_row("note", r["note"])
     con.print(head)
     if r["layers"]:
         layers = Table(title=f"top {len(r['layers'])} layers: {r['layers_source']}")
@@ -562,6 +696,17 @@ def profile(
 
 
 # ---------------------------------------------------------------- entry point
+
+
+# commands whose work is cached stage by stage under their output: rerunning resumes
+RESUMABLE = {"fit", "compress", "train", "data"}
+
+
+def interrupted_line(args: list[str]) -> str:
+    command = next((a for a in args if not a.startswith("-")), "")
+    if command in RESUMABLE:
+        return f"interrupted: nothing is half-written; run the same command again to resume the {command} run"
+    return "interrupted: nothing is half-written"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -586,8 +731,8 @@ def main(argv: list[str] | None = None) -> None:
     except ClickException as e:
         print(f"error: {e.format_message()}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
+    except (typer.Abort, KeyboardInterrupt):
+        print(interrupted_line(sys.argv[1:] if argv is None else argv), file=sys.stderr)
         sys.exit(130)
     # in non-standalone mode click returns the exit code of ctx.exit()/--help as an int
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
+from hwcompress.errors import HwcError
 from hwcompress.progress import progress_bar
 
 from hwcompress.data.loader import MixtureSampler, eval_set
@@ -58,6 +59,9 @@ def fit_normalizer(model: SEModel, sampler: MixtureSampler, rng: np.random.Gener
 
 
 def validation_loss(model: SEModel, items: list[dict]) -> float:
+    """Mean spectral loss over fixed items: no sampling, so the same weights always give
+    the same figure (bit-identical for a given thread count). The model's mode is kept."""
+    was_training = model.training
     model.eval()
     total = 0.0
     with torch.no_grad():
@@ -67,8 +71,45 @@ def validation_loss(model: SEModel, items: list[dict]) -> float:
             spec = stft(noisy)
             est, _ = model(spec, model.initial_state(1))
             total += spectral_loss(est, stft(clean)).item()
-    model.train()
+    model.train(was_training)
     return total / len(items)
+
+
+# settings that shape the trajectory: a resume with other values would not continue the
+# same run (epochs, patience and max_minutes may change: they only say when to stop)
+RESUME_FIELDS = ("seed", "batch", "steps_per_epoch", "seconds", "lr", "valid_items", "halve_on_plateau")
+
+
+def _resume(last: Path, model: SEModel, opt: torch.optim.Optimizer, cfg: TrainConfig) -> dict:
+    """Load last.pt into `model` and `opt` (and the torch RNG) and return the loop state.
+    A checkpoint that is corrupt, of another model or of other settings is one HwcError
+    line, before anything is changed on disk."""
+    hint = "pass --no-resume (or another --out) to start afresh"
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        state = json.loads(ckpt["state"])
+        saved_cfg = json.loads(ckpt["train_config"]) if "train_config" in ckpt else None
+        same_model = ckpt.get("arch", getattr(model, "arch", None)) == getattr(model, "arch", None) and (
+            "config" not in ckpt or json.loads(ckpt["config"]) == json.loads(json.dumps(getattr(model, "config", None))))
+        int(state["epoch"]), float(state["best"]), int(state["bad_epochs"]), list(state["history"]), float(state["lr"])
+        model_state, opt_state = ckpt["model"], ckpt["optimizer"]
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise HwcError(f"{last}: corrupt or unreadable training checkpoint ({type(exc).__name__}); {hint}") from None
+    if not same_model:
+        raise HwcError(f"{last}: checkpoint of another model ({ckpt.get('arch')}); {hint}")
+    if saved_cfg is not None:
+        changed = [f for f in RESUME_FIELDS if f in saved_cfg and saved_cfg[f] != getattr(cfg, f)]
+        if changed:
+            was = ", ".join(f"{f} {saved_cfg[f]!r} (now {getattr(cfg, f)!r})" for f in changed)
+            raise HwcError(f"{last}: written with other settings: {was}; resume with the same settings or {hint}")
+    try:
+        model.load_state_dict(model_state)
+        opt.load_state_dict(opt_state)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise HwcError(f"{last}: checkpoint of another model ({str(exc).splitlines()[0][:120]}); {hint}") from None
+    if isinstance(ckpt.get("torch_rng"), torch.Tensor):
+        torch.set_rng_state(ckpt["torch_rng"])
+    return state
 
 
 def train(
@@ -97,10 +138,7 @@ def train(
     state = {"epoch": 0, "best": math.inf, "bad_epochs": 0, "history": [], "lr": cfg.lr}
     last = out / "last.pt"
     if resume and last.exists():
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        state = json.loads(ckpt["state"])
+        state = _resume(last, model, opt, cfg)
         log(f"resumed from {last} at epoch {state['epoch']}")
     elif not getattr(model, "meta", {}).get("trained"):
         fit_normalizer(model, sampler, np.random.default_rng([cfg.seed, 999]))
@@ -150,9 +188,13 @@ def train(
             log(f"epoch {state['epoch']}: train {running / cfg.steps_per_epoch:.4f} valid {val:.4f}"
                 f"{' (best)' if improved else ''} lr {state['lr']:.2e}")
             tmp = last.with_name("last.pt.tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": json.dumps(state)}, tmp)
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": json.dumps(state),
+                        "arch": getattr(model, "arch", None), "config": json.dumps(getattr(model, "config", None)),
+                        "train_config": json.dumps(asdict(cfg)), "torch_rng": torch.get_rng_state()}, tmp)
             os.replace(tmp, last)
-            (out / "history.json").write_text(json.dumps(state["history"], indent=1))
+            tmp = out / "history.json.tmp"
+            tmp.write_text(json.dumps(state["history"], indent=1))
+            os.replace(tmp, out / "history.json")
             if cfg.max_minutes and (time.time() - started) / 60 > cfg.max_minutes:
                 log("stopping: time limit reached (resume with the same command)")
                 break

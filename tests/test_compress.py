@@ -52,11 +52,25 @@ def test_structured_pipeline_shrinks(small_corpus, tmp_path) -> None:
 
 
 def test_resume_skips_finished_stages(small_corpus, tmp_path) -> None:
+    """Interrupted after the pruning stage, the same call resumes after it; the finished run
+    removes its work folder, and equals an uninterrupted run."""
     out = tmp_path / "r.hwc"
-    compress(load_model("tiny-gru"), CompressConfig(sparsity=0.3, codebook=4, **FAST), small_corpus, out, log=quiet)
+    work = tmp_path / "r.hwc.work"
+    cfg = CompressConfig(sparsity=0.3, codebook=4, **FAST)
+
+    def interrupt_in_clustering(msg: str) -> None:
+        if (work / "prune" / "result.pt").exists():
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compress(load_model("tiny-gru"), cfg, small_corpus, out, log=interrupt_in_clustering)
+    assert not out.exists() and (work / "prune" / "result.pt").exists()
     logged: list[str] = []
-    compress(load_model("tiny-gru"), CompressConfig(sparsity=0.3, codebook=4, **FAST), small_corpus, out, log=logged.append)
+    resumed = compress(load_model("tiny-gru"), cfg, small_corpus, out, log=logged.append)
     assert any("already done" in line for line in logged)
+    assert not work.exists()
+    fresh = compress(load_model("tiny-gru"), cfg, small_corpus, tmp_path / "f.hwc", log=quiet)
+    assert resumed["size_bytes"] == fresh["size_bytes"]
 
 
 @pytest.mark.parametrize("kwargs, fragment", [

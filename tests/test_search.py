@@ -141,10 +141,10 @@ def test_fit_resumes_without_recomputing(fitted, small_corpus) -> None:
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--target", "generic-onnx", "--budget-ms", "0"], "latency budget must be positive"),
-        (["--target", "generic-onnx", "--budget-ms", "-3"], "latency budget must be positive"),
+        (["--target", "generic-onnx", "--budget-ms", "0"], "latency budget must be a finite positive number"),
+        (["--target", "generic-onnx", "--budget-ms", "-3"], "latency budget must be a finite positive number"),
         (["--target", "generic-onnx", "--budget-ms", "fast"], "--budget-ms takes numbers"),
-        (["--target", "generic-onnx", "--budget-kb", "0"], "size budget must be positive"),
+        (["--target", "generic-onnx", "--budget-kb", "0"], "size budget must be a finite positive number"),
         (["--target", "pdp11"], "unknown target"),
     ],
 )

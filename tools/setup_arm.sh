@@ -34,7 +34,9 @@ if [ "$native" -eq 0 ]; then
     || { echo "error: qemu-aarch64 is still not registered with binfmt_misc" >&2; exit 1; }
 fi
 
+# the project's .venv (tools/setup.sh) when there is one: hwcompress and numpy live there
 PY=${PYTHON:-python3}
+[ -n "${PYTHON:-}" ] || [ ! -x .venv/bin/python ] || PY="$PWD/.venv/bin/python"
 $SUDO env ${HWCOMPRESS_ARM_ROOT:+HWCOMPRESS_ARM_ROOT="$HWCOMPRESS_ARM_ROOT"} HOME="$HOME" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" \
   "$(command -v "$PY")" -c "
 import sys

@@ -2,20 +2,23 @@
 fine-tuning (-> physical shrinking when structured) -> clustering -> centroid
 fine-tuning -> .hwc artifact.
 
-Each stage writes its result into a work folder next to the output, so an interrupted
-run resumes at the first unfinished stage (a stage itself restarts from its beginning).
+Each stage writes its result into a work folder next to the output (`OUT.hwc.work/`), so an
+interrupted run resumes at the first unfinished stage (a stage itself restarts from its
+beginning). The work folder is keyed by a fingerprint of the model's weights, the corpus, the
+settings and the code version: a rerun with anything different starts afresh instead of
+reusing stages computed for other settings. It is removed once the artifact is written, and
+the output is locked against a second concurrent run.
 """
 
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from hwcompress.compress.artifact import save_artifact
-from hwcompress.compress.cluster import CentroidTuner, cluster_model
+from hwcompress.compress.cluster import INITS, METHODS, CentroidTuner, cluster_model
 from hwcompress.compress.groups import model_groups
 from hwcompress.compress.prune import GradualPruner, apply_masks, magnitude_masks, structured_masks
 from hwcompress.compress.regularize import Regularizer
@@ -25,6 +28,7 @@ from hwcompress.models.cost import layer_paths, total_macs
 from hwcompress.models.io import load_model, save_model
 from hwcompress.models.zoo import SEModel
 from hwcompress.train import TrainConfig, train
+from hwcompress.workdir import OutputLock, WorkFolder, check_writable, data_digest, model_digest
 
 LAYER_KEYS = {"sparsity", "codebook", "structured"}
 
@@ -57,10 +61,22 @@ class CompressConfig:
 
 
 def check_global(cfg: CompressConfig) -> None:
+    """Every option value, checked before any long work starts."""
     if not 0.0 <= cfg.sparsity < 1.0:
         raise HwcError(f"sparsity must be in [0, 1), got {cfg.sparsity}")
     if not 2 <= cfg.codebook <= 256:
         raise HwcError(f"codebook size K must be between 2 and 256, got {cfg.codebook}")
+    if cfg.init not in INITS:
+        raise HwcError(f"unknown codebook init {cfg.init!r}: use one of {', '.join(INITS)}")
+    if cfg.method not in METHODS:
+        raise HwcError(f"unknown clustering method {cfg.method!r}: use one of {', '.join(METHODS)}")
+    for name in ("l1", "group_lasso", "lr", "seconds"):
+        v = getattr(cfg, name)
+        if not (v >= 0 and v < float("inf")):
+            raise HwcError(f"{name.replace('_', '-')} must be finite and non-negative, got {v}")
+    for name in ("regularize_steps", "prune_steps", "cluster_steps", "batch", "prune_every"):
+        if getattr(cfg, name) < 0:
+            raise HwcError(f"{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
 
 
 def read_layer_config(path: Path) -> dict[str, dict]:
@@ -78,6 +94,15 @@ def read_layer_config(path: Path) -> dict[str, dict]:
     for name, setting in layers.items():
         if not isinstance(setting, dict) or set(setting) - LAYER_KEYS:
             raise HwcError(f"{path}: layer {name!r}: allowed keys are {', '.join(sorted(LAYER_KEYS))}")
+        for key, value in setting.items():
+            # TOML booleans are ints to Python: say "true" is not a number, and 0.5 is not a K
+            ok = {"sparsity": isinstance(value, (int, float)) and not isinstance(value, bool),
+                  "codebook": isinstance(value, int) and not isinstance(value, bool),
+                  "structured": isinstance(value, bool)}[key]
+            if not ok:
+                want = {"sparsity": "a number in [0, 1)", "codebook": "an integer K (2..256)",
+                        "structured": "true or false"}[key]
+                raise HwcError(f"{path}: layer {name!r}: {key} must be {want}, got {value!r}")
     return layers
 
 
@@ -121,9 +146,17 @@ def compress(
     extended with per-layer settings, MACs before/after and the stages run."""
     settings = layer_settings(model, cfg)
     out = Path(out)
-    work = out.with_name(out.name + ".work")
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    check_writable(out, "file")
+    with OutputLock(out):
+        folder = WorkFolder(out.with_name(out.name + ".work"),
+                            {"model": model_digest(model), "data": data_digest(data), "config": asdict(cfg)}, log)
+        report = _compress(model, cfg, settings, data, out, folder.path, log)
+        folder.remove()  # the artifact is written: its stages are not needed again
+    return report
+
+
+def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSetting], data: Path, out: Path,
+              work: Path, log: Callable[[str], None]) -> dict:
     macs_before = total_macs(model)
 
     def finetune(net: SEModel, stage: str, steps: int, **hooks) -> None:

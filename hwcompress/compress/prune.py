@@ -8,8 +8,9 @@ pruned weights exactly zero while the rest are fine-tuned.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
+import sys
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -26,6 +27,7 @@ from hwcompress.compress.groups import (
 from hwcompress.errors import HwcError
 from hwcompress.models.cost import layer_paths, named_layers
 from hwcompress.models.zoo import SEModel
+from hwcompress.workdir import check_writable, model_digest, read_keyed, write_keyed
 
 Masks = dict[str, torch.Tensor]
 
@@ -279,21 +281,27 @@ def layer_sizes(model: SEModel, structured: bool = True) -> dict[str, int]:
 
 
 def _fingerprint(model: SEModel) -> str:
-    """Identifies the weights, so cached sensitivities of another model are not reused."""
-    h = hashlib.sha1(json.dumps({"arch": model.arch, "config": model.config}, sort_keys=True).encode())
-    with torch.no_grad():
-        for name, p in model.state_dict().items():
-            h.update(f"{name}:{p.double().sum().item():.10e}:{p.double().abs().sum().item():.10e}".encode())
-    return h.hexdigest()
+    """Identifies the weights, so cached sensitivities of another model are not reused:
+    architecture and every tensor's exact bytes (two models agree only when bit-identical)."""
+    return model_digest(model)
+
+
+SENSITIVITY_CACHE_VERSION = 2  # bump when what a cached score means changes
 
 
 def sensitivity(model: SEModel, eval_fn: Callable[[SEModel], float], layers: Sequence[str] | None = None,
                 ratios: Sequence[float] = (0.25, 0.5, 0.75), structured: bool = True,
-                cache: str | Path | dict | None = None) -> dict:
+                cache: str | Path | dict | None = None, key: Mapping | None = None,
+                log: Callable[[str], None] | None = None) -> dict:
     """Score of the model with one layer (structured: one group) pruned at each ratio, the
     rest intact. eval_fn(model) -> score, higher is better (e.g. PESQ on a few
     utterances). Scores are cached in `cache` (a dict, or a JSON file updated after
-    every evaluation, so an interrupted run resumes); entries of other weights are ignored.
+    every evaluation, so an interrupted run resumes).
+
+    A cache holds the scores of one model's exact weights under one evaluation: `key`
+    (JSON-able) must name everything `eval_fn` depends on (data fingerprint, number and
+    crop of the items, the metric); a file cache whose weights, mode or key differ, or that
+    is corrupt, is rebuilt after one line to `log` (default: stderr).
 
     Returns {"base": score, "structured": bool, "scores": {layer: {ratio: score}}}.
     """
@@ -301,20 +309,21 @@ def sensitivity(model: SEModel, eval_fn: Callable[[SEModel], float], layers: Seq
     layers = list(layers) if layers is not None else known
     _check_names(layers, known, "group" if structured else "layer")
     path = Path(cache) if isinstance(cache, (str, Path)) else None
-    store: dict = cache if isinstance(cache, dict) else {}
-    if path is not None and path.exists():
-        store = json.loads(path.read_text())
-    fp = _fingerprint(model)
-    if store.get("fingerprint") != fp or store.get("structured") != structured:
-        store.clear()
-        store.update({"fingerprint": fp, "structured": structured, "base": None, "scores": {}})
+    full_key = {"what": "pruning sensitivity", "version": SENSITIVITY_CACHE_VERSION, "weights": _fingerprint(model),
+                "structured": structured, "evaluation": json.loads(json.dumps(dict(key or {}), sort_keys=True))}
+    if path is not None:
+        check_writable(path, "file")
+        store = _read_score_cache(path, full_key, log or _warn)
+    else:
+        store = cache if isinstance(cache, dict) else {}
+        if store.get("key") != full_key:
+            store.clear()
+    if not store:
+        store.update({"key": full_key, "base": None, "scores": {}})
 
     def save() -> None:
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(store, indent=1))
-            tmp.replace(path)
+            write_keyed(path, full_key, {k: v for k, v in store.items() if k != "key"})
 
     if store["base"] is None:
         store["base"] = float(eval_fn(model))
@@ -323,21 +332,44 @@ def sensitivity(model: SEModel, eval_fn: Callable[[SEModel], float], layers: Seq
     for layer in layers:
         result[layer] = {}
         for r in ratios:
-            key = f"{layer}@{float(r):g}"
-            if key not in store["scores"]:
+            key_r = f"{layer}@{float(r):g}"
+            if key_r not in store["scores"]:
                 masks = structured_masks(model, {layer: r}) if structured else magnitude_masks(model, {layer: r})
                 params = dict(model.named_parameters())
                 saved = {k: params[k].detach().clone() for k in masks}
                 try:
                     apply_masks(model, masks)
-                    store["scores"][key] = float(eval_fn(model))
+                    store["scores"][key_r] = float(eval_fn(model))
                 finally:
                     with torch.no_grad():
                         for k, v in saved.items():
                             params[k].copy_(v)
                 save()
-            result[layer][float(r)] = store["scores"][key]
+            result[layer][float(r)] = store["scores"][key_r]
     return {"base": store["base"], "structured": structured, "scores": result}
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _read_score_cache(path: Path, key: dict, log: Callable[[str], None]) -> dict:
+    """The cached {"base", "scores"} for `key`, or {} (a missing file says nothing; an
+    unusable one says why in one line). Scores must be finite numbers keyed by strings."""
+    stored = read_keyed(path, key, log)
+    if stored is None:
+        return {}
+    base, scores = stored.get("base"), stored.get("scores")
+    ok = (base is None or _finite(base)) and isinstance(scores, dict) and all(
+        isinstance(k, str) and _finite(v) for k, v in scores.items())
+    if not ok:
+        log(f"{path}: malformed cache contents; recomputing it")
+        return {}
+    return {"key": key, "base": None if base is None else float(base), "scores": dict(scores)}
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _ratio_within(curve: list[tuple[float, float]], tol: float) -> float:

@@ -112,10 +112,25 @@ def get_backend(name: str) -> Backend:
 ARTIFACT_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert"}
 
 
+#: what each backend's artifact is called in messages
+ARTIFACT_KINDS = {"onnxruntime": "ONNX model", "openvino": "OpenVINO IR", "litert": "LiteRT (.tflite) model"}
+
+
+def is_artifact(spec: str | Path) -> bool:
+    """Whether a `--model` value names an exported runtime artifact (by suffix; an IR's .bin
+    weights file counts, so a command can say to give the .xml instead)."""
+    suffix = Path(str(spec)).suffix.lower()
+    return suffix in ARTIFACT_SUFFIXES or suffix == ".bin"
+
+
 def backend_for_artifact(path: Path) -> str:
     """The backend that runs an exported file, from its suffix (.onnx, .xml, .tflite)."""
-    key = ARTIFACT_SUFFIXES.get(Path(path).suffix.lower())
+    suffix = Path(path).suffix.lower()
+    key = ARTIFACT_SUFFIXES.get(suffix)
     if key is None:
+        if suffix == ".bin":
+            raise HwcError(f"{path}: the weights file of an OpenVINO IR; give its .xml "
+                           f"({Path(path).with_suffix('.xml').name}), which names this .bin")
         raise HwcError(f"{path}: not a runtime artifact (expected one of {', '.join(ARTIFACT_SUFFIXES)})")
     return key
 

@@ -41,6 +41,48 @@ def artifact_files(path: Path) -> list[Path]:
     return files
 
 
+#: ONNX ops that only a weight-quantized graph has (onnxruntime quantize_dynamic writes the first three)
+_ONNX_INT8_OPS = frozenset({"MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM", "QLinearMatMul", "QLinearConv",
+                            "DequantizeLinear"})
+
+
+def stored_weights(path: Path) -> str | None:
+    """The weight format an exported artifact stores ("fp32", "int8" or "int4"), read from its
+    contents, not its name: integer weight ops of an ONNX graph, the element types of an IR's
+    constants, the dtypes of a .tflite's tensors. None when the file cannot be read (the session
+    that loads it then says why)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".onnx":
+            import onnx
+
+            graph = onnx.load(str(path), load_external_data=False).graph  # protobuf, no code runs
+            ints = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+            if any(t.data_type in ints for t in graph.initializer):
+                return "int4"
+            return "int8" if any(n.op_type in _ONNX_INT8_OPS for n in graph.node) else "fp32"
+        if suffix == ".xml":
+            import re
+
+            # every weight tensor of an IR is a Const layer whose <data> names its element type
+            types = set(re.findall(r'type="Const"[^>]*>\s*<data\b[^>]*\belement_type="(\w+)"', path.read_text(errors="replace")))
+            if types & {"u4", "i4", "nf4"}:
+                return "int4"
+            return "int8" if types & {"u8", "i8"} else "fp32"
+        if suffix == ".tflite":
+            from ai_edge_litert.interpreter import Interpreter
+
+            details = Interpreter(model_path=str(path)).get_tensor_details()
+            dtypes = {np.dtype(d["dtype"]) for d in details}
+            if dtypes & {np.dtype(np.int8), np.dtype(np.uint8)}:
+                return "int8"
+            return "fp32"
+    except Exception:  # unreadable or foreign file: the runtime's own loader reports it
+        return None
+    return None
+
+
 def artifact_bytes(path: Path) -> int:
     """Bytes on disk of every file the artifact loads."""
     return sum(f.stat().st_size for f in artifact_files(path))

@@ -4,7 +4,8 @@ Two packages, installed differently:
   - ai-edge-litert (runtime, ~60 MB) lives in the main environment;
   - litert-torch (converter) would downgrade typing_extensions and pydantic there and
     weighs ~1 GB more, so `HWC_EXTRAS=tflite tools/setup.sh` installs it into
-    .venv-tflite (--system-site-packages: it reuses this torch and hwcompress), and
+    .venv-tflite (a .pth file there adds the project .venv's site-packages after its own:
+    it reuses that torch and hwcompress), and
     export runs the conversion in that interpreter. Override the interpreter with
     $HWC_LITERT_PYTHON; if litert-torch imports in the current process, it is used
     directly.

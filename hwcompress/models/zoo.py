@@ -6,6 +6,8 @@ spectrum and the next state. T may be a whole utterance (state = zeros) or one f
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -258,6 +260,83 @@ PRESETS: dict[str, tuple[str, dict]] = {
 
 def build(arch: str, config: dict) -> SEModel:
     return ARCHS[arch](**config)
+
+
+# ------------------------------------------------------------ configs read from files
+
+# Bounds for a config that comes from a file (hwcompress.models.io, .hwc headers), checked
+# before anything is built: generous for speech enhancement (the largest preset has 1024
+# units) yet far from what would make the builder allocate gigabytes.
+MAX_WIDTH = 1 << 14  # units or channels in one layer
+MAX_LAYERS = 16  # recurrent layers in one stack
+MAX_KT = 16  # time-kernel length of the convolutions
+#: every stage (STFT, export graph) works on the 161 bins of the 20 ms / 10 ms STFT
+FILE_N_BINS = 161
+_CELLS = ("lstm", "gru")
+MAX_DEPTH = max(d for d in range(1, 32) if _freqs(FILE_N_BINS, d)[-1] >= 1)  # 6 conv stages
+
+
+class ConfigError(ValueError):
+    """A model config that cannot describe a valid model (message without the file name)."""
+
+
+def _positive_int(value: object, what: str, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{what} must be an integer, got {value!r}")
+    if not 1 <= value <= limit:
+        raise ConfigError(f"{what} must be between 1 and {limit}, got {value}")
+    return value
+
+
+def _widths(value: object, what: str, min_len: int, max_len: int) -> list[int]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{what} must be a list of integers, got {type(value).__name__}")
+    if not min_len <= len(value) <= max_len:
+        need = str(min_len) if min_len == max_len else f"{min_len} to {max_len}"
+        raise ConfigError(f"{what} needs {need} values, got {len(value)}")
+    return [_positive_int(v, f"{what}[{i}]", MAX_WIDTH) for i, v in enumerate(value)]
+
+
+def check_config(arch: str, config: object) -> dict:
+    """`config` for `arch` as read from a file, checked field by field (types, ranges,
+    lengths, STFT bins) without building anything; raises ConfigError saying what is wrong.
+    Returns the config with every default filled in."""
+    if arch not in ARCHS:
+        raise ConfigError(f"unknown architecture {arch!r}")
+    if not isinstance(config, dict):
+        raise ConfigError(f"config must be a mapping, got {type(config).__name__}")
+    params = inspect.signature(ARCHS[arch].__init__).parameters
+    allowed = [n for n in params if n != "self"]
+    unknown = sorted(str(k) for k in config if k not in allowed)
+    if unknown:
+        raise ConfigError(f"unknown {arch} config field(s) {', '.join(unknown)} (known: {', '.join(allowed)})")
+    cfg = {n: config.get(n, params[n].default) for n in allowed}
+    if isinstance(cfg["n_bins"], bool) or not isinstance(cfg["n_bins"], int) or cfg["n_bins"] != FILE_N_BINS:
+        raise ConfigError(f"n_bins must be {FILE_N_BINS} (the 320-point STFT every stage uses), got {cfg['n_bins']!r}")
+    if cfg["cell"] not in _CELLS:
+        raise ConfigError(f"cell must be one of {', '.join(_CELLS)}, got {cfg['cell']!r}")
+    cfg["hidden"] = _widths(cfg["hidden"], "hidden", 1, MAX_LAYERS)
+    if arch == "rnn":
+        return cfg
+    # each conv stage halves the bins: past MAX_DEPTH stages none would be left
+    cfg["channels"] = _widths(cfg["channels"], "channels", 1, MAX_DEPTH)
+    cfg["kt"] = _positive_int(cfg["kt"], "kt", MAX_KT)
+    if cfg["proj_channels"] is not None:
+        cfg["proj_channels"] = _positive_int(cfg["proj_channels"], "proj_channels", MAX_WIDTH)
+    n_dec = len(cfg["channels"]) - 1
+    for key in ("dec_channels", "dec_imag_channels"):
+        if cfg.get(key) is not None:
+            cfg[key] = _widths(cfg[key], key, n_dec, n_dec)
+    return cfg
+
+
+def param_shapes(arch: str, config: dict) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every state_dict entry the model of `config` has, computed on
+    torch's `meta` device: nothing is allocated, whatever the config asks for.
+    Call check_config first: this builds whatever it is given."""
+    with torch.device("meta"):
+        model = build(arch, config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
 def build_preset(name: str) -> SEModel:

@@ -390,6 +390,71 @@ def measure_artifact(backend: str, path: Path, threads: int, runs: int = 300, wa
     return result
 
 
+def profile_artifact(path: str | os.PathLike[str], target: Target | str, backend: str | None = None,
+                     runs: int = 500, warmup: int = 50, top: int = 10) -> dict[str, Any]:
+    """Per-hop streaming latency of an exported artifact (.onnx, OpenVINO .xml, .tflite) on
+    `target`, timed here exactly as `measure_local` times its own export (fresh subprocess, the
+    target's threads), so the figure compares with benchmark_app on the same file.
+
+    The artifact fixes the runtime (from its suffix) and the weights (read from its contents).
+    Only a target of this machine's arch is measured: an artifact carries no layer table for
+    the roofline prediction, so another CPU gets a one-line error pointing at the model instead.
+    """
+    from hwcompress.export import ARTIFACT_KINDS, backend_for_artifact, canonical_name, get_backend
+    from hwcompress.export.probe import stored_weights
+
+    tg = load_target(target) if isinstance(target, (str, os.PathLike)) else target
+    path = Path(path)
+    name = backend_for_artifact(path)
+    kind = ARTIFACT_KINDS[name]
+    if runs < 1 or warmup < 0:
+        raise HwcError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    if backend is not None and canonical_name(backend) != name:
+        raise HwcError(f"{path}: an {kind} runs in {name}, not in backend {canonical_name(backend)!r}; "
+                       f"drop --backend, or export the model for {canonical_name(backend)}")
+    host = host_info()
+    if tg.arch != host["arch"]:
+        raise HwcError(f"{path}: target {tg.name} is {tg.arch} ({tg.cpu}) and this machine is {host['arch']}: an "
+                       "artifact is measured only on the CPU it runs on, and the roofline prediction needs the model; "
+                       "profile the model (.pt, .hwc, preset) for the prediction, or the model with --host on the device")
+    # a missing, corrupt or foreign file fails here with the runtime's one-line reason, not in the child
+    session = get_backend(name).load(path, threads=1)
+    if session.frames != 1:
+        t = "a dynamic T" if session.frames is None else f"T={session.frames}"
+        raise HwcError(f"{path}: a whole-utterance {kind} ({t}); profile times one 10 ms hop per call: give the "
+                       f"streaming export (hwcompress export --mode stream writes *-stream{path.suffix})")
+    del session
+    weights = stored_weights(path)
+    files = artifact_files(path)
+    result: dict[str, Any] = {
+        "weights": weights or "unknown",
+        "weights_source": "read from the artifact (integer weight ops / constant element types / tensor dtypes)",
+        "target": tg.name, "model": str(path), "runtime": name, "runtime_version": runtime_version(name),
+        "target_runtime": tg.runtime, "threads": tg.threads, "predicted_ms": None,
+        "prediction": "none: an exported artifact carries no layer table; profile the model for the roofline figure",
+    }
+    if name != tg.runtime:
+        result["note"] = (f"the artifact runs in {name}, target {tg.name} names {tg.runtime}: timed in {name} "
+                          f"with the target's {tg.threads} thread(s)")
+    load_before = _load_avg()
+    measured = _run_child(name, path, tg.threads, runs, warmup, top)
+    host.update(load_avg=load_before, load_avg_after=_load_avg())
+    artifact = {"path": str(path), "files": [str(f) for f in files], "bytes": sum(f.stat().st_size for f in files),
+                "kept": True}
+    result.update({
+        "host": host,
+        "device": {"cpu": host["cpu"], "arch": host["arch"], "where": "this machine"},
+        "latency_source": "measured",
+        "how": (f"{runs} streaming hops (T=1, state carried, synthetic speech-like spectra) after {warmup} warm-up "
+                f"hops of the given artifact, each Session.run timed with time.perf_counter_ns in a fresh subprocess"),
+        "latency_ms": measured["median_ms"],
+        "artifact": artifact,
+        **measured,
+    })
+    result.update(_budgets(tg, measured["median_ms"], measured["peak_memory_bytes"], artifact["bytes"]))
+    return result
+
+
 def _export(model: Any, backend: str, out_dir: Path, weights: str = "fp32") -> dict[str, Any]:
     from hwcompress.export import get_backend
 
@@ -409,9 +474,16 @@ def measure_local(model: Any, target: Target | str, backend: str | None = None, 
     says which). `export_when_predicted` also exports for unmeasured targets, to report
     the artifact size against the storage budget (slow for LiteRT: a converter run).
     """
+    from hwcompress.export import is_artifact
     from hwcompress.models.io import load_model
     from hwcompress.profile.latency_model import predict_latency
 
+    if isinstance(model, (str, os.PathLike)) and is_artifact(model):
+        # already exported: nothing to export, the file fixes runtime and weights
+        if weights != "fp32" or out_dir is not None:
+            raise HwcError(f"{model}: an exported artifact keeps the weights and place it was exported with; "
+                           "weights and out_dir apply when a model is exported for profiling")
+        return profile_artifact(model, target, backend=backend, runs=runs, warmup=warmup, top=top)
     tg = load_target(target) if isinstance(target, (str, os.PathLike)) else target
     net = load_model(model) if isinstance(model, (str, os.PathLike)) else model
     if runs < 1 or warmup < 0:

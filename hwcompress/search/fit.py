@@ -27,6 +27,7 @@ to the runtime's int8 form), so K is chosen for the .hwc size under a quality to
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import shutil
 import sys
@@ -44,6 +45,7 @@ from hwcompress.search import allocate as alloc
 from hwcompress.search import sensitivity as sens
 from hwcompress.search.sensitivity import atomic_json
 from hwcompress.targets import Target, load_target
+from hwcompress.workdir import OutputLock, check_writable, data_digest, digest, model_digest, read_keyed, write_keyed
 
 REPORT_SCHEMA = 1
 QUALITY = ("pesq_wb", "stoi", "si_sdr")
@@ -88,11 +90,11 @@ def _read_json(path: Path) -> Any:
 def check_budgets(cfg: FitConfig, target: Target) -> tuple[list[float], int]:
     budgets = cfg.budgets_ms or [target.latency_budget_ms]
     for b in budgets:
-        if not b > 0:
-            raise HwcError(f"latency budget must be positive, got {b:g} ms")
+        if not (b > 0 and math.isfinite(b)):
+            raise HwcError(f"latency budget must be a finite positive number, got {b:g} ms")
     nbytes = cfg.budget_bytes if cfg.budget_bytes is not None else target.storage_budget_bytes
-    if not nbytes > 0:
-        raise HwcError(f"size budget must be positive, got {nbytes} bytes")
+    if not (nbytes > 0 and math.isfinite(nbytes)):
+        raise HwcError(f"size budget must be a finite positive number, got {nbytes} bytes")
     return sorted(set(budgets), reverse=True), int(nbytes)
 
 
@@ -115,8 +117,13 @@ class Fitter:
         get_backend(self.backend)  # a missing runtime fails now, with its install hint
         self.measurable = self.target.arch == host_arch()
         self.out = Path(cfg.out)
+        check_writable(self.out, "dir")
         self.out.mkdir(parents=True, exist_ok=True)
         self.model = load_model(cfg.model).eval()
+        # what every cache under --out is keyed by, so a resumed run with another model,
+        # target or weight format never reports figures computed for the old one
+        self.key = {"model": model_digest(self.model), "target": digest(self.target.to_dict()),
+                    "weights": cfg.weights, "backend": self.backend}
         from hwcompress.export import WEIGHT_BITS, check_mode
 
         if cfg.weights not in ("int8", "int4"):
@@ -133,8 +140,9 @@ class Fitter:
     def _export(self, model: SEModel, out_dir: Path, check: bool = True) -> dict:
         from hwcompress.export.check import export_checked
 
+        # parity is recorded, not raised: a failed check marks the budget not met in the report
         return export_checked(model, self.backend, out_dir, ["stream"], weights=self.cfg.weights, stem="model",
-                              check=check)[0]
+                              check=check, enforce=False)[0]
 
     def _measure(self, path: str, runs: int | None = None) -> dict:
         from hwcompress.profile.measure import measure_artifact
@@ -164,9 +172,8 @@ class Fitter:
     def calibrate(self) -> None:
         """Dense quantized artifact: its bytes per weight, and measured/predicted latency."""
         path = self.out / "calibration.json"
-        cached = _read_json(path)
-        if (cached and cached.get("target") == self.target.name and cached.get("model") == self.cfg.model
-                and cached.get("weights", "int8") == self.cfg.weights):
+        cached = read_keyed(path, self.key, self.log)
+        if cached:
             self.bytes_per_weight = cached["bytes_per_weight"]
             self.oracle.calibration = cached["calibration"]
             self.calibration_log = cached["log"]
@@ -179,9 +186,9 @@ class Fitter:
         if self.measurable:
             self.oracle.calibration = probe["measured_ms"] / predicted
         self.calibration_log.append({"ratios": {}, "predicted_ms": predicted, **probe})
-        atomic_json(path, {"target": self.target.name, "model": self.cfg.model, "weights": self.cfg.weights,
-                           "bytes_per_weight": self.bytes_per_weight, "calibration": self.oracle.calibration,
-                           "log": self.calibration_log})
+        write_keyed(path, self.key, {"target": self.target.name, "model": self.cfg.model, "weights": self.cfg.weights,
+                                     "bytes_per_weight": self.bytes_per_weight, "calibration": self.oracle.calibration,
+                                     "log": self.calibration_log})
 
     def budget_params(self) -> int:
         return int(self.budget_bytes / self.bytes_per_weight)
@@ -191,10 +198,11 @@ class Fitter:
         best_ms, best_params = self.oracle.latency_ms(floor), self.oracle.params(floor)
         how = "predicted"
         if self.measurable:  # the smallest model the search may build, timed for real: seconds
-            cached = _read_json(self.out / "floor.json")
-            if not cached or cached.get("calibration_log") != self.calibration_log:
+            key = {**self.key, "calibration": digest(self.calibration_log)}
+            cached = read_keyed(self.out / "floor.json", key, self.log)
+            if not cached:
                 cached = {"calibration_log": self.calibration_log, **self._probe(floor)}
-                atomic_json(self.out / "floor.json", cached)
+                write_keyed(self.out / "floor.json", key, cached)
             best_ms, how = cached["measured_ms"], "measured here"
         self.floor_ms = best_ms
         self.floor_how = how
@@ -210,8 +218,8 @@ class Fitter:
     def sensitivities(self, data: Path) -> tuple[dict, dict]:
         items = sens.validation_items(data, self.cfg.sensitivity_items)
         self.log(f"sensitivity: {len(items)} validation mixtures, cached in {self.out / 'sensitivity'}")
-        s = sens.structured(self.model, items, self.out / "sensitivity" / "structured.json")
-        k = sens.codebooks(self.model, items, self.out / "sensitivity" / "codebooks.json")
+        s = sens.structured(self.model, items, self.out / "sensitivity" / "structured.json", log=self.log)
+        k = sens.codebooks(self.model, items, self.out / "sensitivity" / "codebooks.json", log=self.log)
         return s, k
 
     def allocate(self, curves: dict, budget_ms: float) -> tuple[alloc.Allocation, list[dict]]:
@@ -261,21 +269,31 @@ class Fitter:
         weights = {layer: sum(p.numel() for n, p in params.items() if n.startswith(path + ".") and p.dim() >= 2)
                    for layer, path in layer_paths(self.model).items()}
         budget = self.cfg.codebook_tolerance * abs(float(k_sens["base"]))
+        # a loss change within the measured noise floor counts as none (sens.within_noise),
+        # and the joint check allows the same floor: float noise cannot flip a K
+        floor = float((k_sens.get("noise") or {}).get("floor", 0.0))
+        items = sens.validation_items(self.data, self.cfg.sensitivity_items)
         cache = self.out / "sensitivity" / "codebooks-joint.json"
-        cached = _read_json(cache)
-        if cached and cached.get("base") == k_sens["base"] and cached.get("budget") == budget:
-            return cached["ks"]
+        key = {"what": "joint codebook check", "model": model_digest(self.model),
+               "evaluation": sens.evaluation_key(items), "k_sens": digest(k_sens), "budget": budget}
+        cached = read_keyed(cache, key, self.log)
+        if cached is not None:
+            ks = cached.get("ks")
+            if isinstance(ks, dict) and set(ks) == set(weights) and all(
+                    isinstance(k, int) and 2 <= k <= 256 for k in ks.values()):
+                return ks
+            self.log(f"{cache}: malformed cache contents; recomputing it")
         # single-layer losses add up only roughly (and the small ones are within the noise
         # of a few validation mixtures), so the choice is checked with every layer clustered
         # at once and the tolerance halved until the joint loss stays within the budget
         from hwcompress.compress.cluster import apply_clustering, cluster_model
         import copy
 
-        items = sens.validation_items(self.data, self.cfg.sensitivity_items)
         score = sens.score_fn(items)
+        curves = alloc.loss_curves(sens.within_noise(k_sens))
         tolerance, trials = budget, []
         for _ in range(6):
-            ks = alloc.choose_codebooks(alloc.loss_curves(k_sens), weights, tolerance)
+            ks = alloc.choose_codebooks(curves, weights, tolerance)
             net = copy.deepcopy(self.model)
             paths = layer_paths(net)
             per_param = {n: ks[layer] for n, p in net.named_parameters() if p.dim() >= 2
@@ -285,12 +303,13 @@ class Fitter:
             trials.append({"tolerance": tolerance, "ks": ks, "joint_loss": joint})
             self.log(f"codebooks: joint validation-loss increase {joint:.5f} (budget {budget:.5f}) with K "
                      + ", ".join(f"{n}={k}" for n, k in ks.items()))
-            if joint <= budget:
+            if joint <= budget + floor:
                 break
             tolerance /= 2
         else:
             ks = {layer: 256 for layer in weights}
-        atomic_json(cache, {"base": k_sens["base"], "budget": budget, "ks": ks, "trials": trials})
+        write_keyed(cache, key, {"base": k_sens["base"], "budget": budget, "noise_floor": floor, "ks": ks,
+                                 "trials": trials})
         return ks
 
     def compress(self, work: Path, data: Path, ratios: dict[str, float], ks: dict[str, int]) -> dict:
@@ -304,7 +323,7 @@ class Fitter:
                              prune_steps=self.cfg.prune_steps if any(ratios.values()) else 0,
                              cluster_steps=self.cfg.cluster_steps, batch=self.cfg.batch, seconds=self.cfg.seconds,
                              lr=self.cfg.lr)
-        settings = {"config": asdict(cfg), "model": self.cfg.model}
+        settings = {"config": asdict(cfg), "model": self.cfg.model, "key": self.key, "data": data_digest(data)}
         hwc = work / "model.hwc"
         done = work / "compress.json"
         previous = _read_json(work / "settings.json")
@@ -376,25 +395,31 @@ class Fitter:
             snr = float(10 * np.log10(np.sum(want.astype(np.float64) ** 2) / max(np.sum((got - want).astype(np.float64) ** 2), 1e-30)))
             # int8 artifacts differ by a quantization step between ISAs: dynamic activation
             # quantization rounds differently in XNNPACK's arm64 and x86 kernels
-            return {"ran": True, "hops": len(frames), "max_abs_diff_vs_host": diff, "snr_db_vs_host": snr, "latency_source": "emulated",
+            from hwcompress.export.check import EMULATED_MIN_SNR_DB
+
+            passed = snr >= EMULATED_MIN_SNR_DB
+            return {"ran": True, "status": "passed" if passed else "failed", "passed": passed,
+                    "min_snr_db": EMULATED_MIN_SNR_DB,
+                    "hops": len(frames), "max_abs_diff_vs_host": diff, "snr_db_vs_host": snr, "latency_source": "emulated",
                     "emulated_median_ms": info["latency_ms"]["median"],
                     "note": info.get("latency_note", "emulator time, not device latency"),
                     "emulator": info.get("emulator"), "runtime": info.get("runtime")}
-        except HwcError as exc:
-            return {"ran": False, "reason": str(exc)}
+        except HwcError as exc:  # no emulator here, or it failed: say so, never pass silently
+            return {"ran": False, "status": "not verified", "passed": None, "reason": str(exc)}
 
     def quality(self, net: SEModel, data: Path, cache: Path) -> dict:
         from hwcompress.evaluate import evaluate
 
-        cached = _read_json(cache)
-        if cached and cached.get("n_requested") == self.cfg.eval_items:
+        key = {"model": model_digest(net), "data": data_digest(data), "set": "test", "n_requested": self.cfg.eval_items}
+        cached = read_keyed(cache, key, self.log)
+        if cached:
             return cached
         r = evaluate(net, data, "test", limit=self.cfg.eval_items)
         mean = r["summary"]["overall"]["mean"]
         result = {"set": "test", "n": r["n"], "n_requested": self.cfg.eval_items,
                   "noisy": {m: mean[f"noisy_{m}"] for m in QUALITY},
                   "enhanced": {m: mean[f"enhanced_{m}"] for m in QUALITY}}
-        atomic_json(cache, result)
+        write_keyed(cache, key, result)
         return result
 
 
@@ -422,6 +447,12 @@ def _layers_table(model: SEModel, compressed: SEModel, ratios: dict[str, float],
 
 def fit(cfg: FitConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """Run every stage for every budget; returns the report (also written to cfg.out)."""
+    check_writable(Path(cfg.out), "dir")
+    with OutputLock(Path(cfg.out), inside=True):
+        return _fit(cfg, log)
+
+
+def _fit(cfg: FitConfig, log: Callable[[str], None]) -> dict:
     from hwcompress.data.corpus import ensure_default_corpus
     from hwcompress.models.io import load_model
     from hwcompress.search.report import write_reports
@@ -453,6 +484,14 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = lambda m: print(m, file=sys
         q = f.quality(compressed, data, work / "quality.json")
         runtime_bytes = v["artifact"]["bytes"]
         memory_ok = v["peak_memory_bytes"] is None or v["peak_memory_bytes"] <= f.target.memory_budget_bytes
+        parity_ok = bool(v["parity_vs_torch"]["ok"])
+        # an emulated run that ran and disagreed with this machine fails the budget; one that
+        # could not run leaves it "not verified" in the report (the figures are predicted anyway)
+        emulated_ok = (v.get("emulated_check") or {}).get("status") != "failed"
+        if not parity_ok:
+            par = v["parity_vs_torch"]
+            log(f"  parity: {v['runtime']} output departs from torch (SNR {par['snr_db']:.1f} dB < "
+                f"{par['min_snr_db']:g} dB for {par['weights']}): budget {budget:g} ms not met")
         results.append({
             "budget_ms": budget,
             "budget_bytes": f.budget_bytes,
@@ -473,7 +512,13 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = lambda m: print(m, file=sys
             "peak_memory_method": v["peak_memory_method"],
             "parity_vs_torch": v["parity_vs_torch"],
             "emulated_check": v.get("emulated_check"),
-            "budget_met": bool(v["latency_ms"] <= budget and runtime_bytes <= f.budget_bytes and memory_ok),
+            "parity_ok": parity_ok,
+            "budget_met": bool(v["latency_ms"] <= budget and runtime_bytes <= f.budget_bytes and memory_ok
+                               and parity_ok and emulated_ok),
+            "not_met_because": [why for why, bad in (
+                ("latency", v["latency_ms"] > budget), ("size", runtime_bytes > f.budget_bytes),
+                ("memory", not memory_ok), ("parity vs torch", not parity_ok),
+                ("emulated check", not emulated_ok)) if bad],
             "quality": {"noisy": q["noisy"], "baseline": baseline_q["enhanced"], "compressed": q["enhanced"],
                         "set": "test", "n": q["n"]},
             "allocation": {"ratios": allocation.ratios, "predicted_loss": allocation.predicted_loss,
@@ -500,5 +545,5 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = lambda m: print(m, file=sys
     }
     if len(results) == 1:  # one budget: its fields at the top level, as documented
         report.update({k: v for k, v in results[0].items()})
-    write_reports(report, f.out, f.model)
+    write_reports(report, f.out, f.model, data=data)
     return report

@@ -3,13 +3,24 @@
 Quality here is the training objective on a few validation mixtures (lower loss is
 better): one forward pass per candidate, cheap enough to measure every group at several
 ratios and every layer at several codebook sizes, and it tracks PESQ/STOI closely enough to
-rank layers. Results are cached in a JSON file next to the run and keyed by a fingerprint
-of the weights, so a resumed or repeated fit (e.g. several budgets) measures nothing twice.
+rank layers. Results are cached in JSON files next to the run, keyed by the exact weights and
+the validation items (evaluation_key), so a resumed or repeated fit (e.g. several budgets)
+measures nothing twice and a changed model or corpus measures afresh.
+
+Determinism: for given weights and items every score is bit-identical run to run (fixed
+items, deterministic clustering, no sampling). Untrained zoo presets are a different
+model on every load unless their initialisation is seeded, which is what made two
+"identical" tiny fits choose different codebook sizes (issue 16.9).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,6 +34,7 @@ from hwcompress.models.cost import layer_paths
 from hwcompress.models.zoo import SEModel
 from hwcompress.progress import progress_bar
 from hwcompress.train import validation_loss
+from hwcompress.workdir import check_writable, read_keyed, write_keyed
 
 STRUCTURED_RATIOS = (0.25, 0.5, 0.75)
 CODEBOOKS = (8, 16, 32)  # 2-bit codebooks cost the big layers too much; the small ones are too small to matter
@@ -41,38 +53,114 @@ def score_fn(items: list[dict]) -> Callable[[SEModel], float]:
     return lambda model: -validation_loss(model, items)
 
 
+SCORE_VERSION = 2  # bump when score_fn or validation_loss change what a score means
+
+
+def items_digest(items: list[dict]) -> str:
+    """Fingerprint of validation items: their ids and every sample (so the corpus, the
+    number of items and the crop are all part of it)."""
+    h = hashlib.sha256()
+    for it in items:
+        noisy, clean = np.ascontiguousarray(it["noisy"]), np.ascontiguousarray(it["clean"])
+        h.update(f"{it.get('id')}|{noisy.dtype.str}|{noisy.size}|{clean.size}|".encode())
+        h.update(noisy.tobytes())
+        h.update(clean.tobytes())
+    return h.hexdigest()[:16]
+
+
+def evaluation_key(items: list[dict]) -> dict:
+    """What a score depends on besides the weights: the cache key part for score_fn(items)."""
+    return {"score": "-validation_loss", "score_version": SCORE_VERSION, "items": items_digest(items),
+            "n_items": len(items), "samples": sorted({int(np.asarray(it["noisy"]).size) for it in items})}
+
+
+def noise_floor(model: SEModel, score: Callable[[SEModel], float], base: float) -> dict:
+    """How far apart two scores of the same weights may be, measured and bounded.
+
+    Measured: the base model scored a second time (bit-identical in one process: the
+    evaluation is fixed items, no sampling, no randomness). Bounded: scores are float32
+    sums whose reduction order depends on the thread count; across 1 and 2 threads the
+    base loss of tiny models differed by 2-5e-9 (~0.3 float32 ulp of a 0.1 loss). Loss
+    changes within `floor` = max(measured repeat difference, 8 float32 ulps of the base)
+    are treated as no change, so thread-count noise cannot flip a choice."""
+    again = float(score(model))
+    repeat = abs(again - base)
+    resolution = abs(base) * 2.0**-20  # 8 float32 ulps (float32 epsilon is 2**-23)
+    return {"floor": max(repeat, resolution), "repeat_abs_diff": repeat, "float32_resolution": resolution,
+            "threads": torch.get_num_threads(),
+            "how": "base scored twice in this process; floor = max(that difference, |base| * 2**-20)"}
+
+
 def atomic_json(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file and a rename: a crash never leaves half a cache."""
+    """Write JSON through a temporary file and a rename: a crash never leaves half a cache
+    (the temporary name is unique, so two writers never interleave their bytes)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, indent=1, default=float))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def structured(model: SEModel, items: list[dict], cache: Path, ratios: Sequence[float] = STRUCTURED_RATIOS) -> dict:
-    """{"base", "scores": {group: {ratio: score}}} with one group pruned at a time."""
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def structured(model: SEModel, items: list[dict], cache: Path, ratios: Sequence[float] = STRUCTURED_RATIOS,
+               log: Callable[[str], None] | None = None) -> dict:
+    """{"base", "scores": {group: {ratio: score}}} with one group pruned at a time.
+    The cache is keyed by the weights and the items (evaluation_key); a stale or corrupt
+    file is measured again after one line to `log`."""
     from hwcompress.compress.groups import model_groups
 
+    log = log or _warn
     score = score_fn(items)
+    key = evaluation_key(items)
     groups = [g.name for g in model_groups(model)]
     with progress_bar() as bar:
         task = bar.add_task("pruning sensitivity", total=len(groups))
         for name in groups:  # one call per group: the bar moves, the cache file is shared
-            sensitivity(model, score, layers=[name], ratios=ratios, structured=True, cache=cache)
+            sensitivity(model, score, layers=[name], ratios=ratios, structured=True, cache=cache, key=key, log=log)
             bar.advance(task)
-    return sensitivity(model, score, layers=groups, ratios=ratios, structured=True, cache=cache)
+    return sensitivity(model, score, layers=groups, ratios=ratios, structured=True, cache=cache, key=key, log=log)
 
 
-def codebooks(model: SEModel, items: list[dict], cache: Path, ks: Sequence[int] = CODEBOOKS) -> dict:
-    """{"base", "scores": {layer: {K: score}}} with one layer's weights clustered to K at a time."""
+def _codebook_store(path: Path, key: dict, log: Callable[[str], None]) -> dict:
+    stored = read_keyed(path, key, log)
+    if stored is None:
+        return {}
+    base, scores, noise = stored.get("base"), stored.get("scores"), stored.get("noise")
+    finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    ok = (finite(base) and isinstance(scores, dict) and all(isinstance(k, str) and finite(v) for k, v in scores.items())
+          and (noise is None or (isinstance(noise, dict) and finite(noise.get("floor")))))
+    if not ok:
+        log(f"{path}: malformed cache contents; recomputing it")
+        return {}
+    return {"base": float(base), "scores": dict(scores), "noise": noise}
+
+
+def codebooks(model: SEModel, items: list[dict], cache: Path, ks: Sequence[int] = CODEBOOKS,
+              log: Callable[[str], None] | None = None) -> dict:
+    """{"base", "scores": {layer: {K: score}}, "noise": noise_floor(...)} with one layer's
+    weights clustered to K at a time (clustering is deterministic: exact DP or k-means from
+    a linear init). The cache is keyed by the weights and the items (evaluation_key); a
+    stale or corrupt file is measured again after one line to `log`."""
+    log = log or _warn
+    cache = Path(cache)
+    check_writable(cache, "file")
     score = score_fn(items)
-    store = json.loads(cache.read_text()) if cache.exists() else {}
-    fp = _fingerprint(model)
-    if store.get("fingerprint") != fp:
-        store = {"fingerprint": fp, "base": None, "scores": {}}
-    if store["base"] is None:
-        store["base"] = float(score(model))
-        atomic_json(cache, store)
+    key = {"what": "codebook sensitivity", "weights": _fingerprint(model), "evaluation": evaluation_key(items)}
+    store = _codebook_store(cache, key, log)
+    if not store:
+        store = {"base": float(score(model)), "scores": {}, "noise": None}
+        write_keyed(cache, key, store)
+    if store["noise"] is None:
+        store["noise"] = noise_floor(model, score, store["base"])
+        write_keyed(cache, key, store)
     params = dict(model.named_parameters())
     by_layer: dict[str, list[str]] = {}
     for layer, path in layer_paths(model).items():
@@ -89,7 +177,17 @@ def codebooks(model: SEModel, items: list[dict], cache: Path, ks: Sequence[int] 
                 with torch.no_grad():
                     for n, v in saved.items():
                         params[n].copy_(v)
-            atomic_json(cache, store)
+            write_keyed(cache, key, store)
             bar.advance(task)
     scores = {layer: {k: store["scores"][f"{layer}@{k}"] for k in ks} for layer in by_layer}
-    return {"base": store["base"], "scores": scores}
+    return {"base": store["base"], "scores": scores, "noise": store["noise"]}
+
+
+def within_noise(k_sens: dict) -> dict:
+    """`k_sens` with every score within the noise floor of the base set to the base: a
+    change the measurement cannot resolve counts as none, so it cannot decide a K."""
+    base = float(k_sens["base"])
+    floor = float((k_sens.get("noise") or {}).get("floor", 0.0))
+    scores = {layer: {k: (base if abs(float(v) - base) <= floor else float(v)) for k, v in per.items()}
+              for layer, per in k_sens["scores"].items()}
+    return {**k_sens, "scores": scores}

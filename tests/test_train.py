@@ -1,0 +1,144 @@
+"""Training: an interrupted and resumed run equals an uninterrupted one; early stopping and
+LR halving happen when the validation loss stops improving; a bad checkpoint is one line.
+
+Tiny model (tiny-gru), the small test corpus, a few steps of half-second crops."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hwcompress.errors import HwcError
+from hwcompress.models.io import load_model
+from hwcompress.train import TrainConfig, train
+
+SMALL = dict(steps_per_epoch=3, batch=2, seconds=0.5, valid_items=1, lr=3e-3, seed=1)
+
+
+def _model(seed: int = 0):
+    torch.manual_seed(seed)
+    return load_model("tiny-gru")
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _history(state: dict) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in state["history"]]  # wall time differs
+
+
+def _assert_same_weights(a, b) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_resume_equals_uninterrupted_run(small_corpus, tmp_path) -> None:
+    cfg = TrainConfig(epochs=3, patience=10, **SMALL)
+    straight = _model()
+    s_state = train(straight, small_corpus, tmp_path / "straight", cfg, log=_quiet)
+
+    # interrupted: stops after epoch 2 (max epochs), the process "ends", a new model resumes
+    first = _model()
+    train(first, small_corpus, tmp_path / "resumed", TrainConfig(**{**cfg.__dict__, "epochs": 2}), log=_quiet)
+    torch.manual_seed(123)  # a new process: the global RNG is elsewhere
+    resumed = _model(seed=99)  # different initial weights: everything must come from last.pt
+    logs: list[str] = []
+    r_state = train(resumed, small_corpus, tmp_path / "resumed", cfg, log=logs.append)
+    assert any("resumed" in m and "epoch 2" in m for m in logs)
+    assert len(r_state["history"]) == 3
+    assert _history(r_state) == _history(s_state)
+    _assert_same_weights(resumed, straight)
+    assert r_state["best"] == s_state["best"]
+    assert json.loads((tmp_path / "resumed" / "history.json").read_text()) == r_state["history"]
+    best = load_model(str(tmp_path / "resumed" / "model.pt"))
+    _assert_same_weights(best, load_model(str(tmp_path / "straight" / "model.pt")))
+
+
+def test_resume_after_a_crash_mid_epoch(small_corpus, tmp_path) -> None:
+    cfg = TrainConfig(epochs=2, patience=10, **SMALL)
+    straight = _model()
+    s_state = train(straight, small_corpus, tmp_path / "straight", cfg, log=_quiet)
+
+    steps = []
+
+    def crash(model) -> None:  # dies in the middle of epoch 2
+        steps.append(1)
+        if len(steps) == cfg.steps_per_epoch + 2:
+            raise KeyboardInterrupt
+
+    crashed = _model()
+    with pytest.raises(KeyboardInterrupt):
+        train(crashed, small_corpus, tmp_path / "run", cfg, after_step=crash, log=_quiet)
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 1
+    resumed = _model(seed=5)
+    r_state = train(resumed, small_corpus, tmp_path / "run", cfg, log=_quiet)
+    assert _history(r_state) == _history(s_state)
+    _assert_same_weights(resumed, straight)
+
+
+def _frozen(model):
+    """An after_step hook undoing every update: the validation loss can never improve."""
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def hook(m) -> None:
+        with torch.no_grad():
+            for k, v in m.state_dict().items():
+                v.copy_(init[k])
+    return hook
+
+
+def test_early_stopping_and_lr_halving(small_corpus, tmp_path) -> None:
+    model = _model()
+    cfg = TrainConfig(epochs=20, patience=2, **SMALL)
+    state = train(model, small_corpus, tmp_path / "run", cfg, after_step=_frozen(model), log=_quiet)
+    # epoch 1 improves on inf; epochs 2-3 cannot improve: patience 2 stops after epoch 3
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3]
+    assert state["bad_epochs"] == 2
+    assert len({h["valid_loss"] for h in state["history"]}) == 1
+    lr = cfg.lr
+    # the lr an epoch ran with: halved after every epoch without improvement
+    assert [h["lr"] for h in state["history"]] == [lr, lr, lr / 2]
+    assert state["lr"] == lr / 4
+    ckpt = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
+    assert [g["lr"] for g in ckpt["optimizer"]["param_groups"]] == [lr / 4]  # the optimiser's own rate
+    # the halved rate is what the optimiser used, and what a resume continues with
+    logs: list[str] = []
+    again = train(model, small_corpus, tmp_path / "run", TrainConfig(**{**cfg.__dict__, "patience": 3}),
+                  after_step=_frozen(model), log=logs.append)
+    assert any("resumed" in m for m in logs)
+    assert [h["lr"] for h in again["history"]][3:] == [lr / 4]
+    assert len(again["history"]) == 4 and again["lr"] == lr / 8
+
+
+def test_no_halving_when_disabled(small_corpus, tmp_path) -> None:
+    model = _model()
+    cfg = TrainConfig(epochs=10, patience=2, halve_on_plateau=False, **SMALL)  # what compression fine-tuning uses
+    state = train(model, small_corpus, tmp_path / "frozen", cfg, after_step=_frozen(model), log=_quiet)
+    assert len(state["history"]) == 3  # patience 2: epochs 2 and 3 were bad
+    assert [h["lr"] for h in state["history"]] == [cfg.lr] * 3 and state["lr"] == cfg.lr
+
+
+def test_corrupt_or_foreign_checkpoint_is_one_line(small_corpus, tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(HwcError, match="last.pt.*no-resume"):
+        train(_model(), small_corpus, run, TrainConfig(epochs=1, **SMALL), log=_quiet)
+    assert (run / "last.pt").read_bytes() == b"not a checkpoint"  # loses nothing
+
+    other = tmp_path / "other"
+    train(_model(), small_corpus, other, TrainConfig(epochs=1, **SMALL), log=_quiet)
+    torch.manual_seed(0)
+    with pytest.raises(HwcError, match="another model"):
+        train(load_model("tiny-lstm"), small_corpus, other, TrainConfig(epochs=2, **SMALL), log=_quiet)
+    with pytest.raises(HwcError, match="seed"):
+        train(_model(), small_corpus, other, TrainConfig(epochs=2, **{**SMALL, "seed": 7}), log=_quiet)
+    # resume=False starts afresh over it
+    state = train(_model(), small_corpus, other, TrainConfig(epochs=1, **{**SMALL, "seed": 7}), resume=False,
+                  log=_quiet)
+    assert len(state["history"]) == 1
