@@ -156,7 +156,11 @@ def data_build(
     if (out / "manifest.json").exists() and not force:
         typer.echo(f"corpus exists: {out} (use --force to rebuild)")
         return
-    manifest = build_corpus(out, seed=seed, clean_dirs=clean_dir, noise_dirs=noise_dir)
+    check_writable(out, "dir")
+    from hwcompress.workdir import OutputLock
+
+    with OutputLock(out):  # a second build into the same folder would delete this one's work
+        manifest = build_corpus(out, seed=seed, clean_dirs=clean_dir, noise_dirs=noise_dir)
     table = Table(title=f"corpus {out}")
     for col in ("split", "speakers", "utterances", "speech (min)", "noise files"):
         table.add_column(col, justify="right" if col != "split" else "left")
@@ -734,5 +738,7 @@ def main(argv: list[str] | None = None) -> None:
     except (typer.Abort, KeyboardInterrupt):
         print(interrupted_line(sys.argv[1:] if argv is None else argv), file=sys.stderr)
         sys.exit(130)
+    if rv == 130:  # recent typer turns Ctrl-C into a returned exit code 130 instead of raising Abort
+        print(interrupted_line(sys.argv[1:] if argv is None else argv), file=sys.stderr)
     # in non-standalone mode click returns the exit code of ctx.exit()/--help as an int
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -70,10 +70,13 @@ def check_writable(path: Path, kind: str = "file") -> None:
 
 class OutputLock:
     """`with OutputLock(out):` holds an exclusive advisory lock on `out.lock` beside a file
-    output, or on `out/.hwcompress.lock` inside a folder output (`inside=True`)."""
+    output, or on `out/.hwcompress.lock` inside a folder output (`inside=True`). With
+    `wait=True` a second holder waits for the first instead of failing (shared caches that
+    every run may build, such as the corpus)."""
 
-    def __init__(self, path: Path, inside: bool = False) -> None:
+    def __init__(self, path: Path, inside: bool = False, wait: bool = False) -> None:
         self.path = Path(path)
+        self.wait = wait
         self.lock_path = self.path / ".hwcompress.lock" if inside else self.path.with_name(self.path.name + ".lock")
         self._fh = None
 
@@ -82,7 +85,7 @@ class OutputLock:
         while True:
             fh = open(self.lock_path, "a+")
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fh, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 fh.seek(0)
                 holder = fh.read().strip() or "another process"

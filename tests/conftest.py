@@ -77,7 +77,11 @@ def small_corpus() -> Path:
     """A few real prompts per speaker, one sentence per synthetic voice, all noise kinds."""
     from hwcompress.data.corpus import build_corpus
 
+    from hwcompress.workdir import OutputLock
+
     out = CACHE / "small-corpus-v1"
     if not (out / "manifest.json").exists():
-        build_corpus(out, seed=0, per_voice=1, n_valid=6, n_test=10, n_test_synth=5, real_limit=12)
+        with OutputLock(out, wait=True):  # another test run may be building it right now
+            if not (out / "manifest.json").exists():
+                build_corpus(out, seed=0, per_voice=1, n_valid=6, n_test=10, n_test_synth=5, real_limit=12)
     return out

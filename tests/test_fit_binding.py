@@ -94,10 +94,11 @@ def test_pessimistic_calibration_is_loosened_by_measurement(dense_ms, small_corp
     curves = fitmod.alloc.loss_curves(s_sens)
     chosen, trials = f.allocate(curves, budget)
     assert trials[0]["measured_ms"] < fitmod.LOOSEN_BELOW * budget and len(trials) >= 2
-    first = next(t for t in trials if t["attempt"] == 0)
+    # the loop tried a looser allocation next (whether it then fits depends on the timing;
+    # the one kept is a measured fit either way)
+    assert sum(trials[1]["ratios"].values()) < sum(trials[0]["ratios"].values())
     chosen_trial = [t for t in trials if t["ratios"] == chosen.ratios][-1]
     assert chosen_trial["measured_ms"] <= budget * MEASURE_MARGIN
-    assert sum(chosen.ratios.values()) < sum(first["ratios"].values())  # pruned less than the first try
 
 
 def test_verified_miss_tightens_and_compresses_again(dense_ms, small_corpus, tmp_path, monkeypatch) -> None:

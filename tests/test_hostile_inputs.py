@@ -254,3 +254,19 @@ def test_ctrl_c_during_fit_says_so_and_the_same_command_resumes(small_corpus, tm
     assert (out / "calibration.json").read_bytes() == calibration
     assert json.loads(done.stdout)["results"][0]["budget_met"]
     assert not (out / ".hwcompress.lock").exists()
+
+
+def test_a_shared_cache_lock_waits_for_the_builder(tmp_path) -> None:
+    """Corpus builds (shared by every command and test run) wait for each other instead of
+    deleting each other's half-built folder."""
+    out = tmp_path / "corpus"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from hwcompress.workdir import OutputLock\n"
+        f"with OutputLock({str(out)!r}):\n    print('held', flush=True); time.sleep(1.5)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    with OutputLock(out, wait=True):
+        waited = time.monotonic() - started
+    assert waited > 1.0  # got the lock only once the builder (holding it 1.5 s) let go
+    holder.wait()

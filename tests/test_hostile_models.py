@@ -240,17 +240,27 @@ def test_too_low_sample_rate_is_refused(tmp_path) -> None:
 
 def run_all(cases: dict[str, list[str]], tmp: Path) -> dict[str, tuple[int, str, str, int]]:
     """Start every `python3 -m hwcompress` run at once (each waits mostly on imports) and
-    collect (exit code, stdout, stderr, peak RSS in KiB) of each, measured by os.wait4."""
+    collect (exit code, stdout, stderr, peak RSS in KiB) of each, measured by os.wait4 in a
+    launcher process."""
+    # Linux carries a process's peak RSS across exec, so a child forked from this (large)
+    # pytest process would report pytest's size: a small launcher forks and execs each run
+    # and reports the run's own peak (os.wait4) in a file
+    launcher = ("import os, sys\n"
+                "pid = os.fork()\n"
+                "if pid == 0:\n    os.execv(sys.argv[2], sys.argv[2:])\n"
+                "_, status, usage = os.wait4(pid, 0)\n"
+                "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+                "sys.exit(os.waitstatus_to_exitcode(status))\n")
     procs = {}
     for name, args in cases.items():
         out, err = open(tmp / f"{name}.out", "w+"), open(tmp / f"{name}.err", "w+")
-        procs[name] = (subprocess.Popen([sys.executable, "-m", "hwcompress", *args], stdout=out, stderr=err), out, err)
+        cmd = [sys.executable, "-c", launcher, str(tmp / f"{name}.rss"), sys.executable, "-m", "hwcompress", *args]
+        procs[name] = (subprocess.Popen(cmd, stdout=out, stderr=err), out, err)
     results = {}
     for name, (proc, out, err) in procs.items():
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.wait()
         out.seek(0), err.seek(0)
-        results[name] = (proc.returncode, out.read(), err.read(), usage.ru_maxrss)
+        results[name] = (proc.returncode, out.read(), err.read(), int((tmp / f"{name}.rss").read_text()))
         out.close(), err.close()
     return results
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hwcompress.models import zoo
 from hwcompress.models.io import load_model
 from hwcompress.search import allocate as alloc
 from hwcompress.search import sensitivity as sens
@@ -18,8 +19,10 @@ from hwcompress.search.fit import FitConfig, Fitter
 
 
 def _model(seed: int = 0):
-    torch.manual_seed(seed)  # untrained presets are random: the seed fixes the weights
-    return load_model("tiny-gru").eval()
+    if seed == 0:
+        return load_model("tiny-gru").eval()  # a preset name is always the same (seed 0) model
+    torch.manual_seed(seed)  # other weights of the same architecture
+    return zoo.build_preset("tiny-gru").eval()
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from hwcompress.progress import progress_bar
 
 from hwcompress.data import sources as src
 from hwcompress.errors import HwcError
+from hwcompress.workdir import OutputLock
 
 SR = src.SR
 SPLITS = ("train", "valid", "test")
@@ -214,9 +215,14 @@ def default_corpus_dir(seed: int = 0) -> Path:
 def ensure_default_corpus() -> Path:
     """The built-in corpus, built on first use (about two minutes)."""
     out = default_corpus_dir()
-    if not (out / "manifest.json").exists():
-        print(f"building the offline corpus in {out} (first use only)", file=sys.stderr, flush=True)
-        build_corpus(out)
+    if (out / "manifest.json").exists():
+        return out
+    # concurrent first uses (two commands, parallel tests) wait for one build instead of
+    # deleting each other's half-built folder
+    with OutputLock(out, wait=True):
+        if not (out / "manifest.json").exists():
+            print(f"building the offline corpus in {out} (first use only)", file=sys.stderr, flush=True)
+            build_corpus(out)
     return out
 
 

@@ -480,7 +480,10 @@ def _fit(cfg: FitConfig, log: Callable[[str], None]) -> dict:
             if v["latency_source"] != "measured" or v["latency_ms"] <= budget or attempt == cfg.retries:
                 break
             log(f"  verified {v['latency_ms']:.3f} ms > {budget:g} ms: tightening and compressing again")
-            f.oracle.calibration *= v["latency_ms"] / (budget * MEASURE_MARGIN)
+            # re-scale by what this allocation measured against what the model predicts for it
+            # (not against the budget: an allocation far off the budget would over-correct and
+            # make every later allocation look infeasible)
+            f.oracle.calibration *= v["latency_ms"] / max(f.oracle.latency_ms(allocation.ratios), 1e-9)
         q = f.quality(compressed, data, work / "quality.json")
         runtime_bytes = v["artifact"]["bytes"]
         memory_ok = v["peak_memory_bytes"] is None or v["peak_memory_bytes"] <= f.target.memory_budget_bytes
