@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd_line = "python benchmarks/enhance_long.py" + (f" --data {args.data}" if args.data else "") + \
         (f" --minutes {args.minutes:g}" if args.minutes != 10 else "") + \
-        (f" --model {args.model}" if args.model != "default" else "") + (f" --skip '{args.skip}'" if args.skip else "")
+        (f" --model {args.model}" if args.model != "default" else "") + (f" --skip '{args.skip}'" if args.skip else "") + \
+        (f" --timeout {args.timeout:g}" if args.timeout != 1800 else "")
     lines = [f"# A {args.minutes:g}-minute recording through `hwcompress enhance` (measured here, one run)", "",
              f"Command: `{cmd_line}`", "",
              f"Machine: {host_cpu()}, {os.cpu_count()} cores (shared: see the load average column). Python "

@@ -63,16 +63,24 @@ def test_binding_budget_prunes_verifies_and_is_met(dense_ms, small_corpus) -> No
     assert q["compressed"]["pesq_wb"] >= q["baseline"]["pesq_wb"] - PESQ_DROP
 
 
-def test_optimistic_calibration_is_tightened_by_measurement(dense_ms, small_corpus) -> None:
-    dense, out = dense_ms
-    f = Fitter(_cfg(out, small_corpus), log=print)
+def _calibrated_fitter(out, data) -> tuple[Fitter, dict]:
+    """The search's state just before allocating: calibrated here, sensitivities measured."""
+    f = Fitter(_cfg(out, data), log=print)
     f.calibrate()
     f.check_feasible()
-    f.data = small_corpus
-    s_sens, _ = f.sensitivities(small_corpus)
+    f.data = data
+    s_sens, _ = f.sensitivities(data)
+    return f, fitmod.alloc.loss_curves(s_sens)
+
+
+def test_optimistic_calibration_is_tightened_by_measurement(dense_ms, small_corpus) -> None:
+    dense, out = dense_ms
+    f, curves = _calibrated_fitter(out, small_corpus)
     f.oracle.calibration *= 0.35  # believes the device ~3x faster than it is: under-prunes at first
-    budget = 0.6 * dense
-    chosen, trials = f.allocate(fitmod.alloc.loss_curves(s_sens), budget)
+    # the dense model timed again now: one slow calibration measurement must not make the
+    # dense model itself look within budget
+    budget = 0.6 * min(dense, f._probe({})["measured_ms"])
+    chosen, trials = f.allocate(curves, budget)
     assert trials[0]["measured_ms"] > budget * MEASURE_MARGIN  # the first try missed...
     assert len(trials) >= 2
     fitting = [t for t in trials if t["ratios"] == chosen.ratios]
@@ -81,17 +89,12 @@ def test_optimistic_calibration_is_tightened_by_measurement(dense_ms, small_corp
 
 def test_pessimistic_calibration_is_loosened_by_measurement(dense_ms, small_corpus) -> None:
     dense, out = dense_ms
-    f = Fitter(_cfg(out, small_corpus), log=print)
-    f.calibrate()
-    f.check_feasible()
-    f.data = small_corpus
-    s_sens, _ = f.sensitivities(small_corpus)
+    f, curves = _calibrated_fitter(out, small_corpus)
     budget = 0.7 * dense
     # believes the device slower than it is, so that the most pruned model only just fits in
     # its eyes: the first allocation prunes (nearly) everything it may
     floor = {g: fitmod.alloc.MAX_RATIO for g in f.oracle.sizes}
     f.oracle.calibration *= 0.9 * budget * MEASURE_MARGIN / f.oracle.latency_ms(floor)
-    curves = fitmod.alloc.loss_curves(s_sens)
     chosen, trials = f.allocate(curves, budget)
     assert trials[0]["measured_ms"] < fitmod.LOOSEN_BELOW * budget and len(trials) >= 2
     # the loop tried a looser allocation next (whether it then fits depends on the timing;
