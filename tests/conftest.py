@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,14 @@ def small_corpus() -> Path:
             if not (out / "manifest.json").exists():
                 build_corpus(out, seed=0, per_voice=1, n_valid=6, n_test=10, n_test_synth=5, real_limit=12)
     return out
+
+
+def cli(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The console entry point in this process (no second torch import): exit code and output."""
+    from hwcompress.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, exc.value.code, captured.out, captured.err)

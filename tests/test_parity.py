@@ -26,6 +26,8 @@ from hwcompress.export.probe import stored_weights
 from hwcompress.models.io import load_model, save_model
 from test_export import _require
 
+from conftest import cli  # the console entry point run in-process
+
 
 def _tiny(name: str = "tiny-gru") -> torch.nn.Module:
     torch.manual_seed(0)
@@ -157,15 +159,6 @@ def test_whole_utterance_parity_by_path(tmp_path) -> None:
     assert result.ok and result.mode == "whole" and result.frames == 100
 
 
-def cli(capsys, *args: str) -> subprocess.CompletedProcess:
-    """The console entry point in this process (no second torch import): exit code and output."""
-    from hwcompress.cli import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, exc.value.code, captured.out, captured.err)
 
 
 def test_cli_export_beyond_tolerance_is_one_line_exit_2(tmp_path, capsys) -> None:

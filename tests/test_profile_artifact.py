@@ -17,6 +17,8 @@ from hwcompress.models.io import load_model
 from hwcompress.profile.measure import host_arch, measure_local, profile_artifact
 from test_export import _require
 
+from conftest import cli  # the console entry point run in-process
+
 x86_only = pytest.mark.skipif(host_arch() != "x86_64", reason="the measured targets here are x86_64")
 RUNS = 20
 
@@ -25,15 +27,6 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hwcompress", *args], capture_output=True, text=True, timeout=300)
 
 
-def cli(capsys, *args: str) -> subprocess.CompletedProcess:
-    """The console entry point in this process (no second torch import): exit code and output."""
-    from hwcompress.cli import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, exc.value.code, captured.out, captured.err)
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
