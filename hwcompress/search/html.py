@@ -251,7 +251,7 @@ SELFTEST_JS = r"""
   if (!/[?&]selftest\b/.test(location.search)) return;
   function withTimeout(p, ms, what) {
     return Promise.race([p, new Promise(function (res) {
-      setTimeout(function () { res({ok: false, error: what + ": timed out"}); }, ms); })]);
+      setTimeout(function () { res({id: what, ok: false, error: "timed out after " + ms + " ms"}); }, ms); })]);
   }
   function mediaLoaded(a) {
     return new Promise(function (res) {
