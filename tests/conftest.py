@@ -97,3 +97,18 @@ def cli(capsys, *args: str) -> subprocess.CompletedProcess:
         main(list(args))
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(args, exc.value.code, captured.out, captured.err)
+
+
+def user_error(proc: subprocess.CompletedProcess, *fragments: str, only_line: bool = True) -> str:
+    """Assert the run failed as bad input should: exit 2, no traceback or warning, exactly one
+    `error: ` line (the only line, or with only_line=False the last one after progress lines)
+    containing every fragment. Returns that line."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    assert len(lines) == 1 or not only_line, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]

@@ -10,18 +10,12 @@ import pytest
 import soundfile as sf
 
 from hwcompress.models.io import load_model, save_model
+from conftest import user_error  # exit 2 and one error line
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hwcompress", *args], capture_output=True, text=True, timeout=300)
 
-
-def assert_user_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +55,19 @@ def test_enhance_bad_audio(tmp_path, tiny_model) -> None:
     out = str(tmp_path / "o.wav")
     for path, fragment in ((tmp_path / "missing.wav", "not found"), (silent, "silent"), (nan, "NaN"),
                            (empty, "empty"), (corrupt, "cannot read")):
-        assert_user_error(run("enhance", str(path), out, "--model", str(tiny_model)), fragment)
+        user_error(run("enhance", str(path), out, "--model", str(tiny_model)), fragment)
     assert not (tmp_path / "o.wav").exists()
 
 
 def test_unknown_model_and_target(tmp_path, noisy_wav) -> None:
-    assert_user_error(run("enhance", str(noisy_wav), str(tmp_path / "o.wav"), "--model", "nope"), "unknown model")
-    assert_user_error(run("targets", "show", "no-such-device"), "no-such-device")
+    user_error(run("enhance", str(noisy_wav), str(tmp_path / "o.wav"), "--model", "nope"), "unknown model")
+    user_error(run("targets", "show", "no-such-device"), "no-such-device")
 
 
 def test_malformed_target_file(tmp_path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("name = [unclosed\n")
-    assert_user_error(run("targets", "show", str(bad)), "bad.toml")
+    user_error(run("targets", "show", str(bad)), "bad.toml")
 
 
 def test_eval_on_small_corpus(small_corpus, tiny_model, tmp_path) -> None:
@@ -82,8 +76,8 @@ def test_eval_on_small_corpus(small_corpus, tiny_model, tmp_path) -> None:
                "--json", str(out), "--workers", "1")
     assert proc.returncode == 0, proc.stderr
     assert "PESQ" in proc.stdout and out.exists()
-    assert_user_error(run("eval", "--model", str(tiny_model), "--data", str(small_corpus), "--set", "nope"), "nope")
-    assert_user_error(run("eval", "--model", str(tiny_model), "--data", str(tmp_path)), "not a corpus")
+    user_error(run("eval", "--model", str(tiny_model), "--data", str(small_corpus), "--set", "nope"), "nope")
+    user_error(run("eval", "--model", str(tiny_model), "--data", str(tmp_path)), "not a corpus")
 
 
 def test_export_reports_bytes_and_parity(tmp_path, tiny_model) -> None:
@@ -108,13 +102,13 @@ def test_export_reports_bytes_and_parity(tmp_path, tiny_model) -> None:
     ],
 )
 def test_export_bad_options(tmp_path, tiny_model, args, fragment) -> None:
-    assert_user_error(run("export", "--model", str(tiny_model), "--out", str(tmp_path), *args), fragment)
+    user_error(run("export", "--model", str(tiny_model), "--out", str(tmp_path), *args), fragment)
 
 
 def test_export_corrupt_model_file(tmp_path) -> None:
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
-    assert_user_error(run("export", "--model", str(bad), "--format", "onnx", "--out", str(tmp_path)), "broken.pt")
+    user_error(run("export", "--model", str(bad), "--format", "onnx", "--out", str(tmp_path)), "broken.pt")
 
 
 def test_eval_runs_an_exported_artifact_in_its_runtime(small_corpus, tiny_model, tmp_path) -> None:
@@ -135,4 +129,4 @@ def test_eval_runs_an_exported_artifact_in_its_runtime(small_corpus, tiny_model,
         got[name] = json.loads(out.read_text())["summary"]["overall"]["mean"]
     assert got["onnx"]["enhanced_si_sdr"] == pytest.approx(got["torch"]["enhanced_si_sdr"], abs=0.01)
     assert got["onnx"]["enhanced_stoi"] == pytest.approx(got["torch"]["enhanced_stoi"], abs=1e-3)
-    assert_user_error(run("eval", "--model", str(tmp_path / "missing.onnx"), "--data", str(small_corpus)), "missing.onnx")
+    user_error(run("eval", "--model", str(tmp_path / "missing.onnx"), "--data", str(small_corpus)), "missing.onnx")

@@ -13,16 +13,12 @@ import soundfile as sf
 
 from hwcompress.data.example import first_long_mixture
 from hwcompress.errors import HwcError
+from conftest import user_error  # exit 2 and one error line
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hwcompress", *args], capture_output=True, text=True, timeout=120)
 
-
-def assert_user_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
 
 
 def test_first_mixture_of_at_least_min_seconds(small_corpus: Path) -> None:
@@ -52,11 +48,11 @@ def test_cli_prints_the_path_and_json(small_corpus: Path) -> None:
 
 
 def test_bad_input_is_one_line(small_corpus: Path, tmp_path: Path) -> None:
-    assert_user_error(run("data", "example", "--data", str(small_corpus), "--min-seconds", "1000"),
+    user_error(run("data", "example", "--data", str(small_corpus), "--min-seconds", "1000"),
                       "no 'test' mixture lasts 1000 s or more (longest:")
-    assert_user_error(run("data", "example", "--data", str(small_corpus), "--set", "nope"), "no evaluation set 'nope'")
-    assert_user_error(run("data", "example", "--data", str(small_corpus), "--min-seconds", "-1"), "--min-seconds")
-    assert_user_error(run("data", "example", "--data", str(tmp_path)), "not a corpus")
+    user_error(run("data", "example", "--data", str(small_corpus), "--set", "nope"), "no evaluation set 'nope'")
+    user_error(run("data", "example", "--data", str(small_corpus), "--min-seconds", "-1"), "--min-seconds")
+    user_error(run("data", "example", "--data", str(tmp_path)), "not a corpus")
 
 
 def test_listed_but_missing_file_is_reported(small_corpus: Path, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from hwcompress.enhance import (WHOLE_MAX_FRAMES, enhance, enhance_chunked, enha
                                 torch_runner)
 from hwcompress.models.io import load_model, save_model
 from hwcompress.models.stft import istft, stft
+from conftest import user_error  # exit 2 and one error line
 
 TINY = ("tiny-crn", "tiny-gcrn", "tiny-lstm", "tiny-gru")
 
@@ -46,13 +47,6 @@ def cli(capsys):
 
     return call
 
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +175,7 @@ def test_cli_refuses_to_overwrite_its_input(tmp_path, tiny_model, cli) -> None:
     listing = sorted(os.listdir(tmp_path))
     for inp, out, how in cases:
         proc = cli(str(inp), str(out), "--model", str(tiny_model))
-        assert_one_line_error(proc, "is the input file")
+        user_error(proc, "is the input file")
         assert how in proc.stderr, (inp, out, proc.stderr)
         assert proc.stdout == ""
         assert rec.read_bytes() == before, (inp, out)
@@ -193,12 +187,12 @@ def test_cli_bad_outputs_and_options(tmp_path, tiny_model, cli) -> None:
     inp = tmp_path / "in.wav"
     sf.write(inp, noisy(1.0, seed=6), 16000)
     (tmp_path / "folder").mkdir()
-    assert_one_line_error(cli(str(inp), str(tmp_path / "folder"), "--model", str(tiny_model)), "is a folder")
+    user_error(cli(str(inp), str(tmp_path / "folder"), "--model", str(tiny_model)), "is a folder")
     for args, fragment in ((["--whole", "--hop-by-hop"], "exclude each other"),
                            (["--runtime", "tensorflow"], "unknown runtime"),
                            (["--weights", "int3"], "unknown weights"),
                            (["--runtime", "torch", "--weights", "int8"], "needs the chunked onnxruntime")):
-        assert_one_line_error(cli(str(inp), str(tmp_path / "o.wav"), "--model", str(tiny_model), *args), fragment)
+        user_error(cli(str(inp), str(tmp_path / "o.wav"), "--model", str(tiny_model), *args), fragment)
     assert sorted(os.listdir(tmp_path)) == ["folder", "in.wav"]
 
 

@@ -6,6 +6,7 @@ concurrent runs into one output, and Ctrl-C (message + resume) for compress and 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -20,6 +21,9 @@ import torch
 from hwcompress.compress.artifact import read_artifact
 from hwcompress.models.io import load_model, save_model
 from hwcompress.workdir import OutputLock
+from conftest import user_error  # exit 2 and one error line
+
+user_error_last = functools.partial(user_error, only_line=False)  # after progress lines
 
 FAST_COMPRESS = ["--prune-steps", "2", "--cluster-steps", "1", "--batch", "2"]
 FAST_FIT = ["--model", "tiny-crn", "--prune-steps", "4", "--cluster-steps", "2", "--eval-items", "2",
@@ -29,15 +33,6 @@ FAST_FIT = ["--model", "tiny-crn", "--prune-steps", "4", "--cluster-steps", "2",
 def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hwcompress", *args], capture_output=True, text=True, timeout=timeout)
 
-
-def one_error_line(proc: subprocess.CompletedProcess, fragment: str) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
-    assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -83,12 +78,12 @@ def test_concurrent_run_into_the_same_output_is_refused(tiny_pt, small_corpus, t
     out = tmp_path / "busy.hwc"
     with OutputLock(out):  # another run holds it
         proc = run("compress", "--model", str(tiny_pt), "--data", str(small_corpus), "--out", str(out), *FAST_COMPRESS)
-    one_error_line(proc, "another hwcompress run is writing there")
+    user_error_last(proc, "another hwcompress run is writing there")
     assert not out.exists()
     folder = tmp_path / "fit-busy"
     with OutputLock(folder, inside=True):
         proc = run("fit", "--target", "generic-onnx", "--data", str(small_corpus), "--out", str(folder), *FAST_FIT)
-    one_error_line(proc, "another hwcompress run is writing there")
+    user_error_last(proc, "another hwcompress run is writing there")
     assert not (folder / "calibration.json").exists()
 
 
@@ -110,13 +105,13 @@ def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path) -> None:
     (",", "is empty"), ("2;3", "numbers separated by commas"),
 ])
 def test_budget_values_are_finite_positive_and_well_formed(tmp_path, budget, fragment) -> None:
-    one_error_line(run("fit", "--target", "generic-onnx", f"--budget-ms={budget}", "--out", str(tmp_path / "o"),
+    user_error_last(run("fit", "--target", "generic-onnx", f"--budget-ms={budget}", "--out", str(tmp_path / "o"),
                        *FAST_FIT), fragment)
     assert not (tmp_path / "o").exists()
 
 
 def test_size_budget_must_be_finite(tmp_path) -> None:
-    one_error_line(run("fit", "--target", "generic-onnx", "--budget-kb", "inf", "--out", str(tmp_path / "o"),
+    user_error_last(run("fit", "--target", "generic-onnx", "--budget-kb", "inf", "--out", str(tmp_path / "o"),
                        *FAST_FIT), "finite positive")
 
 
@@ -141,28 +136,28 @@ def read_only_dir(tmp_path) -> Path:
 
 
 def test_output_into_a_read_only_folder(tiny_pt, small_corpus, read_only_dir) -> None:
-    line = one_error_line(run("compress", "--model", str(tiny_pt), "--data", str(small_corpus),
+    line = user_error_last(run("compress", "--model", str(tiny_pt), "--data", str(small_corpus),
                               "--out", str(read_only_dir / "m.hwc"), *FAST_COMPRESS), "cannot write there")
     assert "read-only" in line or "permission" in line
-    one_error_line(run("fit", "--target", "generic-onnx", "--data", str(small_corpus),
+    user_error_last(run("fit", "--target", "generic-onnx", "--data", str(small_corpus),
                        "--out", str(read_only_dir / "fit"), *FAST_FIT), "cannot write there")
-    one_error_line(run("export", "--model", str(tiny_pt), "--format", "onnx", "--out", str(read_only_dir / "x")),
+    user_error_last(run("export", "--model", str(tiny_pt), "--format", "onnx", "--out", str(read_only_dir / "x")),
                    "cannot write there")
 
 
 def test_output_path_of_the_wrong_kind(tiny_pt, small_corpus, tmp_path) -> None:
     folder = tmp_path / "is-a-folder.hwc"
     folder.mkdir()
-    one_error_line(run("compress", "--model", str(tiny_pt), "--data", str(small_corpus), "--out", str(folder),
+    user_error_last(run("compress", "--model", str(tiny_pt), "--data", str(small_corpus), "--out", str(folder),
                        *FAST_COMPRESS), "is a folder")
     a_file = tmp_path / "a-file"
     a_file.write_text("keep me")
-    one_error_line(run("fit", "--target", "generic-onnx", "--data", str(small_corpus), "--out", str(a_file),
+    user_error_last(run("fit", "--target", "generic-onnx", "--data", str(small_corpus), "--out", str(a_file),
                        *FAST_FIT), "is not a folder")
-    one_error_line(run("export", "--model", str(tiny_pt), "--format", "onnx", "--out", str(a_file)),
+    user_error_last(run("export", "--model", str(tiny_pt), "--format", "onnx", "--out", str(a_file)),
                    "is not a folder")
     assert a_file.read_text() == "keep me"
-    one_error_line(run("eval", "--model", str(tiny_pt), "--data", str(small_corpus), "--limit", "1",
+    user_error_last(run("eval", "--model", str(tiny_pt), "--data", str(small_corpus), "--limit", "1",
                        "--json", str(folder)), "is a folder")
 
 
@@ -177,7 +172,7 @@ def test_layer_config_with_wrong_types(tiny_pt, small_corpus, tmp_path, toml, fr
     cfg = tmp_path / "layers.toml"
     cfg.write_text(toml)
     out = tmp_path / "m.hwc"
-    one_error_line(run("compress", "--model", str(tiny_pt), "--data", str(small_corpus), "--out", str(out),
+    user_error_last(run("compress", "--model", str(tiny_pt), "--data", str(small_corpus), "--out", str(out),
                        "--config", str(cfg), *FAST_COMPRESS), fragment)
     assert not out.exists() and not (tmp_path / "m.hwc.work").exists()
 
@@ -190,7 +185,7 @@ def test_layer_config_with_wrong_types(tiny_pt, small_corpus, tmp_path, toml, fr
 def test_option_values_are_checked_before_fine_tuning(tiny_pt, small_corpus, tmp_path, args, fragment) -> None:
     out = tmp_path / "m.hwc"
     started = time.monotonic()
-    one_error_line(run("compress", "--model", str(tiny_pt), "--data", str(small_corpus), "--out", str(out),
+    user_error_last(run("compress", "--model", str(tiny_pt), "--data", str(small_corpus), "--out", str(out),
                        "--prune-steps", "400", *args), fragment)
     assert not out.exists() and not (tmp_path / "m.hwc.work").exists()
     assert time.monotonic() - started < 60  # no fine-tuning ran first

@@ -17,7 +17,7 @@ from hwcompress.models.io import load_model
 from hwcompress.profile.measure import host_arch, measure_local, profile_artifact
 from test_export import _require
 
-from conftest import cli  # the console entry point run in-process
+from conftest import cli, user_error  # the console entry point run in-process
 
 x86_only = pytest.mark.skipif(host_arch() != "x86_64", reason="the measured targets here are x86_64")
 RUNS = 20
@@ -28,14 +28,6 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 
-
-def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -110,16 +102,16 @@ def test_profile_artifact_refusals(onnx_files, tmp_path) -> None:
 
 def test_cli_one_line_for_what_a_command_cannot_take(onnx_files, tmp_path, capsys) -> None:
     stream = str(onnx_files["stream"])
-    assert_user_error(cli(capsys, "profile", "--target", "generic-onnx", "--model", stream, "--weights", "int8", "--out",
+    user_error(cli(capsys, "profile", "--target", "generic-onnx", "--model", stream, "--weights", "int8", "--out",
                           str(tmp_path)),
                       "profile times an exported artifact as it is", "--weights, --out")
-    assert_user_error(cli(capsys, "export", "--model", stream, "--format", "openvino", "--out", str(tmp_path / "x")),
+    user_error(cli(capsys, "export", "--model", stream, "--format", "openvino", "--out", str(tmp_path / "x")),
                       f"{stream}: export accepts a model (.pt, .hwc, a zoo preset or 'default')",
                       f"hwcompress eval --model {stream}", f"hwcompress profile --model {stream}")
     assert not (tmp_path / "x").exists()  # refused before anything is written
     # the original report: a corrupt file with an artifact suffix no longer reads as a pickle
     corrupt = tmp_path / "corrupt.xml"
     corrupt.write_text("garbage")
-    line = assert_user_error(cli(capsys, "profile", "--target", "generic-onnx", "--model", str(corrupt)),
+    line = user_error(cli(capsys, "profile", "--target", "generic-onnx", "--model", str(corrupt)),
                              "corrupt or unreadable OpenVINO IR")
     assert "Unpickling" not in line
