@@ -208,7 +208,8 @@ def _corpus(data: Optional[Path]) -> Path:
     return data if data is not None else ensure_default_corpus()
 
 
-ModelOpt = Annotated[str, typer.Option("--model", help="Model file (.pt/.hwc), zoo preset, or 'default'.")]
+ModelOpt = Annotated[str, typer.Option("--model", help="Model file (.pt/.hwc), zoo preset, 'default', or your own model's code: path/to/net.py:build or package.module:build.")]
+ModelWeightsOpt = Annotated[Optional[Path], typer.Option("--model-weights", metavar="FILE", help="Weights of a model given as code (--model net.py:build): a state_dict .pt (weights_only), a .safetensors, or a .pt hwcompress saved of that model.")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Corpus folder (default: built-in corpus).")]
 
 
@@ -230,6 +231,7 @@ def reject_artifact(model: str, command: str) -> None:
 @app.command()
 def train(
     model: ModelOpt = "crn",
+    model_weights: ModelWeightsOpt = None,
     data: DataOpt = None,
     out: Annotated[Path, typer.Option(help="Run folder: model.pt, last.pt (resume), history.json.")] = Path("runs/train"),
     epochs: Annotated[int, typer.Option(min=1)] = 20,
@@ -252,7 +254,7 @@ def train(
     for name, value in (("lr", lr), ("seconds", seconds), ("max-minutes", max_minutes)):
         if not math.isfinite(value):
             raise HwcError(f"--{name} must be finite, got {value:g}")
-    net = load_model(model)
+    net = load_model(model, model_weights)
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch, seconds=seconds, lr=lr,
                       patience=patience, seed=seed, max_minutes=max_minutes)
     state = run_train(net, _corpus(data), out, cfg, resume=resume)
@@ -262,14 +264,16 @@ def train(
 @app.command("eval")
 def eval_cmd(
     model: ModelOpt = "default",
+    model_weights: ModelWeightsOpt = None,
     data: DataOpt = None,
     set_name: Annotated[str, typer.Option("--set", help="valid, test (real speech, unseen speaker) or test-synth.")] = "test",
     limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N mixtures.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write full results (per mixture) here.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write the Markdown table here.")] = None,
     workers: Annotated[int, typer.Option(min=1)] = 2,
+    dnsmos: Annotated[bool, typer.Option(help="Also DNSMOS P.835 SIG/BAK/OVRL and P.808 (Microsoft's non-intrusive CNN, 1 onnxruntime thread per worker): 1-2 s per clip and condition, ~8x the other metrics together.")] = True,
 ) -> None:
-    """PESQ-WB, STOI, ESTOI and SI-SDR of noisy and enhanced audio, overall and per SNR.
+    """PESQ-WB, STOI, ESTOI, SI-SDR and DNSMOS P.835 of noisy and enhanced audio, overall and per SNR.
     MODEL may also be an exported streaming artifact (.onnx, .xml, .tflite): it then runs hop
     by hop in its runtime, so quantized weights are scored as they would ship."""
     from hwcompress.evaluate import evaluate, evaluate_artifact, write_results
@@ -281,11 +285,13 @@ def eval_cmd(
             check_writable(path, "file")
     if is_artifact(model):
         backend_for_artifact(Path(model))  # an IR's .bin: "give its .xml", before any corpus work
+        if model_weights is not None:
+            raise HwcError(f"{model}: an exported artifact carries its own weights; --model-weights is for a model given as code")
         if not Path(model).is_file():
             raise HwcError(f"{model}: no such artifact file")
-        result = evaluate_artifact(Path(model), _corpus(data), set_name, limit, workers)
+        result = evaluate_artifact(Path(model), _corpus(data), set_name, limit, workers, dnsmos=dnsmos)
     else:
-        result = evaluate(load_model(model), _corpus(data), set_name, limit, workers)
+        result = evaluate(load_model(model, model_weights), _corpus(data), set_name, limit, workers, dnsmos=dnsmos)
     result["model"] = model
     typer.echo(write_results(result, json_out, markdown, f"{model} on {set_name} ({result['n']} mixtures)"))
 
@@ -295,6 +301,7 @@ def enhance(
     inp: Annotated[Path, typer.Argument(metavar="IN.wav", help="Noisy audio, any sample rate (first channel).")],
     out: Annotated[Path, typer.Argument(metavar="OUT.wav", help="Enhanced 16 kHz audio (never the input file).")],
     model: ModelOpt = "default",
+    model_weights: ModelWeightsOpt = None,
     runtime: Annotated[str, typer.Option(help="Chunked path: onnxruntime (the model exported to a session) or torch.")] = "onnxruntime",
     weights: Annotated[str, typer.Option(help="onnxruntime weights: fp32 (the model's own numbers) or int8 (faster, approximate).")] = "fp32",
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for the model.")] = 1,
@@ -324,7 +331,7 @@ def enhance(
     reject_artifact(model, "enhance")
     audio = load_audio(inp, 16000)
     torch.set_num_threads(threads)
-    net = load_model(model)
+    net = load_model(model, model_weights)
     if whole or hop_by_hop:
         how = f"torch {'whole' if whole else 'hop by hop'}"
         fn = enh.enhance if whole else enh.enhance_streaming
@@ -363,6 +370,7 @@ def enhance(
 def compress(
     out: Annotated[Path, typer.Option(help="Output .hwc artifact.")],
     model: ModelOpt = "default",
+    model_weights: ModelWeightsOpt = None,
     sparsity: Annotated[float, typer.Option(help="Fraction of weights (or of units with --structured) to prune.")] = 0.5,
     codebook: Annotated[int, typer.Option(help="Codebook size K per layer (2..256).")] = 16,
     structured: Annotated[bool, typer.Option(help="Remove whole units/channels (physically shrinks the model).")] = False,
@@ -376,6 +384,7 @@ def compress(
     init: Annotated[str, typer.Option(help="Codebook init: linear, density or random.")] = "linear",
     batch: Annotated[int, typer.Option(min=1)] = 8,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-4,
+    finetune_target: Annotated[str, typer.Option(help="Fine-tuning target: teacher (distil: the dense model's output on the same noisy batch), clean (the clean speech), or mix (0.5/0.5).")] = "teacher",
     json_: JsonOpt = False,
 ) -> None:
     """Prune, cluster and fine-tune a model into a .hwc artifact (Tan & Wang pipeline)."""
@@ -386,13 +395,13 @@ def compress(
     cfg = CompressConfig(sparsity=sparsity, codebook=codebook, structured=structured,
                          layers=read_layer_config(config) if config else {}, regularize_steps=regularize_steps,
                          l1=l1, group_lasso=group_lasso, prune_steps=prune_steps, cluster_steps=cluster_steps,
-                         init=init, batch=batch, lr=lr)
+                         init=init, batch=batch, lr=lr, finetune_target=finetune_target)
     check_global(cfg)
     if out.suffix != ".hwc":
         raise HwcError(f"{out}: the output must be a .hwc file")
     check_writable(out, "file")
     reject_artifact(model, "compress")
-    net = load_model(model)
+    net = load_model(model, model_weights)
     report = run_compress(net, cfg, _corpus(data), out, log=lambda m: typer.echo(m, err=True))
     report["model"] = model
     if json_:
@@ -410,6 +419,7 @@ def compress(
     _console().print(table)
     macs = report["macs_per_frame"]
     typer.echo(f"MACs per frame: {macs['before']} -> {macs['after']}")
+    typer.echo(f"fine-tuning target: {report['finetune_target']}")
 
 
 # ---------------------------------------------------------------- fit
@@ -444,6 +454,7 @@ def fit(
     budget_ms: Annotated[Optional[str], typer.Option(help="Latency budget(s) per 10 ms hop, e.g. 8 or 2,4,8 (default: the target's).")] = None,
     budget_kb: Annotated[Optional[float], typer.Option(help="Runtime artifact size budget in KiB (default: the target's storage budget).")] = None,
     model: ModelOpt = "default",
+    model_weights: ModelWeightsOpt = None,
     data: DataOpt = None,
     out: Annotated[Path, typer.Option(help="Run folder: report.json/.md/.html, model.hwc, export/ (resumable).")] = Path("runs/fit"),
     prune_steps: Annotated[int, typer.Option(min=0, help="Fine-tuning steps while structured sparsity ramps up.")] = 120,
@@ -464,7 +475,8 @@ def fit(
     if budget_kb is not None:
         check_budget_value(budget_kb, "size budget", "KiB")
     cfg = FitConfig(target=target, out=out, budgets_ms=budgets,
-                    budget_bytes=int(budget_kb * 1024) if budget_kb is not None else None, model=model, data=data,
+                    budget_bytes=int(budget_kb * 1024) if budget_kb is not None else None, model=model,
+                    model_weights=model_weights, data=data,
                     prune_steps=prune_steps, cluster_steps=cluster_steps, eval_items=eval_items, emulate=emulate,
                     measure_runs=measure_runs, allocation=allocation, weights=weights)
     report = run_fit(cfg, log=lambda m: typer.echo(m, err=True))
@@ -496,6 +508,7 @@ def export_cmd(
     out: Annotated[Path, typer.Option(help="Folder for the artifacts (written atomically).")],
     format_: Annotated[str, typer.Option("--format", help="onnx, openvino or tflite.")],
     model: ModelOpt = "default",
+    model_weights: ModelWeightsOpt = None,
     mode: Annotated[str, typer.Option(help="stream (one hop, state in/out), whole (utterance) or both.")] = "both",
     weights: Annotated[str, typer.Option(help="fp32; int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128).")] = "fp32",
     frames: Annotated[int, typer.Option(min=1, help="T of a whole-utterance .tflite (LiteRT fixes T).")] = 100,
@@ -519,8 +532,10 @@ def export_cmd(
     modes = ["stream", "whole"] if mode == "both" else [mode]
     check_writable(out, "dir")
     reject_artifact(model, "export")
-    net = load_model(model)
-    stem = Path(model).stem if Path(model).suffix in (".pt", ".hwc") else model
+    net = load_model(model, model_weights)
+    from hwcompress.models.user import is_user_spec, spec_stem
+
+    stem = spec_stem(model) if is_user_spec(model) else Path(model).stem if Path(model).suffix in (".pt", ".hwc") else model
     rows = export_checked(net, backend, out, modes, weights=weights, frames=frames, stem=stem, check=check,
                           min_snr_db=min_snr_db)
     if json_:
@@ -547,6 +562,7 @@ def export_cmd(
 def predict(
     target: Annotated[str, typer.Option(help="Target name or .toml path.")],
     model: ModelOpt = "default",
+    model_weights: ModelWeightsOpt = None,
     weight_bits: Annotated[int, typer.Option(help="32 for fp32 weights, 8 for int8 weights.")] = 32,
     json_: JsonOpt = False,
 ) -> None:
@@ -558,7 +574,7 @@ def predict(
         raise HwcError(f"--weight-bits must be 8 or 32, got {weight_bits}")
     reject_artifact(model, "predict")
     tg = load_target(target)
-    result = predict_latency(load_model(model), tg, weight_bits)
+    result = predict_latency(load_model(model, model_weights), tg, weight_bits)
     result["model"] = model
     if json_:
         _print_json(result)
@@ -581,6 +597,7 @@ def predict(
 def profile(
     target: Annotated[str, typer.Option(help="Target name or .toml path.")],
     model: ModelOpt = "default",
+    model_weights: ModelWeightsOpt = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed streaming hops (after the warm-up).")] = 500,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed hops first.")] = 50,
     backend: Annotated[Optional[str], typer.Option(help="Run with this backend instead of the target's runtime.")] = None,
@@ -605,7 +622,8 @@ def profile(
 
     artifact = is_artifact(model)
     if artifact:
-        given = [flag for flag, v in (("--weights", weights), ("--out", out), ("--host", host)) if v is not None]
+        given = [flag for flag, v in (("--weights", weights), ("--out", out), ("--host", host),
+                                      ("--model-weights", model_weights)) if v is not None]
         given += ["--sweep"] if sweep else []
         if given:
             raise HwcError(f"{model}: profile times an exported artifact as it is, here; the options {', '.join(given)} "
@@ -616,7 +634,7 @@ def profile(
     if host is not None:
         from hwcompress.profile.remote import SshDevice, measure_over_ssh
 
-        r = measure_over_ssh(load_model(model), tg, SshDevice(host, port, str(identity) if identity else None,
+        r = measure_over_ssh(load_model(model, model_weights), tg, SshDevice(host, port, str(identity) if identity else None,
                                                               remote_python), runs=runs, warmup=warmup,
                              weights=weights, out_dir=out)
         r["model"] = model
@@ -649,7 +667,7 @@ def profile(
     if artifact:
         r = profile_artifact(model, tg, backend=backend, runs=runs, warmup=warmup, top=top)
     else:
-        r = measure_local(load_model(model), tg, backend=backend, runs=runs, warmup=warmup, out_dir=out, top=top,
+        r = measure_local(load_model(model, model_weights), tg, backend=backend, runs=runs, warmup=warmup, out_dir=out, top=top,
                           weights=weights)
     r["model"] = model
     if json_:

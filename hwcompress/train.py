@@ -51,6 +51,23 @@ def spectral_loss(est: torch.Tensor, ref: torch.Tensor, power: float = 0.3) -> t
     return torch.mean((mag_e.pow(power) - mag_r.pow(power)) ** 2) + torch.mean((comp_e - comp_r) ** 2)
 
 
+def target_loss(est: torch.Tensor, spec: torch.Tensor, clean: torch.Tensor, teacher: torch.nn.Module | None = None,
+                teacher_weight: float = 1.0) -> torch.Tensor:
+    """The fine-tuning loss of the student output `est` for the noisy STFT `spec`:
+    teacher_weight x spectral loss against the teacher's output on `spec` (computed here
+    under no_grad: the teacher gets no gradient and is not changed) + (1 - teacher_weight)
+    x spectral loss against the clean speech. No teacher (or weight 0): the clean loss only."""
+    w = float(teacher_weight) if teacher is not None else 0.0
+    if w <= 0.0:
+        return spectral_loss(est, stft(clean))
+    with torch.no_grad():
+        target, _ = teacher(spec, teacher.initial_state(spec.shape[0]))
+    loss = spectral_loss(est, target.detach())
+    if w < 1.0:
+        loss = w * loss + (1.0 - w) * spectral_loss(est, stft(clean))
+    return loss
+
+
 def fit_normalizer(model: SEModel, sampler: MixtureSampler, rng: np.random.Generator, n: int = 64) -> None:
     noisy, _ = sampler.batch(rng, n, int(STFT.sample_rate * 4))
     logp = torch.log(stft(noisy).pow(2).sum(-1) + 1e-10).reshape(-1, STFT.n_bins)
@@ -123,12 +140,22 @@ def train(
     after_backward: Callable[[], None] | None = None,
     parameters: list[torch.nn.Parameter] | None = None,
     log: Callable[[str], None] = lambda msg: print(msg, flush=True),
+    teacher: torch.nn.Module | None = None,
+    teacher_weight: float = 1.0,
 ) -> dict:
     """Train `model` in place; `out` holds last.pt (resume state), best model in model.pt
     and history.json. `regularizer` adds a penalty (sparse regularisation); `after_step`
     runs after each optimiser step (re-applying pruning masks); `parameters` replaces the
     model's parameters as what the optimiser updates and `after_backward` runs between
-    backward and step (both for centroid fine-tuning, where codebooks are trained)."""
+    backward and step (both for centroid fine-tuning, where codebooks are trained).
+    `teacher` (distillation, compression fine-tuning): a model in eval mode whose output on
+    each noisy batch is the target, weighted `teacher_weight` against the clean target
+    (`target_loss`). With a teacher the input normalizer is never refitted: the student
+    starts as the teacher's copy and refitting would make them differ before any step.
+    The validation loss stays against clean speech (what the history reports)."""
+    if not 0.0 <= teacher_weight <= 1.0:
+        raise HwcError(f"teacher weight must be in [0, 1], got {teacher_weight}")
+    distil = teacher is not None and teacher_weight > 0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sampler = MixtureSampler(data, "train")
@@ -140,7 +167,7 @@ def train(
     if resume and last.exists():
         state = _resume(last, model, opt, cfg)
         log(f"resumed from {last} at epoch {state['epoch']}")
-    elif not getattr(model, "meta", {}).get("trained"):
+    elif not distil and not getattr(model, "meta", {}).get("trained"):
         fit_normalizer(model, sampler, np.random.default_rng([cfg.seed, 999]))
     for group in opt.param_groups:
         group["lr"] = state["lr"]
@@ -157,8 +184,9 @@ def train(
             running = 0.0
             for step in range(cfg.steps_per_epoch):
                 noisy, clean = sampler.batch(rng, cfg.batch, samples)
-                est, _ = model(stft(noisy), model.initial_state(cfg.batch))
-                loss = spectral_loss(est, stft(clean))
+                spec = stft(noisy)
+                est, _ = model(spec, model.initial_state(cfg.batch))
+                loss = target_loss(est, spec, clean, teacher, teacher_weight)
                 total = loss + (regularizer(model) if regularizer else 0.0)
                 opt.zero_grad()
                 total.backward()

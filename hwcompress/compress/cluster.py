@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from hwcompress.errors import HwcError
+from hwcompress.models.cost import layer_paths
 
 PRUNED = -1  # index sentinel for pruned (exactly zero) positions
 K_MIN, K_MAX = 2, 256  # indices must fit one byte
@@ -320,8 +321,13 @@ def cluster_tensor(weight: torch.Tensor, k: int, init: str = "linear", method: s
 
 
 def clusterable(model: nn.Module) -> list[str]:
-    """Names of the parameters clustering applies to: weight matrices and kernels."""
-    return [name for name, p in model.named_parameters() if p.dim() >= 2]
+    """Names of the parameters clustering applies to: weight matrices and kernels of the
+    weight layers (hwcompress.models.cost.WEIGHT_LAYERS: Linear, Conv1d/2d and their
+    transposes, LSTM, GRU). Normalisation and PReLU parameters are no weights, even a
+    LayerNorm's over two axes."""
+    weight_layers = set(layer_paths(model).values())
+    return [name for name, p in model.named_parameters()
+            if p.dim() >= 2 and (name.rpartition(".")[0] in weight_layers)]
 
 
 def resolve_ks(model: nn.Module, ks: dict[str, int]) -> dict[str, int]:

@@ -1,29 +1,34 @@
 """Structured groups: units that can only be removed together.
 
 A unit is an output neuron of a Linear, a hidden unit of an LSTM/GRU layer or an output
-channel of a (transposed) convolution. Removing it touches its producer (rows in every
-gate, bias, its own recurrent column) and every consumer (the matching input columns of
-the layers that read it). How weights are laid out per layer type lives in one handler
-class per type (`HANDLERS`); who consumes whom lives in one wiring function per
-architecture (`WIRING`). Pruning, regularisation and shrinking all go through these two,
-so a unit is always the same set of weights everywhere.
+channel of a (transposed) convolution. Removing it touches its producers (rows in every
+gate, bias, its own recurrent column), every consumer (the matching input columns of the
+layers that read it) and the per-channel parameters of the layers in between (PReLU,
+BatchNorm, GroupNorm). How weights are laid out per layer type lives in one handler class
+per type (`HANDLERS`, `UNIT_HANDLERS`); who consumes whom is discovered from the model's
+real computation (hwcompress.compress.graph), for the zoo and any other model alike.
+Pruning, regularisation and shrinking all go through these, so a unit is always the same
+set of weights everywhere.
 
-Group names: `enc.i`, `dec.j`, `dec_imag.j` (channels; for the gated model a channel is a
-value/gate pair), `rnn.k` (hidden units), `proj` (bottleneck channels of C*F features).
-The model's final layer (the mask) never forms a group.
+Group names are the first producer's layer name: `enc.i`, `dec.j`, `dec_imag.j`
+(channels; for the gated model a channel is a value/gate pair), `rnn.k` (hidden units),
+`proj` (bottleneck channels of C*F features). The model's final layer (the mask) never
+forms a group; `discover(model).ungrouped` says why each such layer is not one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from hwcompress.compress.graph import Discovery, Group, Slot, Ungrouped, discover
 from hwcompress.errors import HwcError
 from hwcompress.models.cost import named_layers
-from hwcompress.models.zoo import CRN, GCRN, RnnMasker, SEModel
+
+__all__ = ["Discovery", "Group", "Slot", "Ungrouped", "discover", "model_groups", "handler_for", "unit_handler_for",
+           "group_sq_norms", "group_weight_counts", "dropped_units", "layer_params"]
 
 Params = Mapping[str, torch.Tensor]
 
@@ -91,6 +96,22 @@ class LayerHandler:
     def input_sq_norms(self, params: Params, n: int) -> torch.Tensor:
         return self._per_index(self.inputs, params, n)
 
+    def resize(self, layer: nn.Module, params: Params) -> None:
+        """Physical surgery in place: `layer` takes the (smaller) `params` and the size
+        attributes that describe them (in_features, hidden_size, in_channels, ...)."""
+        for name, value in params.items():
+            _set_parameter(layer, name, value)
+        self._set_sizes(layer)
+
+    def _set_sizes(self, layer: nn.Module) -> None:
+        raise NotImplementedError
+
+
+def _set_parameter(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    old = getattr(module, name)
+    # setattr (not _parameters[...]): nn.LSTM/GRU keep their flat weight list in step
+    setattr(module, name, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
+
 
 class LinearHandler(LayerHandler):
     outputs = (("weight", 0, 1), ("bias", 0, 1))
@@ -102,9 +123,12 @@ class LinearHandler(LayerHandler):
     def n_inputs(self, layer: nn.Module) -> int:
         return layer.in_features
 
+    def _set_sizes(self, layer: nn.Module) -> None:
+        layer.out_features, layer.in_features = layer.weight.shape
 
-class Conv2dHandler(LayerHandler):
-    # weight [out, in, kt, kf]
+
+class ConvHandler(LayerHandler):
+    # weight [out, in/groups, *kernel] (Conv1d, Conv2d)
     outputs = (("weight", 0, 1), ("bias", 0, 1))
     inputs = (("weight", 1, 1),)
 
@@ -114,9 +138,12 @@ class Conv2dHandler(LayerHandler):
     def n_inputs(self, layer: nn.Module) -> int:
         return layer.in_channels
 
+    def _set_sizes(self, layer: nn.Module) -> None:
+        layer.out_channels, layer.in_channels = layer.weight.shape[0], layer.weight.shape[1] * layer.groups
 
-class ConvTranspose2dHandler(LayerHandler):
-    # weight [in, out, kt, kf]: the axes are swapped relative to Conv2d
+
+class ConvTransposeHandler(LayerHandler):
+    # weight [in, out/groups, *kernel]: the axes are swapped relative to Conv1d/Conv2d
     outputs = (("weight", 1, 1), ("bias", 0, 1))
     inputs = (("weight", 0, 1),)
 
@@ -125,6 +152,13 @@ class ConvTranspose2dHandler(LayerHandler):
 
     def n_inputs(self, layer: nn.Module) -> int:
         return layer.in_channels
+
+    def _set_sizes(self, layer: nn.Module) -> None:
+        layer.in_channels, layer.out_channels = layer.weight.shape[0], layer.weight.shape[1] * layer.groups
+
+
+# kept under their old names: the axes of the 2-D layers are those of the 1-D ones
+Conv2dHandler, ConvTranspose2dHandler = ConvHandler, ConvTransposeHandler
 
 
 class _RecurrentHandler(LayerHandler):
@@ -148,6 +182,11 @@ class _RecurrentHandler(LayerHandler):
         diag = params["weight_hh_l0"].reshape(self.gates, n, n).diagonal(dim1=1, dim2=2).pow(2).sum(0)
         return super().output_sq_norms(params, n) - diag
 
+    def _set_sizes(self, layer: nn.Module) -> None:
+        layer.input_size = layer.weight_ih_l0.shape[1]
+        layer.hidden_size = layer.weight_hh_l0.shape[1]
+        layer._init_flat_weights()
+
 
 class LSTMHandler(_RecurrentHandler):
     gates = 4
@@ -159,18 +198,20 @@ class GRUHandler(_RecurrentHandler):
 
 HANDLERS: dict[type[nn.Module], LayerHandler] = {
     nn.Linear: LinearHandler(),
-    nn.Conv2d: Conv2dHandler(),
-    nn.ConvTranspose2d: ConvTranspose2dHandler(),
+    nn.Conv1d: ConvHandler(),
+    nn.Conv2d: ConvHandler(),
+    nn.ConvTranspose1d: ConvTransposeHandler(),
+    nn.ConvTranspose2d: ConvTransposeHandler(),
     nn.LSTM: LSTMHandler(),
     nn.GRU: GRUHandler(),
 }
 
 
 def handler_for(layer: nn.Module) -> LayerHandler:
-    handler = HANDLERS.get(type(layer))
+    handler = next((h for cls, h in HANDLERS.items() if isinstance(layer, cls)), None)
     if handler is None:
         raise HwcError(f"no structured-pruning handler for {type(layer).__name__}")
-    if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) and layer.groups != 1:
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)) and layer.groups != 1:
         raise HwcError("grouped convolutions cannot be pruned structurally")
     if isinstance(layer, (nn.LSTM, nn.GRU)) and (layer.num_layers != 1 or layer.bidirectional
                                                   or getattr(layer, "proj_size", 0)):
@@ -182,89 +223,106 @@ def layer_params(layer: nn.Module) -> dict[str, torch.Tensor]:
     return dict(layer.named_parameters(recurse=False))
 
 
+# --- per-channel layers between a producer and its consumers ------------------------------
+
+
+class UnitLayerHandler:
+    """Per-channel parameters and buffers (all along axis 0) of a PReLU or normalisation
+    layer; shrinking keeps the channels of the kept units and updates the size attributes."""
+
+    tensors = ("weight", "bias", "running_mean", "running_var")
+
+    def n_positions(self, layer: nn.Module) -> int:
+        raise NotImplementedError
+
+    def select(self, layer: nn.Module, keep: torch.Tensor) -> None:
+        n = self.n_positions(layer)
+        for name in self.tensors:
+            value = getattr(layer, name, None)
+            if value is None or value.dim() == 0 or value.shape[0] != n:
+                continue
+            new = value.detach().index_select(0, keep.to(value.device)).clone()
+            if isinstance(value, nn.Parameter):
+                _set_parameter(layer, name, new)
+            else:
+                setattr(layer, name, new)  # a registered buffer stays one
+        self._set_sizes(layer, n, len(keep))
+
+    def _set_sizes(self, layer: nn.Module, before: int, after: int) -> None:
+        raise NotImplementedError
+
+
+class PReLUHandler(UnitLayerHandler):
+    def n_positions(self, layer: nn.Module) -> int:
+        return layer.num_parameters
+
+    def _set_sizes(self, layer: nn.Module, before: int, after: int) -> None:
+        layer.num_parameters = after
+
+
+class NormHandler(UnitLayerHandler):  # BatchNorm*, InstanceNorm*
+    def n_positions(self, layer: nn.Module) -> int:
+        return layer.num_features
+
+    def _set_sizes(self, layer: nn.Module, before: int, after: int) -> None:
+        layer.num_features = after
+
+
+class GroupNormHandler(UnitLayerHandler):
+    def n_positions(self, layer: nn.Module) -> int:
+        return layer.num_channels
+
+    def _set_sizes(self, layer: nn.Module, before: int, after: int) -> None:
+        per_group = before // layer.num_groups
+        if after % per_group:  # discovery makes whole norm groups the units: a bug if it happens
+            raise HwcError(f"GroupNorm keeps {after} channels, not a multiple of its {per_group} per group")
+        layer.num_channels, layer.num_groups = after, after // per_group
+
+
+class LayerNormHandler(UnitLayerHandler):
+    def n_positions(self, layer: nn.Module) -> int:
+        shape = layer.normalized_shape
+        if len(shape) != 1:
+            raise HwcError("only a LayerNorm over one axis can lose units")
+        return shape[0]
+
+    def _set_sizes(self, layer: nn.Module, before: int, after: int) -> None:
+        layer.normalized_shape = (after,)
+
+
+UNIT_HANDLERS: dict[type[nn.Module], UnitLayerHandler] = {
+    nn.PReLU: PReLUHandler(),
+    nn.modules.batchnorm._BatchNorm: NormHandler(),
+    nn.modules.instancenorm._InstanceNorm: NormHandler(),
+    nn.GroupNorm: GroupNormHandler(),
+    nn.LayerNorm: LayerNormHandler(),
+}
+
+
+def unit_handler_for(layer: nn.Module) -> UnitLayerHandler:
+    handler = next((h for cls, h in UNIT_HANDLERS.items() if isinstance(layer, cls)), None)
+    if handler is None:
+        raise HwcError(f"no per-channel handler for {type(layer).__name__}")
+    return handler
+
+
 # --- groups --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Slot:
-    """Where a group's units sit along one layer's output (producer) or input (consumer)
-    axis: unit u covers offset + copy + u*stride + [0, stride) for each copy offset."""
-
-    layer: str
-    offset: int = 0
-    stride: int = 1  # > 1 for flattened channel x frequency features
-    copies: tuple[int, ...] = (0,)  # (0, n) for a GLU value/gate pair
-
-    def indices(self, units: torch.Tensor) -> torch.Tensor:
-        units = torch.as_tensor(units, dtype=torch.long)
-        span = torch.arange(self.stride)
-        # copy-major order keeps value and gate halves contiguous after slicing
-        return torch.cat([(self.offset + c + units[:, None] * self.stride + span).reshape(-1) for c in self.copies])
+def model_groups(model: nn.Module) -> list[Group]:
+    """All structured groups of a model (the zoo's or any other of the pipeline
+    contract), in layer order, as discovered from its computation (cached per model
+    until its layers change)."""
+    return discover(model).groups
 
 
-@dataclass(frozen=True)
-class Group:
-    name: str
-    producer: Slot
-    consumers: tuple[Slot, ...]
-    size: int  # number of units
-
-
-def _rnn_groups(model: RnnMasker) -> list[Group]:
-    n = len(model.hidden)
-    return [Group(f"rnn.{k}", Slot(f"rnn.{k}"), (Slot(f"rnn.{k + 1}" if k + 1 < n else "out"),), h)
-            for k, h in enumerate(model.hidden)]
-
-
-def _crn_groups(model: CRN) -> list[Group]:
-    n, f_last = len(model.channels), model.freqs[-1]
-    gated = isinstance(model, GCRN)
-    decoders = {"dec": model.dec_channels}
-    if gated:
-        decoders["dec_imag"] = model.dec_imag_channels
-
-    def produced(layer: str, units: int) -> Slot:
-        return Slot(layer, copies=(0, units) if gated else (0,))
-
-    groups = []
-    for i, c in enumerate(model.channels):
-        j = n - 1 - i  # the decoder stage that reads encoder i as its skip input
-        # the last encoder's channels reach the recurrent layer flattened as c*F + f
-        consumers = [Slot(f"enc.{i + 1}") if i + 1 < n else Slot("rnn.0", stride=f_last)]
-        for dec, widths in decoders.items():
-            consumers.append(Slot(f"{dec}.{j}", offset=model.proj_channels if j == 0 else widths[j - 1]))
-        groups.append(Group(f"enc.{i}", produced(f"enc.{i}", c), tuple(consumers), c))
-    for k, h in enumerate(model.hidden):
-        nxt = Slot(f"rnn.{k + 1}") if k + 1 < len(model.hidden) else Slot("proj")
-        groups.append(Group(f"rnn.{k}", Slot(f"rnn.{k}"), (nxt,), h))
-    groups.append(Group("proj", Slot("proj", stride=f_last), tuple(Slot(f"{d}.0") for d in decoders),
-                        model.proj_channels))
-    for dec, widths in decoders.items():
-        for j, c in enumerate(widths):  # the final (mask) stage is not in widths
-            groups.append(Group(f"{dec}.{j}", produced(f"{dec}.{j}", c), (Slot(f"{dec}.{j + 1}"),), c))
-    return groups
-
-
-# GCRN subclasses CRN; lookup walks the class hierarchy
-WIRING: dict[type[SEModel], Callable[[SEModel], list[Group]]] = {RnnMasker: _rnn_groups, CRN: _crn_groups}
-
-
-def model_groups(model: SEModel) -> list[Group]:
-    """All structured groups of a zoo model, in layer order."""
-    for cls in type(model).__mro__:
-        if cls in WIRING:
-            return WIRING[cls](model)
-    raise HwcError(f"no structured-pruning wiring for architecture {getattr(model, 'arch', type(model).__name__)!r}")
-
-
-def group_sq_norms(model: SEModel, groups: list[Group] | None = None,
+def group_sq_norms(model: nn.Module, groups: list[Group] | None = None,
                    params_of: Callable[[str, nn.Module], Params] | None = None,
                    consumers: bool = True) -> dict[str, torch.Tensor]:
     """Per group, the squared L2 norm of each unit's weights across producer rows and
     consumer columns (differentiable). `params_of(layer_name, layer)` substitutes other
     tensors of the same shapes, e.g. masks or all-ones (to count weights per unit).
-    With consumers=False only the producer counts: a unit whose producer weights are all
-    zero outputs exactly zero, so it can be removed whatever its consumers hold."""
+    With consumers=False only the producers count."""
     layers = named_layers(model)
     params_of = params_of or (lambda _name, layer: layer_params(layer))
     cache: dict[tuple[str, str], torch.Tensor] = {}
@@ -279,18 +337,22 @@ def group_sq_norms(model: SEModel, groups: list[Group] | None = None,
         return cache[name, side]
 
     def gather(values: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
-        return values[slot.indices(torch.arange(size))].reshape(len(slot.copies), size, slot.stride).sum((0, 2))
+        unit = slot.unit_of.to(values.device)
+        if unit.numel() != values.numel():
+            raise HwcError(f"group slot on {slot.layer} has {unit.numel()} positions, the layer {values.numel()}")
+        m = unit >= 0
+        return torch.zeros(size, dtype=values.dtype, device=values.device).index_add(0, unit[m], values[m])
 
     result = {}
     for g in groups if groups is not None else model_groups(model):
-        total = gather(per_index(g.producer.layer, "out"), g.producer, g.size)
+        total = sum(gather(per_index(p.layer, "out"), p, g.size) for p in g.producers)
         for slot in g.consumers if consumers else ():
             total = total + gather(per_index(slot.layer, "in"), slot, g.size)
         result[g.name] = total
     return result
 
 
-def group_weight_counts(model: SEModel, groups: list[Group] | None = None) -> dict[str, torch.Tensor]:
+def group_weight_counts(model: nn.Module, groups: list[Group] | None = None) -> dict[str, torch.Tensor]:
     """Number of weights belonging to each unit of each group."""
     ones = lambda _name, layer: {k: torch.ones_like(v) for k, v in layer_params(layer).items()}  # noqa: E731
     with torch.no_grad():

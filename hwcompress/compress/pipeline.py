@@ -8,10 +8,18 @@ beginning). The work folder is keyed by a fingerprint of the model's weights, th
 settings and the code version: a rerun with anything different starts afresh instead of
 reusing stages computed for other settings. It is removed once the artifact is written, and
 the output is locked against a second concurrent run.
+
+Fine-tuning target (`finetune_target`): by default every fine-tuning stage distils from the
+dense model as given (the teacher, a frozen copy in eval mode): the student's loss is the
+spectral loss against the teacher's output on the same noisy batch, computed on the fly
+under no_grad. So the compressed model is pulled back towards what the dense model did,
+not towards a clean target the dense model itself never reached. `clean` is the loss
+against the clean speech (the training loss), `mix` the mean of both.
 """
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +39,8 @@ from hwcompress.train import TrainConfig, train
 from hwcompress.workdir import OutputLock, WorkFolder, check_writable, data_digest, model_digest
 
 LAYER_KEYS = {"sparsity", "codebook", "structured"}
+# fine-tuning target -> weight of the teacher's loss (the rest is the clean-target loss)
+FINETUNE_TARGETS: dict[str, float] = {"teacher": 1.0, "clean": 0.0, "mix": 0.5}
 
 
 @dataclass
@@ -58,10 +68,17 @@ class CompressConfig:
     seconds: float = 4.0
     lr: float = 1e-4
     seed: int = 0
+    finetune_target: str = "teacher"  # teacher (distil from the dense model), clean, or mix (0.5/0.5)
+
+
+def check_finetune_target(target: str) -> None:
+    if target not in FINETUNE_TARGETS:
+        raise HwcError(f"unknown fine-tuning target {target!r}: use one of {', '.join(FINETUNE_TARGETS)}")
 
 
 def check_global(cfg: CompressConfig) -> None:
     """Every option value, checked before any long work starts."""
+    check_finetune_target(cfg.finetune_target)
     if not 0.0 <= cfg.sparsity < 1.0:
         raise HwcError(f"sparsity must be in [0, 1), got {cfg.sparsity}")
     if not 2 <= cfg.codebook <= 256:
@@ -158,6 +175,13 @@ def compress(
 def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSetting], data: Path, out: Path,
               work: Path, log: Callable[[str], None]) -> dict:
     macs_before = total_macs(model)
+    teacher_weight = FINETUNE_TARGETS[cfg.finetune_target]
+    teacher = None
+    if teacher_weight > 0:  # the dense model as given, before any stage changes `model` in place
+        # frozen by use, not by requires_grad_(False): its outputs are computed under no_grad and
+        # it is in no optimiser; parameters without grad switch torch's RNNs to another kernel
+        # whose output differs in the last bits, and an unpruned student would no longer match it
+        teacher = copy.deepcopy(model).eval()
 
     def finetune(net: SEModel, stage: str, steps: int, **hooks) -> None:
         # epochs of at most 50 steps (a validation pass and a checkpoint each) that add up to exactly `steps`
@@ -166,7 +190,8 @@ def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSett
         tcfg = TrainConfig(epochs=epochs, steps_per_epoch=per_epoch, batch=cfg.batch,
                            seconds=cfg.seconds, lr=cfg.lr, patience=10**6, seed=cfg.seed, valid_items=8,
                            halve_on_plateau=False)
-        train(net, data, work / stage, tcfg, resume=False, log=log, **hooks)
+        train(net, data, work / stage, tcfg, resume=False, log=log, teacher=teacher, teacher_weight=teacher_weight,
+              **hooks)
 
     if cfg.regularize_steps and (cfg.l1 or cfg.group_lasso):
         def regularize() -> SEModel:
@@ -220,8 +245,11 @@ def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSett
                  after_backward=tuner.step_hook, after_step=lambda _m: tuner.materialize())
         clustered = tuner.clustered()
     meta = dict(getattr(model, "meta", {}))
-    meta["compression"] = {"config": asdict(cfg), "stages": sorted(p.name for p in work.iterdir() if p.is_dir())}
+    meta["compression"] = {"config": asdict(cfg), "stages": sorted(p.name for p in work.iterdir() if p.is_dir()),
+                           "finetune": {"target": cfg.finetune_target, "teacher_weight": teacher_weight,
+                                        "teacher": "the dense input model (eval mode, frozen)" if teacher else None}}
     report = save_artifact(out, model, clustered, meta)
     report["layers"] = {n: asdict(s) for n, s in requested.items()}
     report["macs_per_frame"] = {"before": macs_before, "after": total_macs(model)}
+    report["finetune_target"] = cfg.finetune_target
     return report

@@ -26,7 +26,7 @@ from hwcompress.compress.groups import (
 )
 from hwcompress.errors import HwcError
 from hwcompress.models.cost import layer_paths, named_layers
-from hwcompress.models.zoo import SEModel
+from hwcompress.models.zoo import SEModel  # the type of the zoo's models; any nn.Module of the contract works
 from hwcompress.workdir import check_writable, model_digest, read_keyed, write_keyed
 
 Masks = dict[str, torch.Tensor]
@@ -180,9 +180,10 @@ def unit_masks(model: SEModel, keep: Mapping[str, Sequence[int] | torch.Tensor])
         dropped = dropped_units(g, kept)
         if not len(dropped):
             continue
-        layer = layers[g.producer.layer]
-        handler_for(layer).mask_outputs(masks_of(g.producer.layer), g.producer.indices(dropped),
-                                        handler_for(layer).n_outputs(layer))
+        for slot in g.producers:
+            layer = layers[slot.layer]
+            h = handler_for(layer)
+            h.mask_outputs(masks_of(slot.layer), slot.indices(dropped), h.n_outputs(layer))
         for slot in g.consumers:
             layer = layers[slot.layer]
             handler_for(layer).mask_inputs(masks_of(slot.layer), slot.indices(dropped), handler_for(layer).n_inputs(layer))
@@ -195,19 +196,22 @@ def structured_masks(model: SEModel, ratios: float | Mapping[str, float]) -> Mas
 
 
 def kept_units(model: SEModel, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Units still alive per group: those whose producer weights are not all masked out
-    (or, without masks, not all exactly zero). A dead unit outputs exactly zero, so
-    removing it does not change the model's output."""
+    """Units still alive per group: those whose producer or consumer weights are not all
+    masked out (or, without masks, not all exactly zero). A dead unit's value reaches
+    nothing (its consumer columns are zero) and it feeds nothing back (its recurrent column
+    is zero), so removing it does not change the model's output. Producer weights alone
+    would not do for any model: after a BatchNorm shift or a sigmoid a zero row is no zero
+    input to the consumer."""
     paths = layer_paths(model)
 
-    def producer_values(name: str, layer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    def values(name: str, layer: torch.nn.Module) -> dict[str, torch.Tensor]:
         params = layer_params(layer)
         if masks is None:
             return params
         return {p: masks.get(f"{paths[name]}.{p}", torch.ones_like(v)) for p, v in params.items()}
 
     with torch.no_grad():
-        norms = group_sq_norms(model, params_of=producer_values, consumers=False)
+        norms = group_sq_norms(model, params_of=values, consumers=True)
     keep = {}
     for name, n in norms.items():
         alive = (n > 0).nonzero().reshape(-1)

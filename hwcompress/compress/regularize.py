@@ -84,7 +84,8 @@ class Regularizer:
 
     def _groups(self, model: SEModel) -> tuple[list[Group], dict[str, torch.Tensor]]:
         # counting weights per unit walks all parameters: do it once per architecture
-        key = json.dumps([model.arch, model.config], sort_keys=True)
+        # (the parameter names and shapes: any model, zoo config or not)
+        key = json.dumps([[n, list(p.shape)] for n, p in model.named_parameters()])
         if self._cache is None or self._cache[0] != key:
             groups = model_groups(model)
             self._cache = (key, groups, group_weight_counts(model, groups))

@@ -2,16 +2,26 @@
 frame, layer by layer, so the effect of pruning and shrinking on compute is visible.
 
 Only the weight layers are counted (activations, masks and the STFT are small next to
-them). Frequency sizes come from one real streaming step with forward hooks rather than
-re-deriving each architecture's shape arithmetic here.
+them); the few parameters of per-channel layers (LayerNorm, BatchNorm, GroupNorm, PReLU)
+are non-weight parameters (`non_weight_params`): no MACs of note, never pruned or
+clustered. Frequency sizes come from one real streaming step with forward hooks rather
+than re-deriving each architecture's shape arithmetic here.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+
 import torch
 from torch import nn
 
-WEIGHT_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.LSTM, nn.GRU)
+#: layers whose weights are pruned, clustered and counted here
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.LSTM, nn.GRU)
+#: per-channel layers: their parameters follow the units of the layer before them
+UNIT_LAYERS = (nn.PReLU, nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
+               nn.LayerNorm)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
 
 
 def short_name(path: str) -> str:
@@ -23,14 +33,40 @@ def short_name(path: str) -> str:
     return path
 
 
+def readable_names(model: nn.Module, types: tuple[type, ...] = WEIGHT_LAYERS + UNIT_LAYERS) -> dict[str, str]:
+    """Module path -> readable name for the modules of `types`, in definition order. A conv
+    is named after its wrapper (`enc.2.conv` -> `enc.2`) only when the wrapper holds no
+    other such module; a short name two modules would share falls back to the full paths."""
+    paths = [path for path, m in model.named_modules() if isinstance(m, types)]
+
+    def name(path: str) -> str:
+        if path.endswith(".conv"):
+            parent = path[: -len(".conv")]
+            if any(p != path and (p == parent or p.startswith(parent + ".")) for p in paths):
+                return path  # not a one-conv wrapper: `core.conv` stays `core.conv`
+        return short_name(path)
+
+    short = [name(p) for p in paths]
+    counts = Counter(short)
+    return {p: (p if counts[s] > 1 else s) for p, s in zip(paths, short)}
+
+
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Weight layers of a model by readable name, in definition order."""
-    return {short_name(path): m for path, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
+    return {name: model.get_submodule(path) for path, name in readable_names(model).items()
+            if isinstance(model.get_submodule(path), WEIGHT_LAYERS)}
 
 
 def layer_paths(model: nn.Module) -> dict[str, str]:
     """Readable layer name -> module path (prefix of its parameter names)."""
-    return {short_name(path): path for path, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
+    return {name: path for path, name in readable_names(model).items()
+            if isinstance(model.get_submodule(path), WEIGHT_LAYERS)}
+
+
+def non_weight_params(model: nn.Module) -> int:
+    """Parameters outside the weight layers (normalisation and PReLU parameters, ...)."""
+    inside = sum(p.numel() for m in named_layers(model).values() for p in m.parameters())
+    return count_params(model) - inside
 
 
 def _frame_shapes(model: nn.Module) -> dict[str, tuple[torch.Size, torch.Size]]:
@@ -38,7 +74,7 @@ def _frame_shapes(model: nn.Module) -> dict[str, tuple[torch.Size, torch.Size]]:
     shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
     hooks = []
     for name, layer in named_layers(model).items():
-        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(layer, _CONVS):
             def hook(mod, args, out, name=name):  # noqa: ANN001 - torch hook signature
                 shapes[name] = (args[0].shape, out.shape)
 
@@ -71,14 +107,21 @@ def layer_costs(model: nn.Module) -> list[dict]:
             shape_in, shape_out = (i,), (h,)
         else:
             x_shape, y_shape = conv_shapes[name]
-            kt, kf = layer.kernel_size
-            c_in, f_in, c_out, f_out = x_shape[1], x_shape[-1], y_shape[1], y_shape[-1]
+            k = math.prod(layer.kernel_size)
+            ch = len(x_shape) - len(layer.kernel_size) - 1  # channel axis (unbatched inputs too)
+            c_in, f_in, c_out, f_out = x_shape[ch], x_shape[-1], y_shape[ch], y_shape[-1]
             if isinstance(layer, nn.Conv2d):
                 # one new output frame per step, every output position sees c_in/g * kt * kf inputs
-                macs = c_out * f_out * (c_in // layer.groups) * kt * kf
-            else:
+                macs = c_out * f_out * (c_in // layer.groups) * k
+            elif isinstance(layer, nn.ConvTranspose2d):
                 # a transposed conv scatters each new input position into c_out/g * kt * kf outputs
-                macs = c_in * f_in * (c_out // layer.groups) * kt * kf
+                macs = c_in * f_in * (c_out // layer.groups) * k
+            elif isinstance(layer, nn.Conv1d):
+                # every output position of the step (one frame for a causal conv over time)
+                macs = c_out * f_out * (c_in // layer.groups) * k
+            else:
+                # ConvTranspose1d: every input position of the step scatters into c_out/g * k outputs
+                macs = c_in * f_in * (c_out // layer.groups) * k
             shape_in, shape_out = (c_in, f_in), (c_out, f_out)
         rows.append({"name": name, "kind": type(layer).__name__, "params": params, "macs_per_frame": macs,
                      "in_shape": shape_in, "out_shape": shape_out})

@@ -1,4 +1,6 @@
-"""Saving and loading models: `--model` is a file path, a zoo preset, or `default`."""
+"""Saving and loading models: `--model` is a file path, a zoo preset, `default`, or your own
+model as code (`path/to/net.py:build`, `package.module:build`: see hwcompress.models.user,
+which says why a model file is code you chose to run and how a saved one is loaded again)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ def save_model(path: Path, model: zoo.SEModel, meta: dict | None = None) -> None
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "meta": meta or {},
     }
+    if model.arch == "user":  # a FrontEndModel: its front end; its code is named by config["source"]
+        payload["front_end"] = model.front_end.to_dict()
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -73,16 +77,16 @@ def check_weights(arch: object, config: object, shapes: dict, origin: str, max_p
     raise HwcError(f"{origin}: weights do not match the architecture ({sizes}{first}{more})")
 
 
-def model_from_payload(payload: dict, origin: str) -> zoo.SEModel:
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise HwcError(f"{origin}: not a hwcompress model file")
-    state = payload.get("state_dict")
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise HwcError(f"{origin}: not a hwcompress model file (no state_dict of named tensors)")
+def check_tensors(state: dict, origin: str, floats_only: bool = True) -> None:
+    """Every entry a dense tensor (float, or any real type unless `floats_only`), finite, and
+    no more bytes spanned than stored; one line naming the first that is not."""
     for name, t in state.items():
-        if not isinstance(t, torch.Tensor) or t.layout != torch.strided or not t.is_floating_point():
+        ok = isinstance(t, torch.Tensor) and t.layout == torch.strided and (
+            t.is_floating_point() or (not floats_only and not t.is_complex()))
+        if not ok:
             kind = f"{t.dtype} {t.layout}" if isinstance(t, torch.Tensor) else type(t).__name__
-            raise HwcError(f"{origin}: weight {name!r} is not a dense float tensor ({kind})")
+            what = "dense float" if floats_only else "dense real"
+            raise HwcError(f"{origin}: weight {name!r} is not a {what} tensor ({kind})")
     # a tensor may be a view (zero strides, overlaps) spanning far more than its stored bytes:
     # the model's own copies would then allocate what the file never carried
     stored = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state.values()}
@@ -90,6 +94,27 @@ def model_from_payload(payload: dict, origin: str) -> zoo.SEModel:
     if spanned > sum(stored.values()):
         raise HwcError(f"{origin}: weights span {spanned:,} bytes but the file stores {sum(stored.values()):,} "
                        "(zero-stride or overlapping views): corrupt or crafted model file")
+    if not floats_only:
+        for name, t in state.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise HwcError(f"{origin}: weight {name!r} contains NaN/Inf values")
+
+
+def payload_state(payload: dict, origin: str, floats_only: bool = True) -> dict:
+    """The checked state_dict of a hwcompress model file."""
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise HwcError(f"{origin}: not a hwcompress model file (no state_dict of named tensors)")
+    check_tensors(state, origin, floats_only)
+    return state
+
+
+def model_from_payload(payload: dict, origin: str) -> zoo.SEModel:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise HwcError(f"{origin}: not a hwcompress model file")
+    if payload.get("arch") == "user":
+        return _wrapped_from_payload(payload, origin)
+    state = payload_state(payload, origin)
     config = check_weights(payload.get("arch"), payload.get("config"), {n: t.shape for n, t in state.items()}, origin)
     for name, t in state.items():
         if not bool(torch.isfinite(t).all()):
@@ -121,11 +146,81 @@ def read_checkpoint(path: Path) -> dict:
         raise HwcError(f"{path}: corrupt or unreadable model file ({type(exc).__name__})") from None
 
 
-def load_model(spec: str | Path = "default") -> zoo.SEModel:
-    """Resolve `spec`: an existing file, a shipped pretrained name, or a zoo preset
-    (a preset gives a freshly initialised model, for training)."""
+# Pretrained models no one here wrote, built by hwcompress's own code from the packages that
+# ship their weights: a saved file naming one rebuilds it without importing anyone's code.
+NAMED = {"nsnet2": "hwcompress.models.nsnet2"}
+
+
+def named_model(name: str) -> torch.nn.Module:
+    import importlib
+
+    return importlib.import_module(NAMED[name]).model()
+
+
+def onnx_model(path: Path) -> torch.nn.Module:
+    """An ONNX file of a frame-wise SE model, imported (hwcompress.models.onnx_import) and wrapped
+    with the front end its `[front_end]` TOML beside it declares (NAME.toml for NAME.onnx)."""
+    from hwcompress.models.frontend import FrontEnd
+    from hwcompress.models.onnx_import import import_onnx
+    from hwcompress.models.wrap import FrontEndModel
+
+    path = Path(path)
+    if not path.is_file():
+        raise HwcError(f"{path}: no such ONNX file")
+    toml = path.with_suffix(".toml")
+    if not toml.is_file():
+        raise HwcError(f"{path}: no front-end declaration: add {toml.name} beside it with a [front_end] table "
+                       "(sample_rate, win, hop, feature, output, gain_floor_db: see docs/your-model.md)")
+    front_end = FrontEnd.from_toml(toml)
+    net = FrontEndModel(import_onnx(path).eval(), front_end, source=str(path), kwargs={})
+    net.meta = {"source": str(path), "imported_from": "onnx"}
+    return net.eval()
+
+
+def _wrapped_from_payload(payload: dict, origin: str) -> torch.nn.Module:
+    """A saved FrontEndModel: rebuilt when its source is data or hwcompress's own code (a named
+    pretrained model, an ONNX file); a user's Python code is never imported on a file's word."""
+    from hwcompress.models.user import check_match, needs_source
+
+    config = payload.get("config")
+    source = config.get("source") if isinstance(config, dict) else None
+    if source in NAMED:
+        model = named_model(source)
+    elif isinstance(source, str) and source.endswith(".onnx") and Path(source).is_file():
+        model = onnx_model(Path(source))
+    else:
+        raise needs_source(payload, origin)
+    if payload.get("front_end") != model.front_end.to_dict():
+        raise HwcError(f"{origin}: saved with another front end than {source} declares now")
+    state = payload_state(payload, origin)
+    check_match(model.state_dict(), state, origin, str(source))
+    model.load_state_dict(state)
+    meta = payload.get("meta", {})
+    model.meta = meta if isinstance(meta, dict) else {}
+    return model.eval()
+
+
+def load_model(spec: str | Path = "default", weights: str | Path | None = None) -> zoo.SEModel:
+    """Resolve `spec`: an existing file, a shipped pretrained name, a zoo preset (a preset
+    gives a freshly initialised model, for training), or code naming your own model,
+    `path/to/net.py:build` / `package.module:build`, with optional `weights` (a state_dict
+    .pt, .safetensors, or a .pt hwcompress saved of that model): hwcompress.models.user."""
     spec = str(spec)
     path = Path(spec)
+    from hwcompress.models import user
+
+    if not path.exists() and user.is_user_spec(spec):
+        return user.load_user_model(spec, weights)
+    if weights is not None:
+        raise HwcError(f"{user.WEIGHTS_OPTION} {weights}: weights go with a model given as code (path/to/net.py:build "
+                       f"or package.module:build); {spec} carries its own")
+    if path.suffix == ".py":
+        raise HwcError(f"{spec}: Python code: name the class or function in it that builds the model, "
+                       f"e.g. --model {spec}:build")
+    if spec in NAMED and not path.exists():
+        return named_model(spec)
+    if path.suffix == ".onnx":
+        return onnx_model(path)
     if path.suffix == ".hwc":
         from hwcompress.compress.artifact import load_artifact  # compressed models (issue 3)
 
@@ -142,5 +237,5 @@ def load_model(spec: str | Path = "default") -> zoo.SEModel:
             model = zoo.build_preset(spec)
         model.meta = {"preset": spec, "trained": False}
         return model
-    known = ", ".join(pretrained_names() + sorted(zoo.PRESETS))
-    raise HwcError(f"unknown model {spec!r}: give a file path or one of {known}")
+    known = ", ".join(pretrained_names() + sorted(NAMED) + sorted(zoo.PRESETS))
+    raise HwcError(f"unknown model {spec!r}: give a file path, your model's code (path/to/net.py:build) or one of {known}")

@@ -55,9 +55,16 @@ class RnnMasker(SEModel):
 
     def __init__(self, hidden: list[int] = (1024, 1024, 1024, 1024), cell: str = "lstm", n_bins: int = 161) -> None:
         super().__init__(n_bins)
-        self.hidden, self.cell = list(hidden), cell
-        self.rnn = Recurrent(cell, [n_bins, *self.hidden])
-        self.out = nn.Linear(self.hidden[-1], n_bins)
+        self.cell = cell
+        self.rnn = Recurrent(cell, [n_bins, *hidden])
+        self.out = nn.Linear(list(hidden)[-1], n_bins)
+
+    # Widths are read from the layers, never stored beside them: physical shrinking
+    # (hwcompress.compress.shrink) replaces layers by smaller ones, and config,
+    # state_shapes and export then describe the model that is really there.
+    @property
+    def hidden(self) -> list[int]:
+        return [layer.hidden_size for layer in self.rnn.layers]
 
     @property
     def config(self) -> dict:
@@ -93,44 +100,73 @@ class CRN(SEModel):
         dec_channels: list[int] | None = None,
     ) -> None:
         super().__init__(n_bins)
-        self.channels, self.hidden, self.cell, self.kt = list(channels), list(hidden), cell, kt
-        self._set_widths(proj_channels, dec_channels)
-        self.freqs = _freqs(n_bins, len(self.channels))
-        ins = [self.input_channels, *self.channels[:-1]]
+        channels, hidden = [int(c) for c in channels], [int(h) for h in hidden]
+        self.cell, self.kt = cell, kt
+        self.freqs = _freqs(n_bins, len(channels))
+        proj, dec = self._widths(channels, proj_channels, dec_channels)
+        ins = [self.input_channels, *channels[:-1]]
         # gated layers produce value and gate halves: 2 * c_out channels, GLU over channels
-        per_unit = 2 if self.gated else 1
-        self.enc = nn.ModuleList(CausalConv2d(a, per_unit * b, kt) for a, b in zip(ins, self.channels))
-        self.rnn = Recurrent(cell, [self.channels[-1] * self.freqs[-1], *self.hidden])
-        self.proj = nn.Linear(self.hidden[-1], self.proj_channels * self.freqs[-1])
-        self.dec = self._decoder(self.dec_channels, gated=self.gated)
+        self.enc = nn.ModuleList(CausalConv2d(a, self._per_unit * b, kt) for a, b in zip(ins, channels))
+        self.rnn = Recurrent(cell, [channels[-1] * self.freqs[-1], *hidden])
+        self.proj = nn.Linear(hidden[-1], proj * self.freqs[-1])
+        self.dec = self._decoder(channels, proj, dec, gated=self.gated)
         self.act = nn.GLU(dim=1) if self.gated else nn.ELU()
+
+    @property
+    def _per_unit(self) -> int:
+        return 2 if self.gated else 1
 
     # Shrinking (hwcompress.compress.shrink) makes the bottleneck projection and the
     # decoder narrower than the mirrored encoder; these optional widths let the config
     # express that while old configs (without them) still build the mirrored model.
-    def _set_widths(self, proj_channels: int | None, dec_channels: list[int] | None) -> None:
-        self.proj_channels = self.channels[-1] if proj_channels is None else int(proj_channels)
-        default = self._mirrored()
-        self.dec_channels = default if dec_channels is None else [int(c) for c in dec_channels]
-        if len(self.dec_channels) != len(default):
-            raise TypeError(f"dec_channels needs {len(default)} values (one per decoder stage before the mask)")
+    @staticmethod
+    def _widths(channels: list[int], proj_channels: int | None, dec_channels: list[int] | None,
+                what: str = "dec_channels") -> tuple[int, list[int]]:
+        proj = channels[-1] if proj_channels is None else int(proj_channels)
+        default = channels[-2::-1]
+        dec = default if dec_channels is None else [int(c) for c in dec_channels]
+        if len(dec) != len(default):
+            raise TypeError(f"{what} needs {len(default)} values (one per decoder stage before the mask)")
+        return proj, dec
 
-    def _mirrored(self) -> list[int]:
-        return self.channels[-2::-1]
-
-    def _decoder(self, widths: list[int], gated: bool) -> nn.ModuleList:
+    def _decoder(self, channels: list[int], proj: int, widths: list[int], gated: bool) -> nn.ModuleList:
         """Decoder stage j takes [previous stage (or proj), encoder skip] and outputs
         widths[j] channels (doubled for value/gate when gated); the last stage is the mask."""
-        n = len(self.channels)
+        n = len(channels)
         layers = nn.ModuleList()
-        prev = self.proj_channels
+        prev = proj
         for j in range(n):
             i = n - 1 - j
             pad = self.freqs[i] - (2 * self.freqs[i + 1] + 1)
             c_out = 1 if j == n - 1 else (2 if gated else 1) * widths[j]
-            layers.append(CausalConvTranspose2d(prev + self.channels[i], c_out, self.kt, out_pad_f=pad))
+            layers.append(CausalConvTranspose2d(prev + channels[i], c_out, self.kt, out_pad_f=pad))
             prev = widths[j] if j < n - 1 else 1
         return layers
+
+    # Widths are read from the layers, never stored beside them: physical shrinking
+    # replaces layers by smaller ones, and config, state_shapes and export then describe
+    # the model that is really there.
+    @property
+    def channels(self) -> list[int]:
+        return [layer.conv.out_channels // self._per_unit for layer in self.enc]
+
+    @property
+    def hidden(self) -> list[int]:
+        return [layer.hidden_size for layer in self.rnn.layers]
+
+    @property
+    def proj_channels(self) -> int:
+        return self.proj.out_features // self.freqs[-1]
+
+    def _stage_widths(self, decoder: nn.ModuleList) -> list[int]:
+        return [layer.conv.out_channels // self._per_unit for layer in list(decoder)[:-1]]
+
+    @property
+    def dec_channels(self) -> list[int]:
+        return self._stage_widths(self.dec)
+
+    def _mirrored(self) -> list[int]:
+        return self.channels[-2::-1]
 
     def _width_config(self) -> dict:
         # only non-default widths are written, so configs of unshrunk models stay as before
@@ -200,11 +236,13 @@ class GCRN(CRN):
         dec_imag_channels: list[int] | None = None,
     ) -> None:
         super().__init__(channels, hidden, cell, kt, n_bins, proj_channels, dec_channels)
-        mirrored = self._mirrored()
-        self.dec_imag_channels = mirrored if dec_imag_channels is None else [int(c) for c in dec_imag_channels]
-        if len(self.dec_imag_channels) != len(mirrored):
-            raise TypeError(f"dec_imag_channels needs {len(mirrored)} values (one per decoder stage before the mask)")
-        self.dec_imag = self._decoder(self.dec_imag_channels, gated=True)
+        channels = [int(c) for c in channels]
+        proj, dec_imag = self._widths(channels, proj_channels, dec_imag_channels, "dec_imag_channels")
+        self.dec_imag = self._decoder(channels, proj, dec_imag, gated=True)
+
+    @property
+    def dec_imag_channels(self) -> list[int]:
+        return self._stage_widths(self.dec_imag)
 
     def _width_config(self) -> dict:
         extra = super()._width_config()

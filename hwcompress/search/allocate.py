@@ -21,10 +21,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
-import torch
-
-from hwcompress.compress.groups import model_groups
-from hwcompress.compress.shrink import _shrunk_config
+from hwcompress.compress.graph import discover
+from hwcompress.compress.shrink import meta_copy, shrink_to_widths
 from hwcompress.errors import HwcError
 from hwcompress.models import zoo
 from hwcompress.models.cost import count_params
@@ -64,21 +62,24 @@ def width(size: int, ratio: float) -> int:
 
 class CostOracle:
     """Predicted per-hop latency (ms) and parameter count of the model a set of group
-    ratios leaves, without touching weights: the shrunk architecture is built on the
-    meta device and given uninitialised storage, which is all the latency model needs."""
+    ratios leaves, without touching weights: the model is shrunk on the meta device (the
+    same surgery as compress.shrink, for any model) and given uninitialised storage,
+    which is all the latency model needs."""
 
     def __init__(self, model: zoo.SEModel, target: Target, weight_bits: int, calibration: float = 1.0) -> None:
         self.model, self.target, self.bits = model, target, weight_bits
         self.calibration = calibration
-        self.sizes = {g.name: g.size for g in model_groups(model)}
+        found = discover(model)
+        self._groups, self._paths = found.groups, found.paths
+        self._ghost = meta_copy(model)
+        self.sizes = {g.name: g.size for g in found.groups}
         self._cache: dict[tuple, tuple[float, int]] = {}
 
     def widths(self, ratios: Mapping[str, float]) -> dict[str, int]:
         return {g: width(n, ratios.get(g, 0.0)) for g, n in self.sizes.items()}
 
     def architecture(self, ratios: Mapping[str, float]) -> zoo.SEModel:
-        with torch.device("meta"):
-            net = zoo.build(self.model.arch, _shrunk_config(self.model, self.widths(ratios)))
+        net = shrink_to_widths(self._ghost, self.widths(ratios), self._groups, self._paths)
         return net.to_empty(device="cpu")
 
     def _raw(self, ratios: Mapping[str, float]) -> tuple[float, int]:

@@ -15,7 +15,7 @@ Stages (each cached under --out, so an interrupted run resumes where it stopped)
   6. export     the target runtime's int8 artifact, checked against torch
   7. verify     measured latency (here) or predicted latency plus an emulated functional
                 run (other CPUs); a measured miss tightens the allocation and repeats 4-7
-  8. quality    PESQ-WB / STOI / SI-SDR of noisy, dense and compressed on the test split
+  8. quality    PESQ-WB / STOI / SI-SDR (+ DNSMOS P.835) of noisy, dense and compressed on the test split
 
 Choices the search does not make, and why: unstructured sparsity stays 0, because dense
 CPU kernels (onnxruntime, OpenVINO, XNNPACK) run no faster on scattered zeros and the
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from hwcompress.errors import HwcError
 from hwcompress.models.zoo import SEModel
@@ -49,6 +50,7 @@ from hwcompress.workdir import OutputLock, check_writable, data_digest, digest, 
 
 REPORT_SCHEMA = 1
 QUALITY = ("pesq_wb", "stoi", "si_sdr")
+DNSMOS_QUALITY = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")  # with FitConfig.dnsmos
 # keep measured latency this far under the budget: run-to-run noise on a shared host is a few %
 MEASURE_MARGIN = 0.95
 # a measured trial under this share of the budget pruned more than it had to: loosen and retry
@@ -62,6 +64,7 @@ class FitConfig:
     budgets_ms: list[float] = field(default_factory=list)  # empty: the target's budget
     budget_bytes: int | None = None  # runtime artifact bytes; None: the target's storage budget
     model: str = "default"
+    model_weights: Path | None = None  # weights of a model given as code (hwcompress.models.user)
     data: Path | None = None
     prune_steps: int = 120
     cluster_steps: int = 40
@@ -78,6 +81,8 @@ class FitConfig:
     allocation: str = "search"  # or "uniform": one ratio for all groups, one K for all layers (the baseline)
     uniform_codebook: int = 16
     weights: str = "int8"  # runtime weight format: int8 everywhere, or int4 where the backend has it (OpenVINO)
+    dnsmos: bool = True  # DNSMOS P.835 in the quality rows (1-2 s per test mixture and condition)
+    finetune_target: str = "teacher"  # compression fine-tuning target: teacher (dense model), clean or mix
 
 
 def _read_json(path: Path) -> Any:
@@ -101,7 +106,7 @@ def check_budgets(cfg: FitConfig, target: Target) -> tuple[list[float], int]:
 class Fitter:
     """One fit run: shared state (model, target, calibration, sensitivities) across budgets."""
 
-    def __init__(self, cfg: FitConfig, log: Callable[[str], None]) -> None:
+    def __init__(self, cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | None = None) -> None:
         from hwcompress.export import get_backend
         from hwcompress.models.io import load_model
         from hwcompress.profile.measure import RUNTIME_BACKENDS, host_arch
@@ -109,6 +114,9 @@ class Fitter:
         self.cfg, self.log = cfg, log
         if cfg.allocation not in ("search", "uniform"):
             raise HwcError(f"unknown allocation {cfg.allocation!r}: choose search or uniform")
+        from hwcompress.compress.pipeline import check_finetune_target
+
+        check_finetune_target(cfg.finetune_target)  # before any long work
         self.target = load_target(cfg.target)
         self.budgets, self.budget_bytes = check_budgets(cfg, self.target)
         if self.target.runtime not in RUNTIME_BACKENDS:
@@ -119,7 +127,8 @@ class Fitter:
         self.out = Path(cfg.out)
         check_writable(self.out, "dir")
         self.out.mkdir(parents=True, exist_ok=True)
-        self.model = load_model(cfg.model).eval()
+        # a model object (the Python API) or what --model names
+        self.model = (model if model is not None else load_model(cfg.model, cfg.model_weights)).eval()
         # what every cache under --out is keyed by, so a resumed run with another model,
         # target or weight format never reports figures computed for the old one
         self.key = {"model": model_digest(self.model), "target": digest(self.target.to_dict()),
@@ -322,7 +331,7 @@ class Fitter:
         cfg = CompressConfig(sparsity=0.0, codebook=16, structured=False, layers=layers,
                              prune_steps=self.cfg.prune_steps if any(ratios.values()) else 0,
                              cluster_steps=self.cfg.cluster_steps, batch=self.cfg.batch, seconds=self.cfg.seconds,
-                             lr=self.cfg.lr)
+                             lr=self.cfg.lr, finetune_target=self.cfg.finetune_target)
         settings = {"config": asdict(cfg), "model": self.cfg.model, "key": self.key, "data": data_digest(data)}
         hwc = work / "model.hwc"
         done = work / "compress.json"
@@ -410,15 +419,18 @@ class Fitter:
     def quality(self, net: SEModel, data: Path, cache: Path) -> dict:
         from hwcompress.evaluate import evaluate
 
-        key = {"model": model_digest(net), "data": data_digest(data), "set": "test", "n_requested": self.cfg.eval_items}
+        metrics = [*QUALITY, *(DNSMOS_QUALITY if self.cfg.dnsmos else ())]
+        key = {"model": model_digest(net), "data": data_digest(data), "set": "test", "n_requested": self.cfg.eval_items,
+               "metrics": metrics}
         cached = read_keyed(cache, key, self.log)
         if cached:
             return cached
-        r = evaluate(net, data, "test", limit=self.cfg.eval_items)
+        r = evaluate(net, data, "test", limit=self.cfg.eval_items, dnsmos=self.cfg.dnsmos)
         mean = r["summary"]["overall"]["mean"]
         result = {"set": "test", "n": r["n"], "n_requested": self.cfg.eval_items,
-                  "noisy": {m: mean[f"noisy_{m}"] for m in QUALITY},
-                  "enhanced": {m: mean[f"enhanced_{m}"] for m in QUALITY}}
+                  "noisy": {m: mean[f"noisy_{m}"] for m in metrics},
+                  "enhanced": {m: mean[f"enhanced_{m}"] for m in metrics},
+                  "dnsmos": (r.get("dnsmos") or {}).get("what")}
         write_keyed(cache, key, result)
         return result
 
@@ -445,20 +457,22 @@ def _layers_table(model: SEModel, compressed: SEModel, ratios: dict[str, float],
     return rows
 
 
-def fit(cfg: FitConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
-    """Run every stage for every budget; returns the report (also written to cfg.out)."""
+def fit(cfg: FitConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+        model: torch.nn.Module | None = None) -> dict:
+    """Run every stage for every budget; returns the report (also written to cfg.out).
+    `model`: a model object to fit instead of loading `cfg.model` (which then only labels it)."""
     check_writable(Path(cfg.out), "dir")
     with OutputLock(Path(cfg.out), inside=True):
-        return _fit(cfg, log)
+        return _fit(cfg, log, model)
 
 
-def _fit(cfg: FitConfig, log: Callable[[str], None]) -> dict:
+def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | None = None) -> dict:
     from hwcompress.data.corpus import ensure_default_corpus
     from hwcompress.models.io import load_model
     from hwcompress.search.report import write_reports
 
     started = time.time()
-    f = Fitter(cfg, log)
+    f = Fitter(cfg, log, model)
     data = cfg.data if cfg.data is not None else ensure_default_corpus()
     f.calibrate()
     f.check_feasible()
@@ -523,7 +537,8 @@ def _fit(cfg: FitConfig, log: Callable[[str], None]) -> dict:
                 ("memory", not memory_ok), ("parity vs torch", not parity_ok),
                 ("emulated check", not emulated_ok)) if bad],
             "quality": {"noisy": q["noisy"], "baseline": baseline_q["enhanced"], "compressed": q["enhanced"],
-                        "set": "test", "n": q["n"]},
+                        "set": "test", "n": q["n"], "dnsmos": q.get("dnsmos")},
+            "finetune_target": cfg.finetune_target,
             "allocation": {"ratios": allocation.ratios, "predicted_loss": allocation.predicted_loss,
                            "steps": allocation.steps, "measured_trials": trials,
                            "calibration": f.oracle.calibration},

@@ -97,21 +97,46 @@ def img(name: str, data: str, alt: str, caption: str, mime: str = "image/png") -
             f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 
+DNSMOS_COLUMNS = (("dnsmos_ovrl", "DNSMOS OVRL"), ("dnsmos_sig", "DNSMOS SIG"), ("dnsmos_bak", "DNSMOS BAK"),
+                  ("dnsmos_p808", "DNSMOS P.808"))
+
+
+def dnsmos_note(report: dict) -> str | None:
+    """The DNSMOS provenance line of the quality rows, or None where the fit scored none."""
+    for r in report["results"]:
+        q = r["quality"]
+        if q.get("dnsmos") and "dnsmos_ovrl" in q["compressed"]:
+            return q["dnsmos"]
+    return None
+
+
+def _mos_cells(q: dict, shown: bool) -> list[str]:
+    return [num(q.get(k), 2) for k, _ in DNSMOS_COLUMNS] if shown else []
+
+
+def _mos_caption(note: str | None) -> str:
+    return (f" DNSMOS: {note}; non-intrusive (no clean reference), 1-5, higher is better; models by Microsoft "
+            "(MIT licence)." if note else "")
+
+
 def _summary(report: dict) -> str:
+    note = dnsmos_note(report)
     rows = []
     for r in report["results"]:
         q = r["quality"]["compressed"]
         met = ("raw", '<span class="ok">yes</span>' if r["budget_met"] else '<span class="bad">NO</span>')
         rows.append([f"{r['budget_ms']:g} ms", num(r["latency_ms"]), r["latency_source"], met,
                      kib(r["runtime_artifact_bytes"]), kib(r["size_bytes"]), num(r.get("peak_memory_bytes")),
-                     num(q["pesq_wb"]), num(q["stoi"]), num(q["si_sdr"], 2)])
+                     num(q["pesq_wb"]), num(q["stoi"]), num(q["si_sdr"], 2), *_mos_cells(q, bool(note))])
     r0 = report["results"][0]
+    mos_head = [label for _, label in DNSMOS_COLUMNS] if note else []
     return table(["budget", "latency ms/hop", "latency source", "budget met", "runtime artifact", ".hwc",
-                  "peak memory B", "PESQ-WB", "STOI", "SI-SDR dB"], rows, tid="summary",
+                  "peak memory B", "PESQ-WB", "STOI", "SI-SDR dB", *mos_head], rows, tid="summary",
                  caption=f"One row per latency budget. Latency: median per 10 ms hop of the exported "
                          f"{r0['runtime']} artifact ({r0['latency_source']}). Quality: mean over "
-                         f"{r0['quality']['n']} mixtures of the real-speech test split, torch model.",
-                 right={1, 4, 5, 6, 7, 8, 9})
+                         f"{r0['quality']['n']} mixtures of the real-speech test split, torch model."
+                         + _mos_caption(note),
+                 right={1, 4, 5, 6, 7, 8, 9, *range(10, 10 + len(mos_head))})
 
 
 def _references(report: dict) -> str:
@@ -127,17 +152,23 @@ def _references(report: dict) -> str:
         base_ms, base_src = num(base["predicted_ms"]), "predicted (latency model, uncalibrated)"
     else:
         base_ms, base_src = "-", "not recorded"
+    note = dnsmos_note(report)
+    shown = bool(note)
     rows = [
-        ["noisy input", "-", "-", "-", num(q["noisy"]["pesq_wb"]), num(q["noisy"]["stoi"]), num(q["noisy"]["si_sdr"], 2)],
+        ["noisy input", "-", "-", "-", num(q["noisy"]["pesq_wb"]), num(q["noisy"]["stoi"]), num(q["noisy"]["si_sdr"], 2),
+         *_mos_cells(q["noisy"], shown)],
         ["dense model, fp32 weights", "-", "not timed", kib(r0["dense_fp32_bytes"]),
-         num(q["baseline"]["pesq_wb"]), num(q["baseline"]["stoi"]), num(q["baseline"]["si_sdr"], 2)],
+         num(q["baseline"]["pesq_wb"]), num(q["baseline"]["stoi"]), num(q["baseline"]["si_sdr"], 2),
+         *_mos_cells(q["baseline"], shown)],
         [f"dense model, {weights} runtime artifact", base_ms, base_src, kib(base.get("bytes")),
-         "as fp32 (not scored)", "", ""],
+         "as fp32 (not scored)", "", "", *([""] * len(DNSMOS_COLUMNS) if shown else [])],
     ]
-    return table(["reference", "latency ms/hop", "how", "weights size", "PESQ-WB", "STOI", "SI-SDR dB"], rows,
+    mos_head = [label for _, label in DNSMOS_COLUMNS] if shown else []
+    return table(["reference", "latency ms/hop", "how", "weights size", "PESQ-WB", "STOI", "SI-SDR dB", *mos_head], rows,
                  tid="references", caption="What the fitted models are compared with (same test mixtures; the int8 "
-                                           "baseline is the calibration stage's export of the dense model)",
-                 right={1, 3, 4, 5, 6})
+                                           "baseline is the calibration stage's export of the dense model)."
+                                           + _mos_caption(note),
+                 right={1, 3, 4, 5, 6, *range(7, 7 + len(mos_head))})
 
 
 def _budget(r: dict, images: dict[str, str], times: LayerTimes | None, width: dict[str, tuple] | None,

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from hwcompress.errors import HwcError  # noqa: E402
-from hwcompress.search.html import Clip, Example, LayerTimes, render  # noqa: E402
+from hwcompress.search.html import DNSMOS_COLUMNS, Clip, Example, LayerTimes, dnsmos_note, render  # noqa: E402
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:
@@ -47,6 +47,13 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     return sorted(keep, key=lambda i: points[i][0])
 
 
+DNSMOS_KEYS = DNSMOS_COLUMNS  # (report key, column label) of the DNSMOS quality columns
+
+
+def _mos(x: Any) -> str:
+    return "-" if not isinstance(x, (int, float)) or x != x else f"{x:.2f}"
+
+
 def summary_rows(report: dict) -> list[dict]:
     rows = []
     for r in report["results"]:
@@ -55,6 +62,7 @@ def summary_rows(report: dict) -> list[dict]:
             "budget_ms": r["budget_ms"], "latency_ms": r["latency_ms"], "latency_source": r["latency_source"],
             "budget_met": r["budget_met"], "runtime_bytes": r["runtime_artifact_bytes"], "hwc_bytes": r["size_bytes"],
             "pesq_wb": q["compressed"]["pesq_wb"], "stoi": q["compressed"]["stoi"], "si_sdr": q["compressed"]["si_sdr"],
+            **{k: q["compressed"].get(k) for k, _ in DNSMOS_KEYS},
         })
     return rows
 
@@ -62,18 +70,30 @@ def summary_rows(report: dict) -> list[dict]:
 def markdown(report: dict) -> str:
     r0 = report["results"][0]
     q = r0["quality"]
+    mos = dnsmos_note(report)
+    mos_cols = DNSMOS_KEYS if mos else ()
     lines = [f"# hwcompress fit: {report['model']} on {report['target']}", "",
              f"Command: `{report.get('command') or 'hwcompress fit (library call)'}`", "",
              f"Target: {report['target_description']}. Runtime {r0['runtime']} {r0['runtime_version'] or ''}, "
              f"{r0['threads']} thread(s), device: {r0['device']}.", "",
-             "| budget ms | latency ms | source | budget met | runtime artifact B | .hwc B | PESQ-WB | STOI | SI-SDR dB |",
-             "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| budget ms | latency ms | source | budget met | runtime artifact B | .hwc B | PESQ-WB | STOI | SI-SDR dB |"
+             + "".join(f" {label} |" for _, label in mos_cols),
+             "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(mos_cols)]
     for s in summary_rows(report):
         lines.append(f"| {s['budget_ms']:g} | {s['latency_ms']:.3f} | {s['latency_source']} | {'yes' if s['budget_met'] else 'NO'} "
-                     f"| {s['runtime_bytes']} | {s['hwc_bytes']} | {s['pesq_wb']:.3f} | {s['stoi']:.3f} | {s['si_sdr']:.2f} |")
+                     f"| {s['runtime_bytes']} | {s['hwc_bytes']} | {s['pesq_wb']:.3f} | {s['stoi']:.3f} | {s['si_sdr']:.2f} |"
+                     + "".join(f" {_mos(s[k])} |" for k, _ in mos_cols))
+
+    def mos_text(row: dict) -> str:
+        return "".join(f", {label} {_mos(row.get(k))}" for k, label in mos_cols)
+
     lines += ["", f"Quality on the real-speech test split ({q['n']} mixtures): noisy PESQ-WB {q['noisy']['pesq_wb']:.3f}, "
-              f"STOI {q['noisy']['stoi']:.3f}, SI-SDR {q['noisy']['si_sdr']:.2f} dB; dense model PESQ-WB "
-              f"{q['baseline']['pesq_wb']:.3f}, STOI {q['baseline']['stoi']:.3f}, SI-SDR {q['baseline']['si_sdr']:.2f} dB.", ""]
+              f"STOI {q['noisy']['stoi']:.3f}, SI-SDR {q['noisy']['si_sdr']:.2f} dB{mos_text(q['noisy'])}; dense model PESQ-WB "
+              f"{q['baseline']['pesq_wb']:.3f}, STOI {q['baseline']['stoi']:.3f}, SI-SDR {q['baseline']['si_sdr']:.2f} dB"
+              f"{mos_text(q['baseline'])}.", ""]
+    if mos:
+        lines += [f"DNSMOS columns: {mos}; non-intrusive (no clean reference), 1-5, higher is better. "
+                  "DNSMOS models by Microsoft (MIT licence).", ""]
     for r in report["results"]:
         lines += [f"## Budget {r['budget_ms']:g} ms", "",
                   f"- latency: **{r['latency_ms']:.3f} ms per hop, {r['latency_source'].upper()}** ({r['latency_how']})",
