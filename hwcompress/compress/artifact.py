@@ -364,7 +364,10 @@ def encode_artifact(
         report.append(_tensor_report(name, t, rec, len(blob)))
         offset += len(blob)
     meta = getattr(model, "meta", {}) if meta is None else meta
-    header = _json({"format": FORMAT, "arch": model.arch, "config": model.config, "meta": meta, "tensors": records})
+    fields = {"format": FORMAT, "arch": model.arch, "config": model.config, "meta": meta, "tensors": records}
+    if model.arch == "user":  # a FrontEndModel (hwcompress.models.wrap): what its features and output are
+        fields["front_end"] = model.front_end.to_dict()
+    header = _json(fields)
     flags = 0
     if entropy:
         packed = _deflate(header, HEADER_DICT)
@@ -533,11 +536,18 @@ def _check_header_config(path: Path) -> None:
         raise HwcError(f"{path}: corrupt .hwc artifact ({exc})") from None
     except (KeyError, TypeError) as exc:
         raise HwcError(f"{path}: corrupt .hwc artifact (malformed record: {type(exc).__name__})") from None
+    if header["arch"] == "user":  # a model of your code: its shapes are checked against the rebuilt model
+        wanted = sum(math.prod(s) for s in shapes.values())
+        if wanted > MAX_WEIGHTS_PER_BYTE * len(data):
+            raise HwcError(f"{path}: header asks for {wanted:,} weights, more than a file of this size can hold: "
+                           "corrupt or crafted model file")
+        return
     check_weights(header["arch"], header["config"], shapes, str(path), max_params=MAX_WEIGHTS_PER_BYTE * len(data))
 
 
-def load_artifact(path: str | Path) -> zoo.SEModel:
-    """The model stored in a .hwc file, with decompressed weights, in eval mode, `.meta` set."""
+def load_artifact(path: str | Path, template=None) -> zoo.SEModel:
+    """The model stored in a .hwc file, with decompressed weights, in eval mode, `.meta` set.
+    `template`: for a model of your own code, the dense model it was compressed from."""
     from hwcompress.models.io import FORMAT as MODEL_FORMAT, model_from_payload  # io imports us lazily
 
     path = Path(path)
@@ -551,8 +561,10 @@ def load_artifact(path: str | Path) -> zoo.SEModel:
         "state_dict": state,
         "meta": header.get("meta", {}),
     }
+    if "front_end" in header:
+        payload["front_end"] = header["front_end"]
     try:
-        return model_from_payload(payload, str(path))
+        return model_from_payload(payload, str(path), template)
     except HwcError:
         raise
     except (TypeError, ValueError, KeyError, IndexError, OverflowError, RuntimeError, MemoryError) as exc:

@@ -109,11 +109,11 @@ def payload_state(payload: dict, origin: str, floats_only: bool = True) -> dict:
     return state
 
 
-def model_from_payload(payload: dict, origin: str) -> zoo.SEModel:
+def model_from_payload(payload: dict, origin: str, template: torch.nn.Module | None = None) -> zoo.SEModel:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise HwcError(f"{origin}: not a hwcompress model file")
     if payload.get("arch") == "user":
-        return _wrapped_from_payload(payload, origin)
+        return _wrapped_from_payload(payload, origin, template)
     state = payload_state(payload, origin)
     config = check_weights(payload.get("arch"), payload.get("config"), {n: t.shape for n, t in state.items()}, origin)
     for name, t in state.items():
@@ -177,14 +177,21 @@ def onnx_model(path: Path) -> torch.nn.Module:
     return net.eval()
 
 
-def _wrapped_from_payload(payload: dict, origin: str) -> torch.nn.Module:
-    """A saved FrontEndModel: rebuilt when its source is data or hwcompress's own code (a named
-    pretrained model, an ONNX file); a user's Python code is never imported on a file's word."""
+def _wrapped_from_payload(payload: dict, origin: str, template: torch.nn.Module | None = None) -> torch.nn.Module:
+    """A saved FrontEndModel: rebuilt from `template` (the dense model it was made from, same
+    source), or when its source is data or hwcompress's own code (a named pretrained model, an
+    ONNX file); a user's Python code is never imported on a file's word. Layers narrowed by
+    structured compression are resized to the file's shapes (hwcompress.models.resize)."""
+    import copy
+
+    from hwcompress.models.resize import resize_to
     from hwcompress.models.user import check_match, needs_source
 
     config = payload.get("config")
     source = config.get("source") if isinstance(config, dict) else None
-    if source in NAMED:
+    if template is not None and getattr(template, "arch", None) == "user" and template.config.get("source") == source:
+        model = copy.deepcopy(template)
+    elif source in NAMED:
         model = named_model(source)
     elif isinstance(source, str) and source.endswith(".onnx") and Path(source).is_file():
         model = onnx_model(Path(source))
@@ -193,18 +200,24 @@ def _wrapped_from_payload(payload: dict, origin: str) -> torch.nn.Module:
     if payload.get("front_end") != model.front_end.to_dict():
         raise HwcError(f"{origin}: saved with another front end than {source} declares now")
     state = payload_state(payload, origin)
+    resized = resize_to(model, state, origin)
     check_match(model.state_dict(), state, origin, str(source))
     model.load_state_dict(state)
+    if resized:
+        model.stream_diff = model.check_streaming()  # the narrower model still streams as it runs whole
     meta = payload.get("meta", {})
     model.meta = meta if isinstance(meta, dict) else {}
     return model.eval()
 
 
-def load_model(spec: str | Path = "default", weights: str | Path | None = None) -> zoo.SEModel:
+def load_model(spec: str | Path = "default", weights: str | Path | None = None,
+               template: torch.nn.Module | None = None) -> zoo.SEModel:
     """Resolve `spec`: an existing file, a shipped pretrained name, a zoo preset (a preset
     gives a freshly initialised model, for training), or code naming your own model,
     `path/to/net.py:build` / `package.module:build`, with optional `weights` (a state_dict
-    .pt, .safetensors, or a .pt hwcompress saved of that model): hwcompress.models.user."""
+    .pt, .safetensors, or a .pt hwcompress saved of that model): hwcompress.models.user.
+    `template`: the dense model a saved (.pt/.hwc) compressed model of your code was made from;
+    it is rebuilt from a copy of it (the code is not imported again)."""
     spec = str(spec)
     path = Path(spec)
     from hwcompress.models import user
@@ -224,9 +237,9 @@ def load_model(spec: str | Path = "default", weights: str | Path | None = None) 
     if path.suffix == ".hwc":
         from hwcompress.compress.artifact import load_artifact  # compressed models (issue 3)
 
-        return load_artifact(path)
+        return load_artifact(path, template)
     if path.exists() or path.suffix == ".pt" or os.sep in spec:
-        return model_from_payload(read_checkpoint(path), str(path))
+        return model_from_payload(read_checkpoint(path), str(path), template)
     if spec in pretrained_names():
         return model_from_payload(read_checkpoint(PRETRAINED / f"{spec}.pt"), spec)
     if spec in zoo.PRESETS:

@@ -305,6 +305,14 @@ def load_user_model(spec: str, weights: Path | str | None = None, kwargs: dict |
     src = parse_source(spec)
     if src is None:
         raise HwcError(f"{spec}: give a model as code: path/to/net.py:build or package.module:build")
+    if weights is not None and Path(weights).suffix == ".hwc":  # compressed from this code: rebuilt from it
+        from hwcompress.compress.artifact import load_artifact
+
+        model = load_artifact(weights, template=load_user_model(spec, None, kwargs))
+        if model.arch != "user":
+            raise HwcError(f"{weights}: a hwcompress {model.arch} model, not weights for {src.text}: give it alone, "
+                           f"--model {weights}")
+        return model
     held = read_weights(weights) if weights is not None else None
     payload = held.payload if held is not None else None
     if payload is not None:
@@ -345,6 +353,9 @@ def load_user_model(spec: str, weights: Path | str | None = None, kwargs: dict |
             check_match(core.state_dict(), held.state, str(held.path), src.text)
     model = FrontEndModel(core, front_end, source=src.text, kwargs=kwargs)
     if late:
+        from hwcompress.models.resize import resize_to
+
+        resize_to(model, held.state, str(held.path))  # layers narrowed by structured compression
         check_match(model.state_dict(), held.state, str(held.path), src.text)
         model.load_state_dict(held.state)
         model.stream_diff = model.check_streaming()  # with the loaded weights
@@ -365,6 +376,6 @@ def needs_source(payload: dict, origin: str) -> HwcError:
     config = payload.get("config")
     source = safe_source(config.get("source")) if isinstance(config, dict) else None
     code = source or "path/to/net.py:build"
-    return HwcError(f"{origin}: a model built from your code ({code}); a .pt file never imports code by itself: give "
+    return HwcError(f"{origin}: a model built from your code ({code}); a saved model file never imports code by itself: give "
                     f"the code again, --model {code} {WEIGHTS_OPTION} {origin} "
                     f"(Python: load_model({code!r}, weights={origin!r}))")
