@@ -464,6 +464,8 @@ def fit(
     measure_runs: Annotated[int, typer.Option(min=10, help="Timed hops per latency measurement (the final one takes at least 500).")] = 300,
     allocation: Annotated[str, typer.Option(help="search (per layer), or uniform (one ratio and K=16 everywhere: the baseline).")] = "search",
     weights: Annotated[str, typer.Option(help="Runtime weights: int8 (every backend) or int4 (OpenVINO: nncf INT4_ASYM).")] = "int8",
+    finetune_target: Annotated[str, typer.Option(help="Fine-tuning target: teacher (distil from the dense model), clean, or mix (0.5/0.5).")] = "teacher",
+    dnsmos: Annotated[bool, typer.Option(help="Score DNSMOS P.835 in the report (about 2 s per clip and condition here).")] = True,
     json_: JsonOpt = False,
 ) -> None:
     """Find per-layer sparsity and codebook sizes that meet the target's budgets, then compress, export, verify and report."""
@@ -478,7 +480,8 @@ def fit(
                     budget_bytes=int(budget_kb * 1024) if budget_kb is not None else None, model=model,
                     model_weights=model_weights, data=data,
                     prune_steps=prune_steps, cluster_steps=cluster_steps, eval_items=eval_items, emulate=emulate,
-                    measure_runs=measure_runs, allocation=allocation, weights=weights)
+                    measure_runs=measure_runs, allocation=allocation, weights=weights,
+                    finetune_target=finetune_target, dnsmos=dnsmos)
     report = run_fit(cfg, log=lambda m: typer.echo(m, err=True))
     if json_:
         _print_json(report)

@@ -33,7 +33,7 @@ MODEL: dict[str, str] = {}
 def _cfg(out, data, budget_ms=None, **kw) -> FitConfig:
     return FitConfig(target="generic-onnx", out=out, budgets_ms=[budget_ms] if budget_ms else [], model=MODEL["path"],
                      data=data, prune_steps=6, cluster_steps=2, batch=2, seconds=1.0, sensitivity_items=3,
-                     eval_items=3, measure_runs=150, final_runs=300, emulate=False, **kw)
+                     eval_items=3, measure_runs=150, final_runs=300, emulate=False, dnsmos=False, **kw)
 
 
 @pytest.fixture(scope="module")

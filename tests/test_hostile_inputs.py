@@ -27,7 +27,7 @@ user_error_last = functools.partial(user_error, only_line=False)  # after progre
 
 FAST_COMPRESS = ["--prune-steps", "2", "--cluster-steps", "1", "--batch", "2"]
 FAST_FIT = ["--model", "tiny-crn", "--prune-steps", "4", "--cluster-steps", "2", "--eval-items", "2",
-            "--measure-runs", "30"]
+            "--measure-runs", "30", "--no-dnsmos"]
 
 
 def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -110,3 +110,18 @@ def test_streaming_export_of_the_compressed_model_matches_torch(compressed, tmp_
     path = be.export(small, tmp_path, mode="stream")
     parity = check_parity(small, path, mode="stream", weights="fp32", enforce=True)
     assert parity.ok and parity.snr_db >= 60, parity
+
+
+@pytest.mark.slow
+def test_python_api_fit_of_the_users_model(compressed, small_corpus, tmp_path) -> None:
+    """hwcompress.fit takes the model object: a generous budget on this machine's onnxruntime target,
+    the fitted .hwc rebuilt from the dense model in hand, every budget in the report."""
+    _, dense, _, _ = compressed
+    report = hwcompress.fit(dense, target="generic-onnx", budget_ms=50, out=tmp_path / "fit", data=small_corpus,
+                            prune_steps=4, cluster_steps=1, batch=2, seconds=1.0, sensitivity_items=2, eval_items=2,
+                            measure_runs=30, final_runs=60, emulate=False, dnsmos=False)
+    (r,) = report["results"]
+    assert r["budget_ms"] == 50 and r["latency_ms"] > 0
+    assert (tmp_path / "fit" / "report.md").is_file() and (tmp_path / "fit" / "model.hwc").is_file()
+    fitted = load_model(str(tmp_path / "fit" / "model.hwc"), template=dense)
+    assert fitted.arch == "user" and fitted.stream_diff < 1e-4

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from hwcompress.compress.artifact import save_artifact
-from hwcompress.compress.cluster import INITS, METHODS, CentroidTuner, cluster_model
+from hwcompress.compress.cluster import INITS, METHODS, CentroidTuner, cluster_model, clusterable
 from hwcompress.compress.groups import model_groups
 from hwcompress.compress.prune import GradualPruner, apply_masks, magnitude_masks, structured_masks
 from hwcompress.compress.regularize import Regularizer
@@ -142,11 +142,12 @@ def layer_settings(model: SEModel, cfg: CompressConfig) -> dict[str, LayerSettin
     return out
 
 
-def _stage(work: Path, name: str, run: Callable[[], SEModel], log: Callable[[str], None]) -> SEModel:
+def _stage(work: Path, name: str, run: Callable[[], SEModel], log: Callable[[str], None],
+           template: SEModel | None = None) -> SEModel:
     done = work / name / "result.pt"
     if done.exists():
         log(f"{name}: already done, resuming after it ({done})")
-        return load_model(str(done))
+        return load_model(str(done), template=template)  # template: rebuilds a model of the user's code
     model = run()
     save_model(done, model, getattr(model, "meta", {}))
     return model
@@ -182,6 +183,8 @@ def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSett
         # it is in no optimiser; parameters without grad switch torch's RNNs to another kernel
         # whose output differs in the last bits, and an unpruned student would no longer match it
         teacher = copy.deepcopy(model).eval()
+    # what a resumed stage of a model of the user's code is rebuilt from (its file names the code only)
+    template = teacher if teacher is not None or model.arch != "user" else copy.deepcopy(model).eval()
 
     def finetune(net: SEModel, stage: str, steps: int, **hooks) -> None:
         # epochs of at most 50 steps (a validation pass and a checkpoint each) that add up to exactly `steps`
@@ -197,7 +200,7 @@ def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSett
         def regularize() -> SEModel:
             finetune(model, "regularize", cfg.regularize_steps, regularizer=Regularizer(l1=cfg.l1, group=cfg.group_lasso))
             return model
-        model = _stage(work, "regularize", regularize, log)
+        model = _stage(work, "regularize", regularize, log, template)
 
     requested = dict(settings)
     groups = {g.name for g in model_groups(model)}
@@ -219,7 +222,7 @@ def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSett
             smaller = shrink(model)
             smaller.meta = getattr(model, "meta", {})
             return smaller
-        model = _stage(work, "prune-structured", prune_structured, log)
+        model = _stage(work, "prune-structured", prune_structured, log, template)
         settings = {**{n: LayerSetting(0.0, s.codebook) for n, s in settings.items()},
                     **{n: settings[n] for n in unstructured}}
     if unstructured:
@@ -230,14 +233,11 @@ def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSett
                 finetune(model, "prune", cfg.prune_steps, after_step=pruner)
             apply_masks(model, magnitude_masks(model, unstructured))
             return model
-        model = _stage(work, "prune", prune_unstructured, log)
+        model = _stage(work, "prune", prune_unstructured, log, template)
 
-    paths = layer_paths(model)
-    ks = {}
-    for pname, p in model.named_parameters():
-        if p.dim() >= 2:
-            layer = next(n for n, path in paths.items() if pname.startswith(path + "."))
-            ks[pname] = settings[layer].codebook
+    # per weight matrix of a weight layer (a LayerNorm over two axes is no weight: not clustered)
+    layer_of = {path: n for n, path in layer_paths(model).items()}
+    ks = {pname: settings[layer_of[pname.rpartition(".")[0]]].codebook for pname in clusterable(model)}
     clustered = cluster_model(model, ks, init=cfg.init, method=cfg.method)
     if cfg.cluster_steps:
         tuner = CentroidTuner(model, clustered)

@@ -489,7 +489,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
         for attempt in range(cfg.retries + 1):
             allocation, trials = f.allocate(curves, budget)
             creport = f.compress(work, data, allocation.ratios, ks)
-            compressed = load_model(str(work / "model.hwc")).eval()
+            compressed = load_model(str(work / "model.hwc"), template=f.model).eval()
             v = f.verify(compressed, work)
             if v["latency_source"] != "measured" or v["latency_ms"] <= budget or attempt == cfg.retries:
                 break

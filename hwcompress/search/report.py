@@ -354,7 +354,7 @@ def example(report: dict, out: Path, dense: Any, data: Path | None) -> tuple[Exa
     labels = {"noisy": "noisy input", "dense": "dense model"}
     for r in report["results"]:
         key = f"fitted-{r['budget_ms']:g}ms"
-        audio[key] = enhance(load_model(r["files"]["hwc"]).eval(), noisy)
+        audio[key] = enhance(load_model(r["files"]["hwc"], template=dense).eval(), noisy)
         labels[key] = f"fitted, {r['budget_ms']:g} ms budget"
     audio["clean"], labels["clean"] = clean, "clean reference"
     clips = []
@@ -400,7 +400,7 @@ def layer_details(report: dict, dense: Any) -> tuple[dict, dict, dict]:
     bits = WEIGHT_BITS[report["settings"].get("weights", "int8")]
     widths, roofline, times = {}, {}, {}
     for r in report["results"]:
-        net = load_model(r["files"]["hwc"]).eval()
+        net = load_model(r["files"]["hwc"], template=dense).eval()
         after = {row["name"]: row["out_shape"][0] for row in layer_costs(net)}
         widths[r["budget_ms"]] = {n: (before[n], after.get(n, before[n])) for n in before}
         pred = predict_latency(net, target, bits, use_table=False)
