@@ -167,7 +167,9 @@ def train(
     if resume and last.exists():
         state = _resume(last, model, opt, cfg)
         log(f"resumed from {last} at epoch {state['epoch']}")
-    elif not distil and not getattr(model, "meta", {}).get("trained"):
+    elif not distil and not getattr(model, "meta", {}).get("trained") and hasattr(model, "feat_mean"):
+        # the zoo's models normalise their features with statistics fitted here; a model of your
+        # own (hwcompress.models.wrap) computes exactly the features its front end declares
         fit_normalizer(model, sampler, np.random.default_rng([cfg.seed, 999]))
     for group in opt.param_groups:
         group["lr"] = state["lr"]

@@ -115,7 +115,7 @@ def pruned_default_specs(n: int, seed: int) -> list[tuple[str, str, dict]]:
     return specs
 
 
-_KINDS = {"conv_macs": ("Conv2d",), "deconv_macs": ("ConvTranspose2d",), "lstm_macs": ("LSTM",),
+_KINDS = {"conv_macs": ("Conv2d", "Conv1d"), "deconv_macs": ("ConvTranspose2d", "ConvTranspose1d"), "lstm_macs": ("LSTM",),
           "gru_macs": ("GRU",), "linear_macs": ("Linear",)}
 #: fractions of the last-level cache where the cost per weight byte may step up. A streaming
 #: model reads every weight once per hop; measured here (onnxruntime, fp32) the effective read
