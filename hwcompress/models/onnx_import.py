@@ -1006,18 +1006,25 @@ def _gru(self, node, ins, attrs):
     w_ih, w_hh, bias, hidden = _rnn_weights(self, node, ins, 3, [1, 0, 2])
     if hidden_attr not in (-1, hidden):
         raise self.fail(f"hidden_size={hidden_attr} but the weights are for {hidden}")
-    gru = nn.GRU(w_ih.shape[1], hidden, batch_first=bool(layout), bias=bias is not None)
-    with torch.no_grad():
-        gru.weight_ih_l0.copy_(w_ih)
-        gru.weight_hh_l0.copy_(w_hh)
-        if bias is not None:
-            gru.bias_ih_l0.copy_(bias[0])
-            gru.bias_hh_l0.copy_(bias[1])
+    gru = _recurrent(nn.GRU, w_ih, w_hh, bias, hidden, layout)
     name = self.module("gru", gru, self.hint(*node.input[1:4]))
     x = _x(self, ins[0])
     h0 = _state(self, ins[5] if len(ins) > 5 else None, layout)
     out = self.call("call_module", name, self.arg(x), *([h0] if h0 is not None else []))
     return _rnn_outputs(self, out, 1, layout, hidden)
+
+
+def _recurrent(cls: type[nn.RNNBase], w_ih: torch.Tensor, w_hh: torch.Tensor, bias: torch.Tensor | None,
+               hidden: int, layout: int) -> nn.RNNBase:
+    """A one-layer torch GRU/LSTM holding the (already reordered) ONNX weights."""
+    layer = cls(w_ih.shape[1], hidden, batch_first=bool(layout), bias=bias is not None)
+    with torch.no_grad():
+        layer.weight_ih_l0.copy_(w_ih)
+        layer.weight_hh_l0.copy_(w_hh)
+        if bias is not None:
+            layer.bias_ih_l0.copy_(bias[0])
+            layer.bias_hh_l0.copy_(bias[1])
+    return layer
 
 
 @_op("LSTM")
@@ -1033,13 +1040,7 @@ def _lstm(self, node, ins, attrs):
     w_ih, w_hh, bias, hidden = _rnn_weights(self, node, ins, 4, [0, 2, 3, 1])
     if hidden_attr not in (-1, hidden):
         raise self.fail(f"hidden_size={hidden_attr} but the weights are for {hidden}")
-    lstm = nn.LSTM(w_ih.shape[1], hidden, batch_first=bool(layout), bias=bias is not None)
-    with torch.no_grad():
-        lstm.weight_ih_l0.copy_(w_ih)
-        lstm.weight_hh_l0.copy_(w_hh)
-        if bias is not None:
-            lstm.bias_ih_l0.copy_(bias[0])
-            lstm.bias_hh_l0.copy_(bias[1])
+    lstm = _recurrent(nn.LSTM, w_ih, w_hh, bias, hidden, layout)
     name = self.module("lstm", lstm, self.hint(*node.input[1:4]))
     x = _x(self, ins[0])
     h0 = _state(self, ins[5] if len(ins) > 5 else None, layout)
