@@ -466,6 +466,7 @@ def fit(
     weights: Annotated[str, typer.Option(help="Runtime weights: int8 (every backend) or int4 (OpenVINO: nncf INT4_ASYM).")] = "int8",
     finetune_target: Annotated[str, typer.Option(help="Fine-tuning target: teacher (distil from the dense model), clean, or mix (0.5/0.5).")] = "teacher",
     dnsmos: Annotated[bool, typer.Option(help="Score DNSMOS P.835 in the report (about 2 s per clip and condition here).")] = True,
+    codebook_tolerance: Annotated[float, typer.Option(min=0.0, help="Summed validation-loss increase (relative) the per-layer codebooks may cost.")] = 0.02,
     json_: JsonOpt = False,
 ) -> None:
     """Find per-layer sparsity and codebook sizes that meet the target's budgets, then compress, export, verify and report."""
@@ -481,7 +482,7 @@ def fit(
                     model_weights=model_weights, data=data,
                     prune_steps=prune_steps, cluster_steps=cluster_steps, eval_items=eval_items, emulate=emulate,
                     measure_runs=measure_runs, allocation=allocation, weights=weights,
-                    finetune_target=finetune_target, dnsmos=dnsmos)
+                    finetune_target=finetune_target, dnsmos=dnsmos, codebook_tolerance=codebook_tolerance)
     report = run_fit(cfg, log=lambda m: typer.echo(m, err=True))
     if json_:
         _print_json(report)
