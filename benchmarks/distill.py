@@ -81,14 +81,17 @@ def main() -> None:
                    "--prune-steps", str(args.prune_steps), "--cluster-steps", str(args.cluster_steps),
                    "--batch", str(args.batch), "--finetune-target", target, "--out", str(out.relative_to(ROOT)), "--json"]
             cmds.append(" ".join(shlex.quote(c if c != sys.executable else "python") for c in cmd))
-            t0 = time.time()
+            timing = RUNS / f"{name}-{target}.time.json"
             if not out.exists():
                 RUNS.mkdir(parents=True, exist_ok=True)
+                t0 = time.time()
                 proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                 if proc.returncode != 0:
                     sys.exit(f"compress failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}")
                 (RUNS / f"{name}-{target}.report.json").write_text(proc.stdout)
-            took = time.time() - t0
+                timing.write_text(json.dumps({"wall_s": time.time() - t0}))
+            # a reused artifact made before timings were kept has none: shown as "-"
+            took = json.loads(timing.read_text())["wall_s"] if timing.exists() else None
             net = load_model(str(out), template=dense).eval()
             s = scores(net, data, args.items, RUNS / f"{name}-{target}.json")
             by_target[target] = (s, out.stat().st_size, sum(p.numel() for p in net.parameters()), took)
@@ -99,7 +102,7 @@ def main() -> None:
 
     lines = ["# Distillation vs clean-target fine-tuning at equal compression", "",
              f"Command: `python benchmarks/distill.py --models {args.models} --items {args.items} "
-             f"--prune-steps {args.prune_steps} --cluster-steps {args.cluster_steps}`", "",
+             f"--prune-steps {args.prune_steps} --cluster-steps {args.cluster_steps} --batch {args.batch}`", "",
              f"Measured {time.strftime('%Y-%m-%d')} on this machine ({platform.machine()}, {os.cpu_count()} cores, "
              f"torch {torch.__version__}, CPU); scores on the first {args.items} mixtures of the real-speech test split "
              "(held-out June voice, -5..15 dB); each compression: structured pruning of "
