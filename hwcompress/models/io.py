@@ -184,8 +184,7 @@ def _wrapped_from_payload(payload: dict, origin: str, template: torch.nn.Module 
     structured compression are resized to the file's shapes (hwcompress.models.resize)."""
     import copy
 
-    from hwcompress.models.resize import resize_to
-    from hwcompress.models.user import check_match, needs_source
+    from hwcompress.models.user import load_resized, needs_source
 
     config = payload.get("config")
     source = config.get("source") if isinstance(config, dict) else None
@@ -200,10 +199,7 @@ def _wrapped_from_payload(payload: dict, origin: str, template: torch.nn.Module 
     if payload.get("front_end") != model.front_end.to_dict():
         raise HwcError(f"{origin}: saved with another front end than {source} declares now")
     state = payload_state(payload, origin)
-    resized = resize_to(model, state, origin)
-    check_match(model.state_dict(), state, origin, str(source))
-    model.load_state_dict(state)
-    if resized:
+    if load_resized(model, state, origin, str(source)):
         model.stream_diff = model.check_streaming()  # the narrower model still streams as it runs whole
     meta = payload.get("meta", {})
     model.meta = meta if isinstance(meta, dict) else {}

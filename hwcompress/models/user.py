@@ -286,6 +286,17 @@ def check_match(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor
                    f"{wanted:,} values, the file {len(state)} of {held:,})")
 
 
+def load_resized(model: nn.Module, state: dict[str, torch.Tensor], origin: str, what: str) -> bool:
+    """Load `state` into `model`, first narrowing the layers that structured compression narrowed
+    in the file (hwcompress.models.resize), names and shapes checked; True if any was resized."""
+    from hwcompress.models.resize import resize_to
+
+    resized = bool(resize_to(model, state, origin))
+    check_match(model.state_dict(), state, origin, what)
+    model.load_state_dict(state)
+    return resized
+
+
 def _payload_front_end(payload: dict, path: Path) -> FrontEnd:
     return FrontEnd.from_dict(payload.get("front_end"), f"{path}: front_end")
 
@@ -353,11 +364,7 @@ def load_user_model(spec: str, weights: Path | str | None = None, kwargs: dict |
             check_match(core.state_dict(), held.state, str(held.path), src.text)
     model = FrontEndModel(core, front_end, source=src.text, kwargs=kwargs)
     if late:
-        from hwcompress.models.resize import resize_to
-
-        resize_to(model, held.state, str(held.path))  # layers narrowed by structured compression
-        check_match(model.state_dict(), held.state, str(held.path), src.text)
-        model.load_state_dict(held.state)
+        load_resized(model, held.state, str(held.path), src.text)
         model.stream_diff = model.check_streaming()  # with the loaded weights
     if payload is not None:
         meta = payload.get("meta", {})
