@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+
 def load_model(spec: str | Path = "default", weights: str | Path | None = None):
     """`--model` in Python: a zoo name, a file, a named pretrained model, an ONNX file, or code
     (`path/to/net.py:build`) with its `weights`."""
