@@ -326,9 +326,9 @@ SELFTEST_JS = r"""
                      height: im.naturalHeight});
     });
     var audios = Array.prototype.slice.call(document.querySelectorAll("audio"));
-    r.media = await Promise.all(audios.map(function (a) { return withTimeout(mediaLoaded(a), 30000, a.id); }));
+    r.media = await Promise.all(audios.map(function (a) { return withTimeout(mediaLoaded(a), 12000, a.id); }));
     var ctx = new OfflineAudioContext(1, 16000, 16000);
-    r.decode = await Promise.all(audios.map(function (a) { return withTimeout(decoded(a, ctx), 30000, a.id); }));
+    r.decode = await Promise.all(audios.map(function (a) { return withTimeout(decoded(a, ctx), 12000, a.id); }));
     var want = JSON.parse(document.body.getAttribute("data-expect") || "{}");
     function all(xs) { return xs.every(function (x) { return x.ok; }); }
     r.expected = want;
