@@ -143,6 +143,9 @@ class Fitter:
         # runtime bytes per weight of the quantized artifact, refined from the dense export
         self.bytes_per_weight = 1.0
         self.calibration_log: list[dict] = []
+        self.floor_ms: float | None = None  # the most pruned model's latency (check_feasible)
+        self.floor_how = "predicted"
+        self.floor_ratios: dict[str, float] = {}
 
     # ------------------------------------------------------------ runtime probes
 
@@ -215,6 +218,7 @@ class Fitter:
             best_ms, how = cached["measured_ms"], "measured here"
         self.floor_ms = best_ms
         self.floor_how = how
+        self.floor_ratios = floor
         tight = min(self.budgets)
         limit = tight * (MEASURE_MARGIN if self.measurable else 1.0)
         if best_ms > limit:
@@ -223,6 +227,15 @@ class Fitter:
         if best_params * self.bytes_per_weight > self.budget_bytes:
             raise HwcError(f"size budget {self.budget_bytes} B cannot be met: the smallest reachable runtime artifact is "
                            f"about {int(best_params * self.bytes_per_weight)} B")
+
+    def _floor_fits(self, budget_ms: float) -> bool:
+        return self.measurable and self.floor_ms is not None and self.floor_ms <= budget_ms * MEASURE_MARGIN
+
+    def _anchor_on_floor(self) -> None:
+        """Calibration that makes the latency model agree with the floor's measurement."""
+        predicted = self.oracle.latency_ms(self.floor_ratios) / self.oracle.calibration
+        self.oracle.calibration = self.floor_ms / max(predicted, 1e-12)
+        self.log(f"  latency model re-anchored on the most pruned model's measurement ({self.floor_ms:.3f} ms)")
 
     def sensitivities(self, data: Path) -> tuple[dict, dict]:
         items = sens.validation_items(data, self.cfg.sensitivity_items)
@@ -247,9 +260,20 @@ class Fitter:
             except alloc.Infeasible:
                 if feasible:
                     break
-                raise HwcError(f"budget {budget_ms:g} ms cannot be met on {self.target.name}: the best reachable is "
-                               f"about {self.floor_ms:.3g} ms per hop ({self.floor_how}; {alloc.MAX_RATIO:.0%} of every "
-                               f"group pruned, {self.cfg.weights} weights)") from None
+                if self._floor_fits(budget_ms) and trials:
+                    # a re-scale from one measured allocation can make the model predict the
+                    # floor over budget although the floor itself measured within it (one
+                    # scalar cannot hold both a fixed per-hop overhead and the part that
+                    # pruning removes): trust the floor's measurement and allocate again
+                    self._anchor_on_floor()
+                    try:
+                        a = how(curves, self.oracle, budget_ms * MEASURE_MARGIN, self.budget_params())
+                    except alloc.Infeasible:
+                        break
+                else:
+                    raise HwcError(f"budget {budget_ms:g} ms cannot be met on {self.target.name}: the best reachable is "
+                                   f"about {self.floor_ms:.3g} ms per hop ({self.floor_how}; {alloc.MAX_RATIO:.0%} of "
+                                   f"every group pruned, {self.cfg.weights} weights)") from None
             if not self.measurable:
                 return a, trials
             if any(t["ratios"] == a.ratios for t in trials):  # the re-scaled model picked a setting already timed
@@ -266,6 +290,17 @@ class Fitter:
             self.oracle.calibration *= probe["measured_ms"] / a.predicted_ms
         if feasible:
             return min(feasible, key=lambda x: x.predicted_loss), trials
+        if self._floor_fits(budget_ms):
+            # every allocation tried missed, but the most pruned model measured within the
+            # budget: it is the one measured fit there is
+            self.log(f"  no measured allocation fitted {budget_ms:g} ms; keeping the most pruned model "
+                     f"({self.floor_ms:.3f} ms measured)")
+            floor = self.floor_ratios
+            a = alloc.Allocation(dict(floor), self.oracle.latency_ms(floor), self.oracle.params(floor),
+                                 sum(alloc.interpolate(curves[g], r) for g, r in floor.items() if g in curves))
+            trials.append({"attempt": len(trials), "ratios": a.ratios, "predicted_ms": a.predicted_ms,
+                           "measured_ms": self.floor_ms, "from": "floor measurement"})
+            return a, trials
         raise HwcError(f"budget {budget_ms:g} ms: after {self.cfg.retries + 1} measured allocations the pruned model "
                        f"still measures {trials[-1]['measured_ms']:.3g} ms on {self.target.name}")
 
