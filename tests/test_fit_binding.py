@@ -99,12 +99,15 @@ def test_rescale_that_contradicts_the_floor_is_reanchored(dense_ms, small_corpus
     f.oracle.calibration *= 0.35  # the first allocation misses...
     real_probe = f._probe
 
+    steered = []
+
     def rescale_overshoots(ratios):
         result = real_probe(ratios)
-        if ratios and any(ratios.values()):
-            # ...and the re-scale after it is steered far too pessimistic (the search's own
-            # state, not the timing: the measurement stays real)
-            f.oracle.calibration *= 50.0
+        if not steered:
+            # ...and the re-scale after it is steered so pessimistic that even the floor
+            # looks over budget (the search's own state, not the timing: it stays real)
+            steered.append(ratios)
+            f.oracle.calibration *= 1e6
         return result
 
     f._probe = rescale_overshoots
