@@ -6,6 +6,8 @@
 # nothing is pip-installed into it. Idempotent: a second run installs nothing.
 # Opt-in LiteRT: HWC_EXTRAS=openvino,tflite,dev also installs the ai-edge-litert runtime
 # into .venv and the litert-torch converter into .venv-tflite (see below).
+# Opt-in TFLite Micro: HWC_EXTRAS=...,tflm,... adds the tflite-micro interpreter to .venv and
+# everything the tflite extra brings (its export starts from the LiteRT float .tflite).
 # Afterwards: `source .venv/bin/activate` (or call .venv/bin/hwcompress).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,7 +59,7 @@ fi
 # packages (torch 2.13, hwcompress) through a .pth file, its own packages first;
 # hwcompress/export/tflite.py runs the conversion there in a subprocess. ~0.95 GB on disk.
 case ",$EXTRAS," in
-  *,tflite,*|*,all,*)
+  *,tflite,*|*,tflm,*|*,all,*)
     TVENV=.venv-tflite
     # one made by the earlier setup saw the system Python's packages instead of .venv's
     if grep -qs '^include-system-site-packages = true' "$TVENV/pyvenv.cfg"; then

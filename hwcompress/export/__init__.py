@@ -52,8 +52,11 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "onnxruntime": ("hwcompress.export.onnx", "onnxruntime", None),
     "openvino": ("hwcompress.export.openvino", "openvino", "openvino"),
     "litert": ("hwcompress.export.tflite", "ai_edge_litert.interpreter", "tflite"),
+    # fully integer 16x8 .tflite run by the TFLite Micro interpreter (targets/cortex-m7.toml)
+    "tflite-micro": ("hwcompress.export.tflm", "tflite_micro", "tflm"),
 }
-_ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "ov": "openvino", "tflite": "litert"}
+_ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "ov": "openvino", "tflite": "litert",
+            "tflm": "tflite-micro", "tflite_micro": "tflite-micro", "tfl-micro": "tflite-micro"}
 
 
 @runtime_checkable
@@ -96,7 +99,7 @@ def canonical_name(name: str) -> str:
 
 
 def get_backend(name: str) -> Backend:
-    """The backend called `name` (aliases: onnx, ort, ov, tflite), or a one-line HwcError
+    """The backend called `name` (aliases: onnx, ort, ov, tflite, tflm), or a one-line HwcError
     telling how to install its runtime when that is missing."""
     key = canonical_name(name)
     module, runtime, extra = _BACKENDS[key]
@@ -113,7 +116,8 @@ ARTIFACT_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "lit
 
 
 #: what each backend's artifact is called in messages
-ARTIFACT_KINDS = {"onnxruntime": "ONNX model", "openvino": "OpenVINO IR", "litert": "LiteRT (.tflite) model"}
+ARTIFACT_KINDS = {"onnxruntime": "ONNX model", "openvino": "OpenVINO IR", "litert": "LiteRT (.tflite) model",
+                  "tflite-micro": "TFLite Micro (.tflite) model"}
 
 
 def is_artifact(spec: str | Path) -> bool:

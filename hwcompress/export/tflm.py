@@ -1,0 +1,411 @@
+"""TFLite Micro (.tflite for microcontrollers): fully integer 16x8 export and a session that runs
+the real TFLM interpreter (PyPI `tflite-micro`, its Python build of the TFLM C++ runtime).
+
+Export (streaming only: a microcontroller runs one 10 ms hop per call, state carried by the caller):
+  1. the float .tflite from the LiteRT path (litert-torch, in .venv-tflite; see export/tflite.py);
+  2. full-integer post-training quantization by ai-edge-quantizer's static `static_wi8_ai16` recipe
+     (the "16x8" scheme: int8 symmetric per-channel weights, int16 symmetric per-tensor
+     activations, inputs, outputs and recurrent state), calibrated on CALIBRATION_FRAMES streaming
+     hops of `probe.speech_like_frames` (seed CALIBRATION_SEED, so the parity check's seed-0 frames
+     are not the calibration data) with the state the torch model carries from hop to hop;
+     int8 activations are not offered: recurrent models fall apart with them (issue 18);
+  3. the float and then the quantized file are loaded and invoked by the TFLM interpreter before
+     anything is published: an op (or an op on a tensor type) TFLM has no kernel for fails the
+     export with one line naming it.
+The log-power features (the LOG op and the ops it depends on: |X|^2, its sum, + eps) stay float
+(`log_feature_tensors`, `float_ops`): a power spectrum spans more than int16 can hold. TFLM runs
+them with its float reference kernels (161 bins per hop; the Cortex-M7 has an FPU). Measured on
+tiny-gru: 43.5 dB parity vs torch with them float, 20.4 dB with them in int16.
+
+Session: `TflmSession.run(spec, state)` takes and gives float32 like every backend; the int16
+edges are (de)quantized with each tensor's scale and zero point. `arena_bytes` is the smallest
+tensor arena (to 16 bytes) in which the interpreter loads the model and invokes it, found by
+bisection; `arena_recorded_bytes` is what TFLM's RecordingMicroAllocator reports after an invoke
+(persistent tensors, scratch buffers and the planned activations), a little less, because the
+memory planner also needs arena room while it plans. Both measured, not estimated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hwcompress.errors import HwcError
+from hwcompress.export import _graph as g
+
+if TYPE_CHECKING:
+    import torch
+
+#: streaming hops (with their carried state) the activation ranges are calibrated on
+CALIBRATION_FRAMES = 200
+CALIBRATION_SEED = 1
+#: arena the interpreter is first loaded in to measure what it uses (host memory only)
+PROBE_ARENA_BYTES = 16 * 1024 * 1024
+_SIGNATURE = "serving_default"
+_INT_TYPES = (np.int8, np.int16)
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[io.StringIO]:
+    """What the C++ runtime writes to file descriptor 2 (MicroPrintf), as text."""
+    import sys
+
+    sys.stderr.flush()
+    buf = io.StringIO()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield buf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            buf.write(tmp.read().decode(errors="replace"))
+
+
+def _schema():
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
+
+    return fb
+
+
+def _read_model(data: bytes):
+    fb = _schema()
+    try:
+        return fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(data, 0))
+    except Exception as exc:
+        raise HwcError(f"not a .tflite flatbuffer ({type(exc).__name__})") from None
+
+
+_OP_NAMES: dict[int, str] | None = None
+_TYPE_NAMES: dict[int, str] | None = None
+
+
+def _names(cls) -> dict[int, str]:
+    return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+def op_names(data: bytes) -> list[tuple[str, list[str]]]:
+    """(builtin op name, dtypes of its non-constant inputs and outputs) of every operator of the
+    main subgraph, in execution order, read from the flatbuffer (no code runs)."""
+    global _OP_NAMES, _TYPE_NAMES
+    fb = _schema()
+    if _OP_NAMES is None:
+        _OP_NAMES, _TYPE_NAMES = _names(fb.BuiltinOperator), _names(fb.TensorType)
+    model = _read_model(data)
+    sub = model.subgraphs[0]
+    rows = []
+    for op in sub.operators or []:
+        code = model.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        name = _OP_NAMES.get(builtin, str(builtin))
+        if name == "CUSTOM":
+            name = f"CUSTOM {code.customCode.decode(errors='replace') if code.customCode else '?'}"
+        types = []
+        for t in [*(op.inputs if op.inputs is not None else []), *(op.outputs if op.outputs is not None else [])]:
+            if t < 0:
+                continue
+            tensor = sub.tensors[t]
+            if model.buffers[tensor.buffer].data is None:  # activations, not weights
+                types.append(_TYPE_NAMES.get(tensor.type, str(tensor.type)))
+        rows.append((name, types))
+    return rows
+
+
+def float_ops(data: bytes) -> list[str]:
+    """Ops that compute in float (a float activation in or out), QUANTIZE/DEQUANTIZE excepted."""
+    return sorted({name for name, types in op_names(data)
+                   if name not in ("QUANTIZE", "DEQUANTIZE") and "FLOAT32" in types})
+
+
+def _signature_positions(data: bytes) -> tuple[dict[str, int], dict[str, int]]:
+    """Signature names (spec, state_i / out, state_out_i) -> index among the subgraph's inputs
+    and outputs, which is how the TFLM interpreter addresses them."""
+    model = _read_model(data)
+    sub = model.subgraphs[0]
+    sigs = model.signatureDefs or []
+    if not sigs:
+        raise HwcError("not a hwcompress graph (no signature)")
+    sig = sigs[0]
+    ins = [int(i) for i in sub.inputs]
+    outs = [int(i) for i in sub.outputs]
+
+    def positions(entries, order):
+        return {e.name.decode(): order.index(int(e.tensorIndex)) for e in entries or []}
+
+    return positions(sig.inputs, ins), positions(sig.outputs, outs)
+
+
+_MISSING_OP = re.compile(r"Didn't find op for builtin opcode '(\w+)'")
+_FAILED_NODE = re.compile(r"Node (\w+) \(number (\d+)\) failed to (prepare|invoke)")
+
+
+def _tflm_error(text: str, exc: BaseException, where: str) -> HwcError:
+    """One line from what TFLM printed: the op it has no kernel for, or the node that failed
+    and the kernel's own complaint."""
+    m = _MISSING_OP.search(text)
+    if m:
+        return HwcError(f"{where}: TFLite Micro has no kernel for op {m.group(1)}: the model cannot run on a "
+                        "microcontroller with TFLM (replace the layer that produces it)")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    node = next((_FAILED_NODE.search(ln) for ln in lines if _FAILED_NODE.search(ln)), None)
+    if node:
+        before = [ln for ln in lines if not _FAILED_NODE.search(ln)]
+        why = f" ({before[-1][:160]})" if before else ""
+        return HwcError(f"{where}: TFLite Micro cannot {node.group(3)} op {node.group(1)} "
+                        f"(operator {node.group(2)}){why}")
+    first = lines[-1][:200] if lines else f"{type(exc).__name__}: {str(exc)[:160]}"
+    return HwcError(f"{where}: TFLite Micro cannot load the model: {first}")
+
+
+def _interpreter(data: bytes, arena: int, where: str):
+    """A TFLM interpreter on `data`, invoked once on zeros (so Prepare and Eval of every kernel
+    ran), and what it printed; a model it cannot run raises one HwcError line."""
+    from tflite_micro import runtime
+
+    with _captured_stderr() as printed:
+        try:
+            interp = runtime.Interpreter.from_bytes(data, arena_size=int(arena))
+            n_in = len(_read_model(data).subgraphs[0].inputs)
+            for i in range(n_in):
+                d = interp.get_input_details(i)
+                interp.set_input(np.zeros(d["shape"], dtype=d["dtype"]), i)
+            interp.invoke()
+            error = None
+        except Exception as exc:  # the wrapper raises RuntimeError/ValueError with little text
+            interp, error = None, exc
+    if error is not None:
+        raise _tflm_error(printed.getvalue(), error, where)
+    return interp
+
+
+_ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
+#: granularity of the smallest-arena search (TFLM aligns arena allocations to 16 bytes)
+ARENA_STEP = 16
+
+
+def _runs_in(data: bytes, arena: int) -> bool:
+    try:
+        _interpreter(data, arena, "model")
+    except HwcError:
+        return False
+    return True
+
+
+def measure_arena(data: bytes, where: str = "model") -> tuple[int, int]:
+    """(smallest arena, recorded arena) in bytes for this model in the TFLM interpreter.
+
+    recorded: RecordingMicroAllocator's total (head + tail) after one invoke in a large arena;
+    smallest: the least arena size (to ARENA_STEP bytes) in which the interpreter loads the model
+    and invokes it, found by bisection above the recorded figure. The smallest is the larger of the
+    two: while it plans the activations the memory planner needs room for its own bookkeeping."""
+    interp = _interpreter(data, PROBE_ARENA_BYTES, where)
+    with _captured_stderr() as printed:
+        interp.print_allocations()
+    m = _ARENA_TOTAL.search(printed.getvalue())
+    if not m:
+        raise HwcError(f"{where}: TFLite Micro reported no arena allocation (its report read: "
+                       f"{printed.getvalue().strip()[:120]!r})")
+    recorded = int(m.group(1))
+    lo, hi = recorded - 1, recorded  # lo fails (or is below what was allocated), hi runs
+    while not _runs_in(data, hi):
+        lo, hi = hi, min(2 * hi, PROBE_ARENA_BYTES)
+        if lo == PROBE_ARENA_BYTES:
+            raise HwcError(f"{where}: TFLite Micro needs more than {PROBE_ARENA_BYTES} bytes of arena")
+    while hi - lo > ARENA_STEP:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _runs_in(data, mid) else (mid, hi)
+    return hi, recorded
+
+
+class TflmSession(g.SessionBase):
+    """A fully integer .tflite run hop by hop in the TFLM Python interpreter."""
+
+    def __init__(self, path: Path, threads: int = 1, arena_size: int | None = None) -> None:
+        path = g.require_file(path)
+        self.path = path
+        data = path.read_bytes()
+        where = str(path)
+        try:
+            ins, outs = _signature_positions(data)
+        except HwcError as exc:
+            raise HwcError(f"{path}: {exc}") from None
+        if g.SPEC not in ins or g.OUT not in outs:
+            raise HwcError(f"{path}: not a hwcompress graph (no '{g.SPEC}' input)")
+        n = len(ins) - 1
+        #: tensor arena bytes TFLM needs for this model: the smallest it runs in, and what its
+        #: recording allocator reported (both measured, see measure_arena)
+        self.arena_bytes, self.arena_recorded_bytes = measure_arena(data, where)
+        self.arena_size = int(arena_size) if arena_size is not None else self.arena_bytes
+        self.model_bytes = len(data)
+        self.float_ops = float_ops(data)
+        self.interpreter = _interpreter(data, self.arena_size, where)
+        self._in = [ins[g.SPEC], *(ins[g.state_name(i)] for i in range(n))]
+        self._out = [outs[g.OUT], *(outs[g.state_out_name(i)] for i in range(n))]
+        in_details = [self.interpreter.get_input_details(i) for i in self._in]
+        self._in_details = in_details
+        self._out_details = [self.interpreter.get_output_details(i) for i in self._out]
+        self.frames = int(in_details[0]["shape"][1])
+        self.state_shapes = [tuple(int(d) for d in det["shape"][1:]) for det in in_details[1:]]
+        self._n = n
+
+    def run(self, spec: np.ndarray, state: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        spec, state = self.checked_inputs(spec, state)
+        for index, det, value in zip(self._in, self._in_details, [spec, *state]):
+            self.interpreter.set_input(_quantize(value, det), index)
+        with _captured_stderr() as printed:
+            try:
+                self.interpreter.invoke()
+                error = None
+            except Exception as exc:
+                error = exc
+        if error is not None:
+            raise _tflm_error(printed.getvalue(), error, str(self.path))
+        res = [_dequantize(self.interpreter.get_output(i), det) for i, det in zip(self._out, self._out_details)]
+        return res[0], res[1:]
+
+
+def _affine(det: dict) -> tuple[float, int]:
+    q = det.get("quantization_parameters") or {}
+    scales, zeros = list(q.get("scales", [])), list(q.get("zero_points", []))
+    if len(scales) != 1:
+        raise HwcError(f"TFLM tensor of type {np.dtype(det['dtype']).name} without one per-tensor scale: "
+                       "unsupported input/output quantization")
+    return float(scales[0]), int(zeros[0])
+
+
+def _quantize(value: np.ndarray, det: dict) -> np.ndarray:
+    dtype = np.dtype(det["dtype"])
+    if dtype == np.float32:
+        return np.ascontiguousarray(value, dtype=np.float32)
+    scale, zero = _affine(det)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(value / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def _dequantize(value: np.ndarray, det: dict) -> np.ndarray:
+    dtype = np.dtype(det["dtype"])
+    if dtype == np.float32:
+        return np.asarray(value, dtype=np.float32)
+    scale, zero = _affine(det)
+    return ((value.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+def calibration_inputs(model: torch.nn.Module, frames: int = CALIBRATION_FRAMES,
+                       seed: int = CALIBRATION_SEED) -> list[dict[str, np.ndarray]]:
+    """Streaming hops of speech-like spectra, each with the state torch carries into it."""
+    import torch
+
+    from hwcompress.export import _trace
+    from hwcompress.export.probe import speech_like_frames
+
+    spec = speech_like_frames(frames, seed=seed)
+    rows = []
+    with _trace.eval_mode(model):
+        state = model.initial_state(1)
+        for frame in spec:
+            rows.append({g.SPEC: frame, **{g.state_name(i): s.numpy().astype(np.float32) for i, s in enumerate(state)}})
+            _, state = model(torch.from_numpy(frame), state)
+    return rows
+
+
+def log_feature_tensors(data: bytes) -> list[str]:
+    """Output tensor names of every LOG op and of the ops it depends on (back to the graph inputs):
+    the power spectrum a log-magnitude front end computes spans far more than int16's ~96 dB (a
+    symmetric int16 grid sized for the loudest bin rounds every bin 45 dB under it to zero, whose
+    log is the floor), so these few elementwise ops on 161 bins stay float."""
+    model = _read_model(data)
+    sub = model.subgraphs[0]
+    producer = {int(t): op for op in sub.operators or [] for t in (op.outputs if op.outputs is not None else [])}
+    fb = _schema()
+    todo = [op for op in sub.operators or []
+            if max(model.operatorCodes[op.opcodeIndex].builtinCode,
+                   model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode) == fb.BuiltinOperator.LOG]
+    seen: list = []
+    while todo:
+        op = todo.pop()
+        if any(op is s for s in seen):
+            continue
+        seen.append(op)
+        todo.extend(producer[int(t)] for t in (op.inputs if op.inputs is not None else []) if int(t) in producer)
+    return [sub.tensors[int(t)].name.decode() for op in seen for t in op.outputs]
+
+
+def quantize_16x8(src: Path, dst: Path, samples: list[dict[str, np.ndarray]]) -> None:
+    """Full-integer 16x8 quantization of a float .tflite by ai-edge-quantizer: its static_wi8_ai16
+    scheme (int8 symmetric per-channel weights, int16 symmetric activations) on every op except the
+    log-feature ops (`log_feature_tensors`), which stay float. Each tensor's range is the min and max
+    over all `samples`: the calibrator's default, a moving average of per-sample ranges, suits
+    batches of many frames, but here a sample is one hop, so it would clip louder hops (measured on
+    tiny-gru: input range 0.41 for spectra that reach 6.4, 2.1 dB parity)."""
+    try:
+        from ai_edge_quantizer import algorithm_manager, calibrator, qtyping, quantizer, recipe_manager
+        from ai_edge_quantizer.utils import qsv_utils
+    except ImportError:
+        raise HwcError("TFLite Micro export needs ai-edge-quantizer: pip install 'hwcompress[tflm]'") from None
+    try:
+        # it prints a size summary on stdout, tqdm bars on stderr, its LiteRT calibration interpreter
+        # logs on file descriptor 2 and warns about keeping every tensor: ours carry tables/JSON
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                _captured_stderr(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*experimental_preserve_all_tensors")
+            data = Path(src).read_bytes()
+            manager = recipe_manager.RecipeManager()
+            everything = qtyping.TFLOperationName.ALL_SUPPORTED
+            # what recipe.static_wi8_ai16() builds, then the float exceptions (later entries win)
+            manager.add_static_config(regex=".*", operation_name=everything, activation_num_bits=16,
+                                      weight_num_bits=8,
+                                      algorithm_key=algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT)
+            for name in log_feature_tensors(data):
+                # an op's scope is its output names, each followed by ";"
+                manager.add_quantization_config(regex=f"^{re.escape(name)};$", operation_name=everything,
+                                                algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+            scheme = manager.get_quantization_recipe()
+            calib = calibrator.Calibrator(data, num_threads=1, qsv_update_func=qsv_utils.min_max_update)
+            calib.calibrate({_SIGNATURE: samples}, manager)
+            q = quantizer.Quantizer(str(src))
+            q.load_quantization_recipe(scheme)
+            q.quantize(calib.get_model_qsvs()).export_model(str(dst), overwrite=True)
+    except Exception as exc:  # the quantizer raises many types
+        raise g.unsupported("ai-edge-quantizer (16x8)", exc) from None
+
+
+class TflmBackend:
+    name = "tflite-micro"
+    suffix = ".tflite"
+
+    def export(self, model: torch.nn.Module, out_dir: Path, mode: str = "stream", *,
+               frames: int | None = None, stem: str | None = None, weights: str = "int8") -> Path:
+        if mode != "stream":
+            raise HwcError(f"tflite-micro exports streaming graphs only (mode 'stream', one hop per call), "
+                           f"not mode {mode!r}")
+        if weights != "int8":
+            raise HwcError(f"tflite-micro stores int8 weights with int16 activations (16x8) only, "
+                           f"not {weights!r} weights: use int8")
+        from hwcompress.export.tflite import BACKEND as LITERT
+
+        dst = Path(out_dir) / (g.artifact_stem(stem, mode, None, "int8") + "-a16" + self.suffix)
+        with g.staging(Path(out_dir)) as tmp:
+            flt = LITERT.export(model, tmp, "stream", stem="float")
+            _interpreter(flt.read_bytes(), PROBE_ARENA_BYTES, dst.name)  # an op TFLM lacks, named before quantizing
+            staged = tmp / dst.name
+            quantize_16x8(flt, staged, calibration_inputs(model))
+            _interpreter(staged.read_bytes(), PROBE_ARENA_BYTES, dst.name)  # every op runs in TFLM
+            g.publish([(staged, dst)])
+        return dst
+
+    def load(self, path: Path, threads: int = 1) -> TflmSession:
+        return TflmSession(path, threads)
+
+
+BACKEND = TflmBackend()

@@ -1,0 +1,123 @@
+"""TFLite Micro backend: a tiny streaming model exported fully integer (16x8) and run hop by hop in
+the real TFLM Python interpreter (PyPI tflite-micro), against torch.
+
+Tolerance: MIN_SNR_DB = 35 dB of the TFLM output against torch over 50 speech-like hops with the
+state carried (`check.stream_parity`); measured 43.5 dB on tiny-gru (int8 weights, int16
+activations and state, the log-power features in float). Calibration uses other frames (seed 1)
+than the check (seed 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hwcompress.errors import HwcError
+from hwcompress.export import canonical_name, get_backend
+from hwcompress.export.check import stream_parity
+from hwcompress.export.probe import speech_like_frames
+from hwcompress.models.io import load_model
+from hwcompress.models.zoo import RnnMasker
+
+pytest.importorskip("tflite_micro", reason="TFLite Micro runtime (tflite-micro) is not installed")
+pytest.importorskip("ai_edge_quantizer", reason="ai-edge-quantizer is not installed")
+
+MIN_SNR_DB = 35.0
+
+
+def _require_converter() -> None:
+    from hwcompress.export.tflite import converter_python
+
+    try:
+        converter_python()
+    except HwcError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    _require_converter()
+    torch.manual_seed(0)
+    model = load_model("tiny-gru").eval()
+    path = get_backend("tflm").export(model, tmp_path_factory.mktemp("tflm"))
+    return model, path, get_backend("tflite-micro").load(path)
+
+
+def test_names_and_aliases() -> None:
+    assert canonical_name("tflm") == canonical_name("TFLite-Micro") == "tflite-micro"
+    assert get_backend("tflm").name == "tflite-micro"
+
+
+def test_stream_export_is_16x8_and_runs_in_tflm(exported) -> None:
+    from hwcompress.export.tflm import float_ops, op_names
+
+    model, path, session = exported
+    data = path.read_bytes()
+    assert session.frames == 1 and session.state_shapes == [tuple(s) for s in model.state_shapes()]
+    ops = op_names(data)
+    fcs = [types for name, types in ops if name == "FULLY_CONNECTED"]
+    assert fcs and all(set(types) == {"INT16"} for types in fcs), fcs  # int16 activations in and out
+    # the log-power features stay float (int16 cannot hold a power spectrum); nothing else does
+    assert set(float_ops(data)) <= {"MUL", "SUM", "ADD", "LOG"}, float_ops(data)
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
+
+    m = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(data, 0))
+    sub = m.subgraphs[0]
+    fc_code = [i for i, c in enumerate(m.operatorCodes) if max(c.builtinCode, c.deprecatedBuiltinCode)
+               == fb.BuiltinOperator.FULLY_CONNECTED]
+    weights = {sub.tensors[op.inputs[1]].type for op in sub.operators if op.opcodeIndex in fc_code}
+    assert weights == {fb.TensorType.INT8}
+    assert 0 < path.stat().st_size < 64 * 1024
+
+
+def test_tflm_parity_vs_torch_with_carried_state(exported) -> None:
+    model, _, session = exported
+    figures = stream_parity(model, session, 50)
+    assert figures["snr_db"] >= MIN_SNR_DB, figures
+    # the state really is carried: dropping it each hop gives another output
+    spec = speech_like_frames(20)
+    carried, state = [], None
+    for frame in spec:
+        out, state = session.run(frame, state)
+        carried.append(out)
+    fresh = [session.run(frame, None)[0] for frame in spec]
+    assert np.abs(np.concatenate(carried)[5:] - np.concatenate(fresh)[5:]).max() > 1e-3
+
+
+def test_arena_is_measured(exported) -> None:
+    from hwcompress.export.tflm import _runs_in
+
+    _, path, session = exported
+    data = path.read_bytes()
+    assert 0 < session.arena_recorded_bytes <= session.arena_bytes < 512 * 1024
+    assert _runs_in(data, session.arena_bytes)
+    assert not _runs_in(data, session.arena_bytes - 64)  # the smallest it runs in, to 16 bytes
+
+
+def test_whole_mode_and_float_weights_are_refused(tmp_path) -> None:
+    model = load_model("tiny-gru")
+    with pytest.raises(HwcError, match="streaming graphs only") as exc:
+        get_backend("tflm").export(model, tmp_path, "whole")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(HwcError, match="int8 weights with int16 activations"):
+        get_backend("tflm").export(model, tmp_path, "stream", weights="fp32")
+
+
+class _GeluMasker(RnnMasker):
+    """A GELU before the output layer: litert-torch emits a GELU op, which TFLM has no kernel for."""
+
+    def forward(self, spec, state):
+        h, state = self.rnn(self.features(spec), state)
+        mask = torch.sigmoid(self.out(torch.nn.functional.gelu(h)))
+        return spec * mask.unsqueeze(-1), state
+
+
+def test_op_tflm_lacks_is_one_line_naming_it(tmp_path) -> None:
+    _require_converter()
+    torch.manual_seed(0)
+    with pytest.raises(HwcError) as exc:
+        get_backend("tflm").export(_GeluMasker(hidden=[8], cell="gru").eval(), tmp_path)
+    message = str(exc.value)
+    assert "no kernel for op GELU" in message and "\n" not in message, message
+    assert not list(tmp_path.glob("*.tflite"))  # nothing half-made is published
