@@ -121,3 +121,67 @@ def test_op_tflm_lacks_is_one_line_naming_it(tmp_path) -> None:
     message = str(exc.value)
     assert "no kernel for op GELU" in message and "\n" not in message, message
     assert not list(tmp_path.glob("*.tflite"))  # nothing half-made is published
+
+
+# ---------------------------------------------------------------- LUT compression of clustered layers
+
+
+@pytest.fixture(scope="module")
+def clustered(tmp_path_factory):
+    """tiny-gru with its GRU input weights clustered to K=4 and the other weight matrices to K=16,
+    exported with and without LUT compression."""
+    from hwcompress.compress.cluster import apply_clustering, cluster_model
+
+    _require_converter()
+    torch.manual_seed(0)
+    model = load_model("tiny-gru").eval()
+    apply_clustering(model, cluster_model(model, {"rnn.layers.0.weight_ih_l0": 4, "*": 16}))
+    be = get_backend("tflm")
+    lut = be.export(model, tmp_path_factory.mktemp("tflm-lut"))
+    plain = be.export(model, tmp_path_factory.mktemp("tflm-plain"), lut=False)
+    return model, lut, plain
+
+
+def test_dense_layers_are_not_lut_compressed(exported) -> None:
+    assert exported[2].lut_layers == []
+
+
+def test_lut_index_bits_follow_k(clustered) -> None:
+    _, lut, plain = clustered
+    session = get_backend("tflm").load(lut)
+    bits = {tuple(row["shape"]): row["index_bits"] for row in session.lut_layers}
+    assert bits == {(48, 161): 2, (48, 16): 4, (161, 16): 4}, session.lut_layers  # ceil(log2 K)
+    assert lut.stat().st_size < plain.stat().st_size
+
+
+def test_lut_decodes_back_and_the_interpreter_runs_it_exactly(clustered) -> None:
+    from hwcompress.export.tflm import lut_decode
+    from tflite_micro.tensorflow.lite.micro.compression import model_editor
+
+    model, lut, plain = clustered
+    decoded = lut_decode(lut.read_bytes())
+    tensors = {t.name: t for t in model_editor.read(plain.read_bytes()).subgraphs[0].tensors}
+    assert len(decoded) == 3
+    for name, values in decoded.items():
+        assert np.array_equal(values, tensors[name].array), name
+    # TFLM decodes in its DECODE kernels: outputs identical to the uncompressed file, hop by hop
+    s_lut, s_plain = get_backend("tflm").load(lut), get_backend("tflm").load(plain)
+    state_a = state_b = None
+    for frame in speech_like_frames(20):
+        a, state_a = s_lut.run(frame, state_a)
+        b, state_b = s_plain.run(frame, state_b)
+        assert np.array_equal(a, b)
+    assert stream_parity(model, s_lut, 50)["snr_db"] >= MIN_SNR_DB
+    # the decoded weights live in the arena: measured, it grows
+    assert s_lut.arena_bytes > s_plain.arena_bytes
+
+
+def test_lut_wider_than_7_bits_is_one_line(clustered) -> None:
+    from hwcompress.export.tflm import LutLayer, lut_compress
+
+    _, _, plain = clustered
+    row = LutLayer(tensor="w", op="FULLY_CONNECTED", shape=(4, 4), axis=None, values=200, index_bits=8,
+                   bytes_before=16, bytes_after=8)
+    with pytest.raises(HwcError, match="need 8-bit indices, TFLite Micro's LUT decoder takes at most 7") as exc:
+        lut_compress(plain.read_bytes(), [row])
+    assert "\n" not in str(exc.value)

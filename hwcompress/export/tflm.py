@@ -12,8 +12,8 @@ Export (streaming only: a microcontroller runs one 10 ms hop per call, state car
   3. the float and then the quantized file are loaded and invoked by the TFLM interpreter before
      anything is published: an op (or an op on a tensor type) TFLM has no kernel for fails the
      export with one line naming it.
-The log-power features (the LOG op and the ops it depends on: |X|^2, its sum, + eps) stay float
-(`log_feature_tensors`, `float_ops`): a power spectrum spans more than int16 can hold. TFLM runs
+The spectral features (a LOG or SQRT op and the ops it depends on: |X|^2, its sum, + eps) stay
+float (`log_feature_tensors`, `float_ops`): a power spectrum spans more than int16 can hold. TFLM runs
 them with its float reference kernels (161 bins per hop; the Cortex-M7 has an FPU). Measured on
 tiny-gru: 43.5 dB parity vs torch with them float, 20.4 dB with them in int16.
 
@@ -34,6 +34,7 @@ import re
 import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,13 @@ CALIBRATION_SEED = 1
 PROBE_ARENA_BYTES = 16 * 1024 * 1024
 _SIGNATURE = "serving_default"
 _INT_TYPES = (np.int8, np.int16)
+#: ops whose weights (input 1, int8 constants) LUT compression applies to
+LUT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
+#: widest index TFLM's LUT decoder takes
+LUT_MAX_BITS = 7
+_DCM_BYTES = 16  # DECODE common metadata header ahead of the value tables
+#: ai-edge-quantizer's name of a LUT_OPS op where it differs from the .tflite builtin name
+_QUANTIZER_OP_NAMES = {"TRANSPOSE_CONV": "CONV_2D_TRANSPOSE"}
 
 
 @contextlib.contextmanager
@@ -249,6 +257,8 @@ class TflmSession(g.SessionBase):
         self.arena_size = int(arena_size) if arena_size is not None else self.arena_bytes
         self.model_bytes = len(data)
         self.float_ops = float_ops(data)
+        #: the LUT-encoded weight tensors (index bits, bytes), read back from the file
+        self.lut_layers = lut_layers(data)
         self.interpreter = _interpreter(data, self.arena_size, where)
         self._in = [ins[g.SPEC], *(ins[g.state_name(i)] for i in range(n))]
         self._out = [outs[g.OUT], *(outs[g.state_out_name(i)] for i in range(n))]
@@ -319,18 +329,26 @@ def calibration_inputs(model: torch.nn.Module, frames: int = CALIBRATION_FRAMES,
     return rows
 
 
+#: ops of a spectral front end that stay float with everything they depend on: LOG (log-power
+#: features) and SQRT (magnitude), whose inputs are power spectra; TFLM's SQRT and LOG kernels are
+#: float only besides
+FLOAT_FEATURE_OPS = ("LOG", "SQRT")
+
+
 def log_feature_tensors(data: bytes) -> list[str]:
-    """Output tensor names of every LOG op and of the ops it depends on (back to the graph inputs):
-    the power spectrum a log-magnitude front end computes spans far more than int16's ~96 dB (a
-    symmetric int16 grid sized for the loudest bin rounds every bin 45 dB under it to zero, whose
-    log is the floor), so these few elementwise ops on 161 bins stay float."""
+    """Output tensor names of every FLOAT_FEATURE_OPS op and of the ops it depends on (back to the
+    graph inputs): the power spectrum a log-magnitude or magnitude front end computes spans far
+    more than int16's ~96 dB (a symmetric int16 grid sized for the loudest bin rounds every bin
+    45 dB under it to zero, whose log is the floor), so these few elementwise ops on 161 bins stay
+    float."""
     model = _read_model(data)
     sub = model.subgraphs[0]
     producer = {int(t): op for op in sub.operators or [] for t in (op.outputs if op.outputs is not None else [])}
     fb = _schema()
+    roots = {getattr(fb.BuiltinOperator, name) for name in FLOAT_FEATURE_OPS}
     todo = [op for op in sub.operators or []
             if max(model.operatorCodes[op.opcodeIndex].builtinCode,
-                   model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode) == fb.BuiltinOperator.LOG]
+                   model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode) in roots]
     seen: list = []
     while todo:
         op = todo.pop()
@@ -341,10 +359,39 @@ def log_feature_tensors(data: bytes) -> list[str]:
     return [sub.tensors[int(t)].name.decode() for op in seen for t in op.outputs]
 
 
+def clustered_op_scopes(data: bytes, max_values: int = 2 ** LUT_MAX_BITS) -> list[tuple[str, str]]:
+    """(op name, ai-edge-quantizer scope) of every LUT_OPS op of a float model whose weight tensor
+    holds at most `max_values` distinct values (a clustered layer: K centroids, plus 0 where pruned).
+    These get one int8 scale for the whole tensor instead of one per channel, so the K centroids
+    land on K int8 values (each snapped to the nearest multiple of scale = max|centroid| / 127) and
+    one value table of K entries serves the tensor; per channel, every channel would carry its own
+    table of up to K values."""
+    model = _read_model(data)
+    sub = model.subgraphs[0]
+    fb = _schema()
+    names = _names(fb.BuiltinOperator)
+    out = []
+    for op in sub.operators or []:
+        code = model.operatorCodes[op.opcodeIndex]
+        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        if name not in LUT_OPS or op.inputs is None or len(op.inputs) < 2 or op.inputs[1] < 0:
+            continue
+        w = sub.tensors[int(op.inputs[1])]
+        raw = model.buffers[w.buffer].data
+        if w.type != fb.TensorType.FLOAT32 or raw is None or len(raw) == 0:
+            continue
+        values = np.frombuffer(np.asarray(raw, dtype=np.uint8).tobytes(), dtype=np.float32)
+        if np.unique(values).size <= max_values:
+            scope = "".join(sub.tensors[int(t)].name.decode() + ";" for t in op.outputs)
+            out.append((name, scope))
+    return out
+
+
 def quantize_16x8(src: Path, dst: Path, samples: list[dict[str, np.ndarray]]) -> None:
     """Full-integer 16x8 quantization of a float .tflite by ai-edge-quantizer: its static_wi8_ai16
     scheme (int8 symmetric per-channel weights, int16 symmetric activations) on every op except the
-    log-feature ops (`log_feature_tensors`), which stay float. Each tensor's range is the min and max
+    spectral feature ops (`log_feature_tensors`), which stay float; clustered layers
+    (`clustered_op_scopes`) get per-tensor weight scales. Each tensor's range is the min and max
     over all `samples`: the calibrator's default, a moving average of per-sample ranges, suits
     batches of many frames, but here a sample is one hop, so it would clip louder hops (measured on
     tiny-gru: input range 0.41 for spectra that reach 6.4, 2.1 dB parity)."""
@@ -366,6 +413,12 @@ def quantize_16x8(src: Path, dst: Path, samples: list[dict[str, np.ndarray]]) ->
             manager.add_static_config(regex=".*", operation_name=everything, activation_num_bits=16,
                                       weight_num_bits=8,
                                       algorithm_key=algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT)
+            for op_name, scope in clustered_op_scopes(data):
+                kind = getattr(qtyping.TFLOperationName, _QUANTIZER_OP_NAMES.get(op_name, op_name))
+                manager.add_static_config(regex=f"^{re.escape(scope)}$", operation_name=kind,
+                                          activation_num_bits=16, weight_num_bits=8,
+                                          weight_granularity=qtyping.QuantGranularity.TENSORWISE,
+                                          algorithm_key=algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT)
             for name in log_feature_tensors(data):
                 # an op's scope is its output names, each followed by ";"
                 manager.add_quantization_config(regex=f"^{re.escape(name)};$", operation_name=everything,
@@ -380,12 +433,176 @@ def quantize_16x8(src: Path, dst: Path, samples: list[dict[str, np.ndarray]]) ->
         raise g.unsupported("ai-edge-quantizer (16x8)", exc) from None
 
 
+@dataclass(frozen=True)
+class LutLayer:
+    """One weight tensor as LUT compression stores it: indices of `index_bits` into one value table
+    per channel (or one for the tensor), each of at most 2**index_bits int8 values."""
+
+    tensor: str
+    op: str
+    shape: tuple[int, ...]
+    #: channel axis of the tables (the tensor's quantization axis), None for one table
+    axis: int | None
+    #: most distinct stored values in one table (= the layer's K when its clustering is kept exactly)
+    values: int
+    index_bits: int
+    bytes_before: int
+    #: packed indices + value tables + the 16-byte DECODE header
+    bytes_after: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _lut_axis(tensor) -> int | None:
+    q = tensor.quantization
+    axis = getattr(q, "axis", None) if q is not None else None
+    scales = np.atleast_1d(getattr(q, "scales", [])) if q is not None else []
+    if axis is None or len(scales) <= 1 or axis not in (0, len(tensor.shape) - 1):
+        return None
+    return int(axis)
+
+
+def _distinct_per_table(values: np.ndarray, axis: int | None) -> int:
+    if axis is None:
+        return int(np.unique(values).size)
+    return max(int(np.unique(ch).size) for ch in np.moveaxis(values, axis, 0))
+
+
+def lut_plan(data: bytes, max_bits: int = LUT_MAX_BITS) -> list[LutLayer]:
+    """The weight tensors of a 16x8 model that LUT compression shrinks: int8 weights of LUT_OPS
+    whose tables need at most `max_bits` index bits (ceil(log2 distinct values), at least 1) and
+    whose indices + tables take fewer bytes than the int8 values. A dense layer has ~255 distinct
+    values per channel and stays as it is; a layer clustered to K codewords has at most K (K + 1
+    with pruned zeros) and is stored with ceil(log2 K)-bit indices."""
+    from tflite_micro.tensorflow.lite.micro.compression import model_editor
+
+    fb = _schema()
+    names = _names(fb.BuiltinOperator)
+    model = model_editor.read(data)
+    rows, seen = [], set()
+    for op in model.subgraphs[0].operators:
+        name = names.get(op.opcode, "")
+        if name not in LUT_OPS or len(op.inputs) < 2 or op.inputs[1] is None:
+            continue
+        w = op.inputs[1]
+        if w.index in seen or w.dtype != fb.TensorType.INT8 or w.buffer is None or not w.buffer.data:
+            continue
+        seen.add(w.index)
+        values = w.array
+        axis = _lut_axis(w)
+        distinct = _distinct_per_table(values, axis)
+        bits = max(1, int(np.ceil(np.log2(distinct))))
+        if bits > max_bits:
+            continue
+        tables = 1 if axis is None else values.shape[axis]
+        after = -(-values.size * bits // 8) + tables * distinct + _DCM_BYTES
+        if after >= values.size:
+            continue
+        rows.append(LutLayer(tensor=w.name or f"tensor {w.index}", op=name, shape=tuple(int(d) for d in values.shape),
+                             axis=axis, values=distinct, index_bits=bits, bytes_before=int(values.size),
+                             bytes_after=int(after)))
+    return rows
+
+
+def lut_compress(data: bytes, plan: list[LutLayer] | None = None) -> tuple[bytes, list[LutLayer]]:
+    """TFLM's LUT compression (tflite_micro.compression) of the tensors in `plan` (default
+    `lut_plan(data)`), with DECODE operators the interpreter runs ahead of their consumers.
+    Every compressed tensor is decoded back (`lut_decode`) and must equal the int8 values it
+    replaced, or this raises. Returns the new file and the plan applied (empty: `data` as it was)."""
+    from tflite_micro.tensorflow.lite.micro.compression import compress, model_editor, spec
+
+    plan = lut_plan(data) if plan is None else plan
+    if not plan:
+        return data, []
+    model = model_editor.read(data)
+    by_name = {t.name: t for t in model.subgraphs[0].tensors}
+    specs = []
+    for row in plan:
+        if row.index_bits > LUT_MAX_BITS:
+            raise HwcError(f"tensor {row.tensor!r}: {row.values} distinct values need {row.index_bits}-bit "
+                           f"indices, TFLite Micro's LUT decoder takes at most {LUT_MAX_BITS}")
+        mode = spec.PerTensor() if row.axis is None else spec.PerChannel(axis=row.axis)
+        specs.append(spec.Tensor(subgraph=0, tensor=by_name[row.tensor].index,
+                                 compression=[spec.LookUpTableCompression(index_bitwidth=row.index_bits, mode=mode)]))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "resulted in expansion": lut_plan already left those out
+            out = bytes(compress(data, specs))
+    except Exception as exc:  # CompressionError and the flatbuffer tools' own
+        raise HwcError(f"TFLite Micro LUT compression failed: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+    decoded = lut_decode(out)
+    for row in plan:
+        want = by_name[row.tensor].array
+        got = decoded.get(row.tensor)
+        if got is None or got.shape != want.shape or not np.array_equal(got, want):
+            raise HwcError(f"tensor {row.tensor!r}: its LUT encoding does not decode back to the int8 weights")
+    return out, plan
+
+
+def _unpack_indices(packed: bytes, bits: int, count: int) -> np.ndarray:
+    """Big-endian bit fields of `bits` bits, the first at the most significant bit of byte 0."""
+    as_bits = np.unpackbits(np.frombuffer(packed, dtype=np.uint8))[: count * bits].reshape(count, bits)
+    return as_bits.astype(np.int64) @ (1 << np.arange(bits - 1, -1, -1, dtype=np.int64))
+
+
+def lut_decode(data: bytes) -> dict[str, np.ndarray]:
+    """Every LUT-encoded tensor of a compressed model decoded in numpy from the file's bytes (the
+    DECODE op's encoded indices and its ancillary DCM header + value tables), keyed by the name
+    of the encoded tensor, which keeps the original weight tensor's name. Written
+    from the format, not by calling TFLM's decoder, so it checks the file independently."""
+    from tflite_micro.tensorflow.lite.micro.compression import model_editor
+
+    model = model_editor.read(data)
+    out = {}
+    for op in model.subgraphs[0].operators:
+        if op.custom_code != "TFLM_DECODE":
+            continue
+        for encoded, ancillary, target in zip(op.inputs[0::2], op.inputs[1::2], op.outputs):
+            anc = bytes(ancillary.buffer.data)
+            if anc[0] != 0:  # decode type 0: LUT
+                continue
+            params, stride = anc[5], anc[6]
+            bits, axis = params & 0x07, params >> 4
+            tables = np.frombuffer(anc[_DCM_BYTES:], dtype=target.numpy_dtype)
+            shape = tuple(int(d) for d in target.shape)
+            count = int(np.prod(shape))
+            idx = _unpack_indices(bytes(encoded.buffer.data), bits, count).reshape(shape)
+            if axis == 0xF:
+                values = tables[:stride][idx]
+            else:
+                moved = np.moveaxis(idx, axis, 0)
+                values = np.moveaxis(np.stack([tables[c * stride:(c + 1) * stride][ch] for c, ch in enumerate(moved)]),
+                                     0, axis)
+            out[encoded.name] = values
+    return out
+
+
+def lut_layers(data: bytes) -> list[dict]:
+    """Index bits and bytes of every LUT-encoded weight tensor of a model file, read back from it."""
+    from tflite_micro.tensorflow.lite.micro.compression import model_editor
+
+    model = model_editor.read(data)
+    rows = []
+    for op in model.subgraphs[0].operators:
+        if op.custom_code != "TFLM_DECODE":
+            continue
+        for encoded, ancillary, target in zip(op.inputs[0::2], op.inputs[1::2], op.outputs):
+            anc = bytes(ancillary.buffer.data)
+            rows.append({"tensor": encoded.name, "shape": [int(d) for d in target.shape], "index_bits": anc[5] & 0x07,
+                         "bytes": len(encoded.buffer.data) + len(anc)})
+    return rows
+
+
 class TflmBackend:
     name = "tflite-micro"
     suffix = ".tflite"
 
     def export(self, model: torch.nn.Module, out_dir: Path, mode: str = "stream", *,
-               frames: int | None = None, stem: str | None = None, weights: str = "int8") -> Path:
+               frames: int | None = None, stem: str | None = None, weights: str = "int8",
+               lut: bool = True) -> Path:
+        """The 16x8 .tflite of `model`; with `lut` (default), every weight tensor `lut_plan` finds
+        few enough distinct values in (a clustered layer) is LUT-compressed and checked by decoding."""
         if mode != "stream":
             raise HwcError(f"tflite-micro exports streaming graphs only (mode 'stream', one hop per call), "
                            f"not mode {mode!r}")
@@ -400,6 +617,9 @@ class TflmBackend:
             _interpreter(flt.read_bytes(), PROBE_ARENA_BYTES, dst.name)  # an op TFLM lacks, named before quantizing
             staged = tmp / dst.name
             quantize_16x8(flt, staged, calibration_inputs(model))
+            if lut:
+                data, _ = lut_compress(staged.read_bytes())
+                staged.write_bytes(data)
             _interpreter(staged.read_bytes(), PROBE_ARENA_BYTES, dst.name)  # every op runs in TFLM
             g.publish([(staged, dst)])
         return dst
