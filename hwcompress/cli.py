@@ -466,7 +466,7 @@ def fit(
     weights: Annotated[str, typer.Option(help="Runtime weights: int8 (every backend) or int4 (OpenVINO: nncf INT4_ASYM).")] = "int8",
     finetune_target: Annotated[str, typer.Option(help="Fine-tuning target: teacher (distil from the dense model), clean, or mix (0.5/0.5).")] = "teacher",
     dnsmos: Annotated[bool, typer.Option(help="Score DNSMOS P.835 in the report (about 2 s per clip and condition here).")] = True,
-    codebook_tolerance: Annotated[float, typer.Option(min=0.0, help="Summed validation-loss increase (relative) the per-layer codebooks may cost.")] = 0.02,
+    codebook_tolerance: Annotated[float, typer.Option(min=0.0, help="What the per-layer codebooks may cost, summed over layers: the fine-tuning objective's increase (distance to the dense model's output by default) relative to the dense model's clean validation loss.")] = 0.01,
     json_: JsonOpt = False,
 ) -> None:
     """Find per-layer sparsity and codebook sizes that meet the target's budgets, then compress, export, verify and report."""

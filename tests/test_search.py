@@ -80,6 +80,17 @@ def test_codebooks_trade_bits_for_loss() -> None:
     assert alloc.choose_codebooks(curves, weights, tolerance=0.0) == {"big": 256, "small": 16}
 
 
+def test_codebook_curves_keep_each_k_its_own_loss() -> None:
+    """The harsher codebook is the smaller K: a K=16 that costs little must not inherit
+    K=8's loss (it did, so fits chose only K=8 or 256)."""
+    k_sens = {"base": -1.0, "scores": {"gru": {8: -1.3, 16: -1.01, 32: -1.02}}}
+    curve = dict(alloc.codebook_curves(k_sens)["gru"])
+    assert curve[8.0] == pytest.approx(0.3) and curve[16.0] == pytest.approx(0.02)
+    assert curve[32.0] == pytest.approx(0.02)  # a dip at a larger K is noise: the envelope
+    ks = alloc.choose_codebooks(alloc.codebook_curves(k_sens), {"gru": 10**6}, tolerance=0.05)
+    assert ks == {"gru": 16}
+
+
 # ---------------------------------------------------------------- CLI end to end
 
 

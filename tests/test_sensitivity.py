@@ -44,7 +44,7 @@ def test_two_fresh_runs_give_identical_scores_and_choices(items, tmp_path) -> No
         model = _model()
         k = sens.codebooks(model, items, tmp_path / f"run{i}" / "codebooks.json", log=pytest.fail)
         s = sens.structured(model, items, tmp_path / f"run{i}" / "structured.json", log=pytest.fail)
-        runs.append((k, s, alloc.choose_codebooks(alloc.loss_curves(sens.within_noise(k)), _weights(model), 1e-3)))
+        runs.append((k, s, alloc.choose_codebooks(alloc.codebook_curves(sens.within_noise(k)), _weights(model), 1e-3)))
     (k1, s1, c1), (k2, s2, c2) = runs
     assert k1 == k2 and s1 == s2 and c1 == c2  # bit-identical scores, same K per layer
     assert k1["noise"]["repeat_abs_diff"] == 0.0  # the same weights score bit-identically
@@ -108,7 +108,7 @@ def test_within_noise_treats_tiny_changes_as_none() -> None:
     snapped = sens.within_noise(k)["scores"]
     assert snapped == {"a": {8: -0.1, 16: -0.1}, "b": {8: -0.1 - 1e-3, 16: -0.1 - 2e-7}}
     # a noise-level "loss" no longer decides a K: layer a takes the smallest codebook
-    ks = alloc.choose_codebooks(alloc.loss_curves(sens.within_noise(k)), {"a": 100, "b": 100}, tolerance=1e-9)
+    ks = alloc.choose_codebooks(alloc.codebook_curves(sens.within_noise(k)), {"a": 100, "b": 100}, tolerance=1e-9)
     assert ks["a"] == 8 and ks["b"] == 256
 
 
@@ -128,7 +128,7 @@ def test_joint_codebook_check_is_deterministic_and_cached(small_corpus, tmp_path
     for i in range(2):
         model = _model()
         f = _fitter(tmp_path / f"fit{i}", small_corpus, model)
-        k_sens = sens.codebooks(model, sens.validation_items(small_corpus, 2), f.out / "sensitivity" / "codebooks.json",
+        k_sens = sens.codebooks(model, f.sensitivity_items(small_corpus), f.out / "sensitivity" / "codebooks.json",
                                 log=pytest.fail)
         results.append((f.codebooks(k_sens), k_sens, f))
     (ks1, k1, f1), (ks2, k2, _) = results
@@ -146,6 +146,24 @@ def test_joint_codebook_check_is_deterministic_and_cached(small_corpus, tmp_path
     assert sum("codebooks-joint.json" in m for m in f1.logs) == 1
     # other sensitivities (e.g. of another corpus): recomputed, not reused
     f1.logs.clear()
-    other = {**k1, "base": k1["base"] * 1.5}
+    other = {**k1, "base": k1["base"] - 0.5}
     f1.codebooks(other)
     assert any("another model, data or settings" in m for m in f1.logs)
+
+
+def test_teacher_objective_scores_distance_to_the_dense_output(items) -> None:
+    """With the default fine-tuning target the sensitivities score how far a compressed
+    model departs from the dense model's own output: the dense model scores exactly 0, a
+    perturbed one less, and the cache key tells the two objectives apart."""
+    dense = _model()
+    taught = sens.with_teacher(items, dense, 1.0)
+    assert sens.score_fn(taught)(dense) == 0.0
+    assert sens.with_teacher(items, dense, 0.0) is items  # clean target: the clean validation loss
+    other = _model(seed=1)
+    assert sens.score_fn(taught)(other) < 0.0
+    mixed = sens.with_teacher(items, dense, 0.5)
+    # mix: half the distance to the teacher, half the clean loss
+    expected = 0.5 * sens.score_fn(taught)(other) + 0.5 * sens.score_fn(items)(other)
+    assert sens.score_fn(mixed)(other) == pytest.approx(expected, rel=1e-5)
+    keys = {json.dumps(sens.evaluation_key(x), sort_keys=True) for x in (items, taught, mixed)}
+    assert len(keys) == 3

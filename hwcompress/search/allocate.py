@@ -48,6 +48,23 @@ def loss_curves(sens: Mapping) -> dict[str, list[tuple[float, float]]]:
     return curves
 
 
+def codebook_curves(sens: Mapping) -> dict[str, list[tuple[float, float]]]:
+    """Per layer: [(0, 0)] + [(K, loss increase)] for codebook sensitivities, where the
+    harsher setting is the *smaller* K: the envelope runs from the largest K down, so a
+    K=16 keeps its own measured loss (loss_curves, ascending, would give it K=8's; that is
+    what made every fit choose only K=8 or 256)."""
+    base = float(sens["base"])
+    curves = {}
+    for name, scores in sens["scores"].items():
+        points = {int(float(k)): float(v) for k, v in scores.items()}
+        curve, worst = [], 0.0
+        for k in sorted(points, reverse=True):
+            worst = max(worst, base - points[k])
+            curve.append((float(k), worst))
+        curves[name] = [(0.0, 0.0)] + curve[::-1]
+    return curves
+
+
 def interpolate(curve: list[tuple[float, float]], r: float) -> float:
     for (r0, l0), (r1, l1) in zip(curve, curve[1:]):
         if r <= r1 + 1e-12:

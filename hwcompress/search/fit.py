@@ -73,7 +73,7 @@ class FitConfig:
     lr: float = 1e-4
     sensitivity_items: int = 8
     eval_items: int = 40
-    codebook_tolerance: float = 0.02  # summed validation-loss increase allowed for the codebooks, relative
+    codebook_tolerance: float = 0.01  # summed sensitivity loss allowed for the codebooks, relative to the dense clean loss
     measure_runs: int = 300
     final_runs: int = 500  # the verified figure: more hops than the search's probes
     retries: int = 3
@@ -237,8 +237,16 @@ class Fitter:
         self.oracle.calibration = self.floor_ms / max(predicted, 1e-12)
         self.log(f"  latency model re-anchored on the most pruned model's measurement ({self.floor_ms:.3f} ms)")
 
-    def sensitivities(self, data: Path) -> tuple[dict, dict]:
+    def sensitivity_items(self, data: Path) -> list[dict]:
+        """The validation mixtures every sensitivity is scored on, against the objective the
+        fine-tuning uses (`finetune_target`: distance to the dense model's output by default)."""
+        from hwcompress.compress.pipeline import FINETUNE_TARGETS
+
         items = sens.validation_items(data, self.cfg.sensitivity_items)
+        return sens.with_teacher(items, self.model, FINETUNE_TARGETS[self.cfg.finetune_target])
+
+    def sensitivities(self, data: Path) -> tuple[dict, dict]:
+        items = self.sensitivity_items(data)
         self.log(f"sensitivity: {len(items)} validation mixtures, cached in {self.out / 'sensitivity'}")
         s = sens.structured(self.model, items, self.out / "sensitivity" / "structured.json", log=self.log)
         k = sens.codebooks(self.model, items, self.out / "sensitivity" / "codebooks.json", log=self.log)
@@ -312,11 +320,13 @@ class Fitter:
         params = dict(self.model.named_parameters())
         weights = {layer: sum(p.numel() for n, p in params.items() if n.startswith(path + ".") and p.dim() >= 2)
                    for layer, path in layer_paths(self.model).items()}
-        budget = self.cfg.codebook_tolerance * abs(float(k_sens["base"]))
+        # relative to the dense model's own clean validation loss (k_sens["scale"]): with the
+        # clean objective that is the base score itself; a distance to the teacher starts at 0
+        budget = self.cfg.codebook_tolerance * abs(float(k_sens.get("scale") or k_sens["base"]))
         # a loss change within the measured noise floor counts as none (sens.within_noise),
         # and the joint check allows the same floor: float noise cannot flip a K
         floor = float((k_sens.get("noise") or {}).get("floor", 0.0))
-        items = sens.validation_items(self.data, self.cfg.sensitivity_items)
+        items = self.sensitivity_items(self.data)
         cache = self.out / "sensitivity" / "codebooks-joint.json"
         key = {"what": "joint codebook check", "model": model_digest(self.model),
                "evaluation": sens.evaluation_key(items), "k_sens": digest(k_sens), "budget": budget}
@@ -334,7 +344,7 @@ class Fitter:
         import copy
 
         score = sens.score_fn(items)
-        curves = alloc.loss_curves(sens.within_noise(k_sens))
+        curves = alloc.codebook_curves(sens.within_noise(k_sens))
         tolerance, trials = budget, []
         for _ in range(6):
             ks = alloc.choose_codebooks(curves, weights, tolerance)
@@ -345,7 +355,7 @@ class Fitter:
             apply_clustering(net, cluster_model(net, per_param))
             joint = float(k_sens["base"]) - score(net)
             trials.append({"tolerance": tolerance, "ks": ks, "joint_loss": joint})
-            self.log(f"codebooks: joint validation-loss increase {joint:.5f} (budget {budget:.5f}) with K "
+            self.log(f"codebooks: joint objective increase {joint:.6f} (budget {budget:.6f}) with K "
                      + ", ".join(f"{n}={k}" for n, k in ks.items()))
             if joint <= budget + floor:
                 break
