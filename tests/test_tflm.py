@@ -185,3 +185,35 @@ def test_lut_wider_than_7_bits_is_one_line(clustered) -> None:
     with pytest.raises(HwcError, match="need 8-bit indices, TFLite Micro's LUT decoder takes at most 7") as exc:
         lut_compress(plain.read_bytes(), [row])
     assert "\n" not in str(exc.value)
+
+
+class _DivMasker(RnnMasker):
+    """A division in the mask: TFLM's DIV kernel has no int16 form, so that op must stay float."""
+
+    def forward(self, spec, state):
+        h, state = self.rnn(self.features(spec), state)
+        z = torch.sigmoid(self.out(h))
+        return spec * (z / (1.0 + z)).unsqueeze(-1), state
+
+
+def test_op_without_int16_kernel_stays_float(tmp_path) -> None:
+    _require_converter()
+    torch.manual_seed(0)
+    model = _DivMasker(hidden=[8], cell="gru").eval()
+    session = get_backend("tflm").load(get_backend("tflm").export(model, tmp_path))
+    assert "DIV" in session.float_ops
+    assert stream_parity(model, session, 50)["snr_db"] >= MIN_SNR_DB
+
+
+def test_cli_export_checks_parity_in_tflm(tmp_path, capsys) -> None:
+    import json
+
+    from conftest import cli
+
+    _require_converter()
+    proc = cli(capsys, "export", "--model", "tiny-gru", "--format", "tflm", "--weights", "int8", "--mode", "stream",
+               "--out", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)["artifacts"]
+    assert row["backend"] == row["parity"]["backend"] == "tflite-micro"
+    assert row["parity"]["ok"] and row["parity"]["snr_db"] >= MIN_SNR_DB

@@ -140,16 +140,17 @@ def whole_parity(model: torch.nn.Module, session: Any, frames: int) -> dict[str,
 
 def check_parity(model: torch.nn.Module, path: str | Path, *, weights: str | None = None, mode: str | None = None,
                  frames: int | None = None, min_snr_db: float | None = None, session: Any = None,
-                 enforce: bool = False) -> Parity:
+                 enforce: bool = False, backend: str | None = None) -> Parity:
     """Run the artifact at `path` in its runtime (from the suffix) against `model` in torch.
 
     `weights` (default: read from the artifact) picks the tolerance `MIN_SNR_DB[weights]`
     unless `min_snr_db` is given; `mode` (default: "stream" for a T=1 graph, "whole" otherwise)
     picks streaming hops or one utterance of `frames` frames (a fixed-T artifact's own T).
     Returns the figures with `ok`; with `enforce`, a result that is not ok raises ParityError.
+    `backend` names the runtime where the suffix does not say it (a .tflite for tflite-micro).
     """
     path = Path(path)
-    backend = backend_for_artifact(path)
+    backend = canonical_name(backend) if backend else backend_for_artifact(path)
     if session is None:
         session = get_backend(backend).load(path, threads=1)
     want_states = [tuple(int(d) for d in s) for s in model.state_shapes()]
@@ -203,7 +204,7 @@ def export_checked(model: torch.nn.Module, backend: str, out_dir: Path, modes: l
         if check:
             parity = check_parity(model, path, weights=weights, mode=mode, frames=frames if mode == "whole" else None,
                                   min_snr_db=min_snr_db,
-                                  session=be.load(path, threads=1), enforce=enforce)
+                                  session=be.load(path, threads=1), enforce=enforce, backend=be.name)
             row["parity"] = parity.to_dict()
         rows.append(row)
     return rows

@@ -52,6 +52,8 @@ CALIBRATION_SEED = 1
 #: arena the interpreter is first loaded in to measure what it uses (host memory only)
 PROBE_ARENA_BYTES = 16 * 1024 * 1024
 _SIGNATURE = "serving_default"
+#: ops left float because TFLM has no int16 kernel for them, at most (each costs one quantization)
+MAX_FLOAT_FALLBACKS = 8
 _INT_TYPES = (np.int8, np.int16)
 #: ops whose weights (input 1, int8 constants) LUT compression applies to
 LUT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
@@ -130,6 +132,15 @@ def op_names(data: bytes) -> list[tuple[str, list[str]]]:
     return rows
 
 
+def _op_outputs(data: bytes, index: int) -> list[str]:
+    """Output tensor names of operator `index` of the main subgraph."""
+    sub = _read_model(data).subgraphs[0]
+    ops = sub.operators or []
+    if not 0 <= index < len(ops):
+        return []
+    return [sub.tensors[int(t)].name.decode() for t in ops[index].outputs]
+
+
 def float_ops(data: bytes) -> list[str]:
     """Ops that compute in float (a float activation in or out), QUANTIZE/DEQUANTIZE excepted."""
     return sorted({name for name, types in op_names(data)
@@ -148,14 +159,33 @@ def _signature_positions(data: bytes) -> tuple[dict[str, int], dict[str, int]]:
     ins = [int(i) for i in sub.inputs]
     outs = [int(i) for i in sub.outputs]
 
+    def position(index: int, order: list[int]) -> int:
+        if index in order:
+            return order.index(index)
+        # ai-edge-quantizer gives an output that two signature entries share (equal states) a
+        # QUANTIZE op into '<name>_quantized' but leaves the signature on the float tensor
+        renamed = sub.tensors[index].name + b"_quantized"
+        for i, t in enumerate(order):
+            if sub.tensors[t].name == renamed:
+                return i
+        raise HwcError(f"signature tensor {sub.tensors[index].name.decode(errors='replace')!r} is no graph input or output")
+
     def positions(entries, order):
-        return {e.name.decode(): order.index(int(e.tensorIndex)) for e in entries or []}
+        return {e.name.decode(): position(int(e.tensorIndex), order) for e in entries or []}
 
     return positions(sig.inputs, ins), positions(sig.outputs, outs)
 
 
 _MISSING_OP = re.compile(r"Didn't find op for builtin opcode '(\w+)'")
 _FAILED_NODE = re.compile(r"Node (\w+) \(number (\d+)\) failed to (prepare|invoke)")
+
+
+class KernelError(HwcError):
+    """A kernel TFLM has refused at Prepare or Eval: `operator` is its index in the subgraph."""
+
+    def __init__(self, message: str, op: str, operator: int, detail: str) -> None:
+        super().__init__(message)
+        self.op, self.operator, self.detail = op, operator, detail
 
 
 def _tflm_error(text: str, exc: BaseException, where: str) -> HwcError:
@@ -170,8 +200,8 @@ def _tflm_error(text: str, exc: BaseException, where: str) -> HwcError:
     if node:
         before = [ln for ln in lines if not _FAILED_NODE.search(ln)]
         why = f" ({before[-1][:160]})" if before else ""
-        return HwcError(f"{where}: TFLite Micro cannot {node.group(3)} op {node.group(1)} "
-                        f"(operator {node.group(2)}){why}")
+        return KernelError(f"{where}: TFLite Micro cannot {node.group(3)} op {node.group(1)} "
+                           f"(operator {node.group(2)}){why}", node.group(1), int(node.group(2)), why)
     first = lines[-1][:200] if lines else f"{type(exc).__name__}: {str(exc)[:160]}"
     return HwcError(f"{where}: TFLite Micro cannot load the model: {first}")
 
@@ -387,14 +417,16 @@ def clustered_op_scopes(data: bytes, max_values: int = 2 ** LUT_MAX_BITS) -> lis
     return out
 
 
-def quantize_16x8(src: Path, dst: Path, samples: list[dict[str, np.ndarray]]) -> None:
+def quantize_16x8(src: Path, dst: Path, samples: list[dict[str, np.ndarray]],
+                  keep_float: tuple[str, ...] = ()) -> None:
     """Full-integer 16x8 quantization of a float .tflite by ai-edge-quantizer: its static_wi8_ai16
     scheme (int8 symmetric per-channel weights, int16 symmetric activations) on every op except the
     spectral feature ops (`log_feature_tensors`), which stay float; clustered layers
     (`clustered_op_scopes`) get per-tensor weight scales. Each tensor's range is the min and max
     over all `samples`: the calibrator's default, a moving average of per-sample ranges, suits
     batches of many frames, but here a sample is one hop, so it would clip louder hops (measured on
-    tiny-gru: input range 0.41 for spectra that reach 6.4, 2.1 dB parity)."""
+    tiny-gru: input range 0.41 for spectra that reach 6.4, 2.1 dB parity). `keep_float`: output
+    tensor names of further ops to leave float."""
     try:
         from ai_edge_quantizer import algorithm_manager, calibrator, qtyping, quantizer, recipe_manager
         from ai_edge_quantizer.utils import qsv_utils
@@ -419,7 +451,7 @@ def quantize_16x8(src: Path, dst: Path, samples: list[dict[str, np.ndarray]]) ->
                                           activation_num_bits=16, weight_num_bits=8,
                                           weight_granularity=qtyping.QuantGranularity.TENSORWISE,
                                           algorithm_key=algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT)
-            for name in log_feature_tensors(data):
+            for name in [*log_feature_tensors(data), *keep_float]:
                 # an op's scope is its output names, each followed by ";"
                 manager.add_quantization_config(regex=f"^{re.escape(name)};$", operation_name=everything,
                                                 algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
@@ -616,7 +648,19 @@ class TflmBackend:
             flt = LITERT.export(model, tmp, "stream", stem="float")
             _interpreter(flt.read_bytes(), PROBE_ARENA_BYTES, dst.name)  # an op TFLM lacks, named before quantizing
             staged = tmp / dst.name
-            quantize_16x8(flt, staged, calibration_inputs(model))
+            samples, keep_float = calibration_inputs(model), ()
+            for _ in range(MAX_FLOAT_FALLBACKS + 1):
+                quantize_16x8(flt, staged, samples, keep_float)
+                try:
+                    _interpreter(staged.read_bytes(), PROBE_ARENA_BYTES, dst.name)
+                    break
+                except KernelError as exc:
+                    # a kernel without an int16 form (TFLM's DIV, for one): that op computes in float
+                    outputs = _op_outputs(staged.read_bytes(), exc.operator)
+                    if "INT16" not in exc.detail or not outputs or set(outputs) <= set(keep_float) \
+                            or len(keep_float) >= MAX_FLOAT_FALLBACKS:
+                        raise
+                    keep_float = (*keep_float, *outputs)
             if lut:
                 data, _ = lut_compress(staged.read_bytes())
                 staged.write_bytes(data)
