@@ -217,3 +217,17 @@ def test_cli_export_checks_parity_in_tflm(tmp_path, capsys) -> None:
     (row,) = json.loads(proc.stdout)["artifacts"]
     assert row["backend"] == row["parity"]["backend"] == "tflite-micro"
     assert row["parity"]["ok"] and row["parity"]["snr_db"] >= MIN_SNR_DB
+
+
+def test_crn_runs_in_tflm_with_select_as_select_v2(tmp_path) -> None:
+    """nn.ELU becomes SELECT in litert-torch's output, which TFLM lacks: exported as SELECT_V2."""
+    from hwcompress.export.tflm import op_names
+
+    _require_converter()
+    torch.manual_seed(0)
+    model = load_model("tiny-crn").eval()
+    path = get_backend("tflm").export(model, tmp_path)
+    names = {name for name, _ in op_names(path.read_bytes())}
+    assert "SELECT_V2" in names and "SELECT" not in names
+    figures = stream_parity(model, get_backend("tflm").load(path), 50)
+    assert figures["snr_db"] >= MIN_SNR_DB, figures
