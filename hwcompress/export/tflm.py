@@ -63,7 +63,6 @@ PROBE_ARENA_BYTES = 16 * 1024 * 1024
 _SIGNATURE = "serving_default"
 #: ops left float because TFLM has no int16 kernel for them, at most (each costs one quantization)
 MAX_FLOAT_FALLBACKS = 8
-_INT_TYPES = (np.int8, np.int16)
 #: ops whose weights (input 1, int8 constants) LUT compression applies to
 LUT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
 #: widest index TFLM's LUT decoder takes
@@ -276,7 +275,9 @@ def measure_arena(data: bytes, where: str = "model") -> tuple[int, int]:
 
 
 class TflmSession(g.SessionBase):
-    """A fully integer .tflite run hop by hop in the TFLM Python interpreter."""
+    """A fully integer .tflite run hop by hop in the TFLM Python interpreter (one thread: `threads`
+    is taken for the Backend interface only). `arena_size` (default: the measured `arena_bytes`)
+    is the arena the session runs in."""
 
     def __init__(self, path: Path, threads: int = 1, arena_size: int | None = None) -> None:
         path = g.require_file(path)
