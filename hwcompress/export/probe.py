@@ -17,6 +17,7 @@ _DISTS: dict[str, tuple[str, str]] = {
     "openvino": ("openvino", "openvino"),
     "onnxruntime": ("onnxruntime", "onnxruntime"),
     "litert": ("ai-edge-litert", "ai_edge_litert"),
+    "tflite-micro": ("tflite-micro", "tflite_micro"),
 }
 
 

@@ -51,7 +51,8 @@ from hwcompress.targets import Target, load_target
 REPO = Path(hwcompress.__file__).resolve().parent.parent
 
 #: target.runtime -> export backend that produces and runs its artifact here
-RUNTIME_BACKENDS: dict[str, str] = {"openvino": "openvino", "onnxruntime": "onnxruntime", "litert": "litert"}
+RUNTIME_BACKENDS: dict[str, str] = {"openvino": "openvino", "onnxruntime": "onnxruntime", "litert": "litert",
+                                    "tflite-micro": "tflite-micro"}
 _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 #: enough profiled hops for stable per-node means without a huge ORT trace file
 _PROFILE_RUNS = 200

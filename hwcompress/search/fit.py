@@ -423,6 +423,16 @@ class Fitter:
                                         "activation arenas not included (no device to measure)")
             if self.cfg.emulate and self.target.emulation and self.backend == "litert":
                 v["emulated_check"] = self.emulated_check(Path(art["path"]))
+            if self.backend == "tflite-micro":  # the arena is measured in the real TFLM interpreter
+                from hwcompress.export import get_backend
+
+                session = get_backend(self.backend).load(Path(art["path"]))
+                v.update(peak_memory_bytes=session.arena_bytes, peak_memory_source="measured",
+                         peak_memory_method=f"measured: TFLite Micro arena, smallest that runs (bisection to 16 B in "
+                                            f"the TFLM interpreter; its recording allocator: "
+                                            f"{session.arena_recorded_bytes} B); weights stay in the "
+                                            f"{session.model_bytes} B model file (flash)",
+                         lut_layers=session.lut_layers)
         return v
 
     def emulated_check(self, tflite: Path) -> dict:
@@ -574,6 +584,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
             "peak_memory_method": v["peak_memory_method"],
             "parity_vs_torch": v["parity_vs_torch"],
             "emulated_check": v.get("emulated_check"),
+            "lut_layers": v.get("lut_layers"),  # tflite-micro: LUT-encoded weights, read back from the file
             "parity_ok": parity_ok,
             "budget_met": bool(v["latency_ms"] <= budget and runtime_bytes <= f.budget_bytes and memory_ok
                                and parity_ok and emulated_ok),

@@ -1,0 +1,100 @@
+"""`hwcompress fit --target cortex-m7` end to end on a tiny model (issue 18): the verification
+exports through the tflite-micro backend and runs the .tflite in the real TFLite Micro
+interpreter; the latency stays predicted (no microcontroller attached), the peak memory is the
+measured TFLM arena, checked against the target's 512 KiB, the .tflite file against its 1.75 MiB.
+About 80 s per fit here (two TFLM exports, each calibrated and checked in the interpreter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tflite_micro", reason="TFLite Micro runtime (tflite-micro) is not installed")
+pytest.importorskip("ai_edge_quantizer", reason="ai-edge-quantizer is not installed")
+
+pytestmark = pytest.mark.slow
+
+TARGETS = Path(__file__).resolve().parents[1] / "targets"
+FAST = ["--model", "tiny-gru", "--budget-ms", "10", "--prune-steps", "4", "--cluster-steps", "2", "--eval-items", "3",
+        "--no-dnsmos", "--json"]
+
+
+def _require_converter() -> None:
+    from hwcompress.errors import HwcError
+    from hwcompress.export.tflite import converter_python
+
+    try:
+        converter_python()
+    except HwcError as exc:
+        pytest.skip(str(exc))
+
+
+def _fit(target: str, out: Path, data: Path, env: dict | None = None) -> dict:
+    _require_converter()
+    proc = subprocess.run([sys.executable, "-m", "hwcompress", "fit", "--target", target, "--data", str(data),
+                           "--out", str(out), *FAST], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _checked(r: dict, target_memory: int, target_storage: int) -> None:
+    """The result's budget verdict is exactly latency, storage, arena and parity checked."""
+    assert r["memory_budget_bytes"] == target_memory and r["budget_bytes"] == target_storage
+    misses = [why for why, bad in (("latency", r["latency_ms"] > r["budget_ms"]),
+                                   ("size", r["runtime_artifact_bytes"] > r["budget_bytes"]),
+                                   ("memory", r["peak_memory_bytes"] > r["memory_budget_bytes"]),
+                                   ("parity vs torch", not r["parity_ok"])) if bad]
+    assert r["not_met_because"] == misses and r["budget_met"] is (not misses)
+
+
+def test_fit_cortex_m7_tiny(small_corpus, tmp_path) -> None:
+    report = _fit("cortex-m7", tmp_path, small_corpus)
+    r = report["results"][0]
+    assert report["target"] == "cortex-m7" and r["runtime"] == "tflite-micro"
+    # no Cortex-M7 attached: the latency is the roofline's, and labelled so
+    assert r["latency_source"] == "predicted" and r["latency_p90_ms"] is None and 0 < r["latency_ms"]
+    assert "(not attached)" in r["device"]
+    # the arena is TFLM's own, measured in its interpreter
+    assert r["peak_memory_source"] == "measured" and r["peak_memory_bytes"] > 0
+    assert r["peak_memory_method"].startswith("measured: TFLite Micro arena, smallest that runs")
+    # the runtime artifact is one .tflite, its bytes on disk are the storage figure
+    art = r["runtime_artifact"]
+    assert art["path"].endswith(".tflite") and art["files"] == [art["path"]]
+    assert Path(art["path"]).stat().st_size == r["runtime_artifact_bytes"] == art["bytes"]
+    from hwcompress.export import get_backend
+
+    session = get_backend("tflm").load(Path(art["path"]))
+    assert session.arena_bytes == r["peak_memory_bytes"]
+    # the clustered layers are LUT-encoded with ceil(log2 K)-bit indices
+    assert r["lut_layers"] and r["lut_layers"] == session.lut_layers
+    assert max(report["codebooks"].values()) <= 128
+    assert {row["index_bits"] for row in r["lut_layers"]} <= {(k - 1).bit_length() for k in report["codebooks"].values()}
+    par = r["parity_vs_torch"]
+    assert par["backend"] == "tflite-micro" and par["ok"] and par["snr_db"] >= par["min_snr_db"]
+    _checked(r, 524288, 1835008)
+    assert r["budget_met"]  # a tiny GRU fits the microcontroller with room to spare
+    md = (tmp_path / "report.md").read_text()
+    assert "PREDICTED" in md and "measured: TFLite Micro arena" in md
+
+
+def test_fit_cortex_m7_arena_over_budget_is_not_met(small_corpus, tmp_path) -> None:
+    """A memory budget the measured arena misses is reported as not met; the fit still exits 0."""
+    text = (TARGETS / "cortex-m7.toml").read_text()
+    assert "memory_budget_bytes = 524288" in text
+    # a registry of its own (the report stage reloads the target by name, so not a file path)
+    registry = tmp_path / "targets"
+    registry.mkdir()
+    (registry / "cortex-m7-4k.toml").write_text(text.replace('name = "cortex-m7"', 'name = "cortex-m7-4k"')
+                                                .replace("memory_budget_bytes = 524288", "memory_budget_bytes = 4096"))
+    report = _fit("cortex-m7-4k", tmp_path / "out", small_corpus, env={"HWCOMPRESS_TARGETS": str(registry)})
+    r = report["results"][0]
+    assert r["peak_memory_source"] == "measured" and r["peak_memory_bytes"] > 4096
+    _checked(r, 4096, 1835008)
+    assert not r["budget_met"] and r["not_met_because"] == ["memory"]
