@@ -619,5 +619,5 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
     }
     if len(results) == 1:  # one budget: its fields at the top level, as documented
         report.update({k: v for k, v in results[0].items()})
-    write_reports(report, f.out, f.model, data=data)
+    write_reports(report, f.out, f.model, data=data, target=f.target)
     return report

@@ -383,7 +383,7 @@ LAYER_TIME_RUNS = 100
 LAYER_TIME_TOP = 12
 
 
-def layer_details(report: dict, dense: Any) -> tuple[dict, dict, dict]:
+def layer_details(report: dict, dense: Any, target: Any = None) -> tuple[dict, dict, dict]:
     """Per budget: {layer: (units before, after)}, {layer: roofline ms} and the measured
     per-node times of its runtime artifact (a fresh profiled run, where the target is this
     machine and its runtime has a profiler). Also stored in the report (docs/fit-report.md)."""
@@ -396,7 +396,8 @@ def layer_details(report: dict, dense: Any) -> tuple[dict, dict, dict]:
 
     dense = dense if dense is not None else load_model(report["model"])
     before = {row["name"]: row["out_shape"][0] for row in layer_costs(dense)}
-    target = load_target(report["target"])
+    # the fit's own Target when given: a target given as a TOML path is not in the registry
+    target = target if target is not None else load_target(report["target"])
     bits = WEIGHT_BITS[report["settings"].get("weights", "int8")]
     widths, roofline, times = {}, {}, {}
     for r in report["results"]:
@@ -431,14 +432,15 @@ def layer_details(report: dict, dense: Any) -> tuple[dict, dict, dict]:
     return widths, roofline, times
 
 
-def write_reports(report: dict, out: Path, model: Any = None, data: Path | None = None) -> None:
+def write_reports(report: dict, out: Path, model: Any = None, data: Path | None = None, target: Any = None) -> None:
     """report.json, report.md, report.html (+ example/*.wav, command.txt) in `out`.
     `model`: the dense model (loaded from report["model"] when None; a zoo preset name
     then gives a fresh initialisation, so pass the model); `data`: the corpus the listening
     example's test mixture comes from (settings' data when None; no example without one).
+    `target`: the fit's Target (loaded by report["target"], a registry name, when None).
     The report stage adds `example`, `layer_latency` and per-layer widths to `report`."""
     out = Path(out)
-    widths, roofline, times = layer_details(report, model)
+    widths, roofline, times = layer_details(report, model, target)
     ex, reason = example(report, out, model, data)
     page = render(report, plots(report, widths, times), ex, reason, times, widths, roofline)
     md = markdown(report)
