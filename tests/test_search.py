@@ -171,6 +171,15 @@ def test_fit_impossible_budget_fails_fast_with_best_reachable(tmp_path, small_co
     assert not (tmp_path / "sensitivity").exists()  # failed before any expensive stage
 
 
+def test_fit_impossible_size_fails_before_the_dense_export(tmp_path, small_corpus) -> None:
+    """A size budget that even the most pruned model's weights exceed is refused in seconds,
+    before the calibration exports the dense model (TFLite Micro aborted on a file that large)."""
+    proc = run("fit", "--target", "generic-onnx", "--budget-kb", "0.25", "--data", str(small_corpus),
+               "--out", str(tmp_path), *FAST)
+    _user_error(proc, "size budget 256 B cannot be met on generic-onnx: even with 75% of every group pruned")
+    assert not (tmp_path / "calibration.json").exists()
+
+
 def test_uniform_baseline_uses_one_ratio_and_costs_more_loss(crn_oracle) -> None:
     curves = _curves(crn_oracle, expensive={"rnn.0"})
     budget = 0.6 * crn_oracle.latency_ms({})

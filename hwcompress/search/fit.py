@@ -202,6 +202,18 @@ class Fitter:
                                      "bytes_per_weight": self.bytes_per_weight, "calibration": self.oracle.calibration,
                                      "log": self.calibration_log})
 
+    def precheck_size(self) -> None:
+        """Seconds, before the dense export: a model whose most pruned form cannot fit the
+        size budget even at the weight format's bits per weight (the export only adds to
+        that) is refused here, not after a long export (or a runtime that cannot load a file
+        that large: TFLite Micro aborted on the default CRN's)."""
+        floor = {g: alloc.MAX_RATIO for g in self.oracle.sizes}
+        least = int(self.oracle.params(floor) * self.weight_bits / 8)
+        if least > self.budget_bytes:
+            raise HwcError(f"size budget {self.budget_bytes} B cannot be met on {self.target.name}: even with "
+                           f"{alloc.MAX_RATIO:.0%} of every group pruned the {self.cfg.weights} weights alone take about "
+                           f"{least} B (pass a smaller model, or --budget-kb)")
+
     def budget_params(self) -> int:
         return int(self.budget_bytes / self.bytes_per_weight)
 
@@ -529,6 +541,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
     started = time.time()
     f = Fitter(cfg, log, model)
     data = cfg.data if cfg.data is not None else ensure_default_corpus()
+    f.precheck_size()
     f.calibrate()
     f.check_feasible()
     f.data = data
