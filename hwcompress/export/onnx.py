@@ -16,13 +16,8 @@ specialised).
 
 from __future__ import annotations
 
-import os
 import re
-import sys
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +27,7 @@ import onnxruntime as ort
 
 from hwcompress.errors import HwcError
 from hwcompress.export import _graph as g
+from hwcompress.export._capture import captured_fd
 from hwcompress.export import check_mode
 
 if TYPE_CHECKING:  # torch is imported where a model is traced: sessions load without it
@@ -39,25 +35,6 @@ if TYPE_CHECKING:  # torch is imported where a model is traced: sessions load wi
 
 #: ONNX LSTM/GRU/ConvTranspose are all stable here; ORT and OpenVINO both read it
 OPSET = 17
-
-
-@contextmanager
-def _captured_stdout() -> Iterator[list[str]]:
-    """Swallow what C++ writes to fd 1: on failure the TorchScript exporter dumps the
-    whole graph there (torch 2.13 leaves its ONNX log switch on), which we parse for
-    the failing node's layer instead of flooding the terminal."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    captured: list[str] = []
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        try:
-            yield captured
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-            sink.seek(0)
-            captured.append(sink.read().decode(errors="replace"))
 
 
 def _layer_of(op: str, dump: str) -> str | None:
@@ -93,7 +70,9 @@ def export_onnx(model: torch.nn.Module, path: Path, mode: str, exporter: str = "
         # "batch_size other than 1 with LSTM": our batch is 1 and h0/c0 are inputs
         warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
         try:
-            with _captured_stdout() as dump:
+            # on failure the TorchScript exporter dumps the whole graph to fd 1 (torch 2.13
+            # leaves its ONNX log switch on): parsed for the failing node's layer, not shown
+            with captured_fd(1) as dump:
                 torch.onnx.export(
                     wrapper, (spec, *state), str(path), input_names=g.input_names(n),
                     output_names=g.output_names(n), opset_version=OPSET, dynamic_axes=dynamic,
@@ -101,7 +80,7 @@ def export_onnx(model: torch.nn.Module, path: Path, mode: str, exporter: str = "
                 )
         except Exception as exc:  # exporter errors come as many types (UnsupportedOperatorError, RuntimeError...)
             op = re.search(r"operator '([\w:.]+)'", str(exc))
-            raise g.unsupported(exporter, exc, _layer_of(op.group(1), dump[0]) if op and dump else None) from None
+            raise g.unsupported(exporter, exc, _layer_of(op.group(1), dump.getvalue()) if op else None) from None
     onnx.checker.check_model(str(path))
 
 

@@ -38,11 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +49,7 @@ import numpy as np
 
 from hwcompress.errors import HwcError
 from hwcompress.export import _graph as g
+from hwcompress.export._capture import captured_fd
 
 if TYPE_CHECKING:
     import torch
@@ -70,25 +69,6 @@ LUT_MAX_BITS = 7
 _DCM_BYTES = 16  # DECODE common metadata header ahead of the value tables
 #: ai-edge-quantizer's name of a LUT_OPS op where it differs from the .tflite builtin name
 _QUANTIZER_OP_NAMES = {"TRANSPOSE_CONV": "CONV_2D_TRANSPOSE"}
-
-
-@contextlib.contextmanager
-def _captured_stderr() -> Iterator[io.StringIO]:
-    """What the C++ runtime writes to file descriptor 2 (MicroPrintf), as text."""
-    import sys
-
-    sys.stderr.flush()
-    buf = io.StringIO()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield buf
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            buf.write(tmp.read().decode(errors="replace"))
 
 
 def _schema():
@@ -219,7 +199,7 @@ def _interpreter(data: bytes, arena: int, where: str):
     ran), and what it printed; a model it cannot run raises one HwcError line."""
     from tflite_micro import runtime
 
-    with _captured_stderr() as printed:
+    with captured_fd(2) as printed:
         try:
             interp = runtime.Interpreter.from_bytes(data, arena_size=int(arena))
             n_in = len(_read_model(data).subgraphs[0].inputs)
@@ -256,7 +236,7 @@ def measure_arena(data: bytes, where: str = "model") -> tuple[int, int]:
     and invokes it, found by bisection above the recorded figure. The smallest is the larger of the
     two: while it plans the activations the memory planner needs room for its own bookkeeping."""
     interp = _interpreter(data, PROBE_ARENA_BYTES, where)
-    with _captured_stderr() as printed:
+    with captured_fd(2) as printed:
         interp.print_allocations()
     m = _ARENA_TOTAL.search(printed.getvalue())
     if not m:
@@ -313,7 +293,7 @@ class TflmSession(g.SessionBase):
         spec, state = self.checked_inputs(spec, state)
         for index, det, value in zip(self._in, self._in_details, [spec, *state]):
             self.interpreter.set_input(_quantize(value, det), index)
-        with _captured_stderr() as printed:
+        with captured_fd(2) as printed:
             try:
                 self.interpreter.invoke()
                 error = None
@@ -481,7 +461,7 @@ def quantize_16x8(src: Path, dst: Path, samples: list[dict[str, np.ndarray]],
         # it prints a size summary on stdout, tqdm bars on stderr, its LiteRT calibration interpreter
         # logs on file descriptor 2 and warns about keeping every tensor: ours carry tables/JSON
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                _captured_stderr(), warnings.catch_warnings():
+                captured_fd(2), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*experimental_preserve_all_tensors")
             data = Path(src).read_bytes()
             manager = recipe_manager.RecipeManager()
