@@ -77,17 +77,22 @@ def fit_normalizer(model: SEModel, sampler: MixtureSampler, rng: np.random.Gener
 
 def validation_loss(model: SEModel, items: list[dict]) -> float:
     """Mean spectral loss over fixed items: no sampling, so the same weights always give
-    the same figure (bit-identical for a given thread count). The model's mode is kept."""
+    the same figure (bit-identical for a given thread count). The model's mode is kept.
+    An item holding a teacher's output ("teacher", "teacher_weight" w: see
+    search.sensitivity.with_teacher) is scored w x loss against it + (1 - w) x the clean loss."""
     was_training = model.training
     model.eval()
     total = 0.0
     with torch.no_grad():
         for item in items:
             noisy = torch.from_numpy(item["noisy"])[None]
-            clean = torch.from_numpy(item["clean"])[None]
             spec = stft(noisy)
             est, _ = model(spec, model.initial_state(1))
-            total += spectral_loss(est, stft(clean)).item()
+            w = float(item.get("teacher_weight", 0.0)) if "teacher" in item else 0.0
+            loss = w * spectral_loss(est, torch.from_numpy(item["teacher"])[None]).item() if w > 0 else 0.0
+            if w < 1.0:
+                loss += (1.0 - w) * spectral_loss(est, stft(torch.from_numpy(item["clean"])[None])).item()
+            total += loss
     model.train(was_training)
     return total / len(items)
 

@@ -151,7 +151,7 @@ def test_joint_codebook_check_is_deterministic_and_cached(small_corpus, tmp_path
     assert any("another model, data or settings" in m for m in f1.logs)
 
 
-def test_teacher_objective_scores_distance_to_the_dense_output(items) -> None:
+def test_teacher_objective_scores_distance_to_the_dense_output(items, tmp_path) -> None:
     """With the default fine-tuning target the sensitivities score how far a compressed
     model departs from the dense model's own output: the dense model scores exactly 0, a
     perturbed one less, and the cache key tells the two objectives apart."""
@@ -167,3 +167,8 @@ def test_teacher_objective_scores_distance_to_the_dense_output(items) -> None:
     assert sens.score_fn(mixed)(other) == pytest.approx(expected, rel=1e-5)
     keys = {json.dumps(sens.evaluation_key(x), sort_keys=True) for x in (items, taught, mixed)}
     assert len(keys) == 3
+    # the codebook tolerance's scale stays the dense model's clean loss under the teacher objective
+    from hwcompress.train import validation_loss
+
+    k = sens.codebooks(dense, taught, tmp_path / "codebooks.json", ks=(8,), log=pytest.fail)
+    assert k["base"] == 0.0 and k["scale"] == validation_loss(dense, items) > 0

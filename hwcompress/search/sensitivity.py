@@ -34,7 +34,7 @@ from hwcompress.models.cost import layer_paths
 from hwcompress.models.zoo import SEModel
 from hwcompress.progress import progress_bar
 from hwcompress.models.stft import stft
-from hwcompress.train import spectral_loss, validation_loss
+from hwcompress.train import validation_loss
 from hwcompress.workdir import check_writable, read_keyed, write_keyed
 
 STRUCTURED_RATIOS = (0.25, 0.5, 0.75)
@@ -73,30 +73,9 @@ def with_teacher(items: list[dict], teacher: SEModel, weight: float) -> list[dic
     return out
 
 
-def objective_loss(model: SEModel, items: list[dict]) -> float:
-    """Mean fine-tuning objective over fixed items (see with_teacher); without teacher
-    outputs, the clean validation loss. No sampling: the same weights give the same figure."""
-    if not any("teacher" in it for it in items):
-        return validation_loss(model, items)
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for it in items:
-            w = float(it["teacher_weight"])
-            spec = stft(torch.from_numpy(it["noisy"])[None])
-            est, _ = model(spec, model.initial_state(1))
-            loss = w * spectral_loss(est, torch.from_numpy(it["teacher"])[None])
-            if w < 1.0:
-                loss = loss + (1.0 - w) * spectral_loss(est, stft(torch.from_numpy(it["clean"])[None]))
-            total += float(loss)
-    model.train(was_training)
-    return total / len(items)
-
-
 def score_fn(items: list[dict]) -> Callable[[SEModel], float]:
     """Higher is better: minus the objective (validation loss, or distance to the teacher)."""
-    return lambda model: -objective_loss(model, items)
+    return lambda model: -validation_loss(model, items)
 
 
 def _objective(items: list[dict]) -> str:
@@ -219,7 +198,8 @@ def codebooks(model: SEModel, items: list[dict], cache: Path, ks: Sequence[int] 
     if store.get("scale") is None:
         # what a tolerance is relative to: the dense model's own clean validation loss (the
         # base itself when the score is that loss; a distance to the teacher starts at 0)
-        store["scale"] = float(validation_loss(model, items))
+        store["scale"] = float(validation_loss(model, [{k: v for k, v in it.items() if k not in ("teacher", "teacher_weight")}
+                                                       for it in items]))
         write_keyed(cache, key, store)
     params = dict(model.named_parameters())
     by_layer: dict[str, list[str]] = {}
