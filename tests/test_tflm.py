@@ -231,3 +231,58 @@ def test_crn_runs_in_tflm_with_select_as_select_v2(tmp_path) -> None:
     assert "SELECT_V2" in names and "SELECT" not in names
     figures = stream_parity(model, get_backend("tflm").load(path), 50)
     assert figures["snr_db"] >= MIN_SNR_DB, figures
+
+
+def test_weights_over_256_kib_survive_the_rewrites(tmp_path) -> None:
+    """ai-edge-quantizer stores a model's constants after the flatbuffer once they pass 256 KiB;
+    the SELECT_V2 and LUT rewrites read inline buffers only and once dropped every weight (TFLM
+    then aborted on the default CRN). Every int8 weight must reach the file, and the output torch's."""
+    from hwcompress.export.tflm import _read_model, _schema
+
+    _require_converter()
+    torch.manual_seed(0)
+    model = RnnMasker(hidden=[320], cell="gru").eval()
+    assert sum(p.numel() for p in model.parameters()) > 256 * 1024
+    path = get_backend("tflm").export(model, tmp_path)
+    fb, m = _schema(), _read_model(path.read_bytes())
+    weights = [t for t in m.subgraphs[0].tensors if t.type == fb.TensorType.INT8 and t.shape is not None
+               and int(np.prod(t.shape)) >= 320 * 161]
+    assert weights and all(m.buffers[t.buffer].data is not None
+                           and len(m.buffers[t.buffer].data) == int(np.prod(t.shape)) for t in weights)
+    assert path.stat().st_size > 256 * 1024
+    assert stream_parity(model, get_backend("tflm").load(path), 50)["snr_db"] >= MIN_SNR_DB
+
+
+def _loud_crn() -> torch.nn.Module:
+    """tiny-crn whose ELU inputs reach about 21 on speech-like hops: exp(x) of ELU over the whole tensor
+    spans more than int16 can hold (the default CRN's reach ~49)."""
+    torch.manual_seed(0)
+    model = load_model("tiny-crn").eval()
+    with torch.no_grad():
+        for conv in [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][:2]:
+            conv.weight.mul_(3.0)
+    return model
+
+
+def test_elu_is_exported_bounded_and_overflowing_rescales_are_caught(tmp_path, monkeypatch) -> None:
+    """The ELU's EXP sees min(x, 0) only (bounded_elu), so nothing overflows and parity holds; with
+    the plain lowering, requant_overflows finds the SUB whose rescale TFLM would abort on (it
+    cannot be caught once in the interpreter), and the export leaves it float instead of crashing."""
+    import contextlib
+
+    from hwcompress.export import tflm
+    from hwcompress.export.tflite import BACKEND as LITERT
+
+    _require_converter()
+    model = _loud_crn()
+    path = get_backend("tflm").export(model, tmp_path / "bounded")
+    assert tflm.requant_overflows(path.read_bytes()) == []
+    assert stream_parity(model, get_backend("tflm").load(path), 50)["snr_db"] >= MIN_SNR_DB
+
+    plain = LITERT.export(model, tmp_path / "plain", "stream", stem="float")
+    q = tmp_path / "plain" / "q.tflite"
+    tflm.quantize_16x8(plain, q, tflm.calibration_inputs(model))
+    assert any(op == "SUB" for _, op, _ in tflm.requant_overflows(q.read_bytes()))
+    monkeypatch.setattr(tflm, "bounded_elu", lambda m: contextlib.nullcontext())
+    guarded = get_backend("tflm").export(model, tmp_path / "guarded")  # no abort: the SUB stays float
+    assert tflm.requant_overflows(guarded.read_bytes()) == [] and "SUB" in tflm.float_ops(guarded.read_bytes())

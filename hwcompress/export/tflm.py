@@ -129,6 +129,44 @@ def _op_outputs(data: bytes, index: int) -> list[str]:
     return [sub.tensors[int(t)].name.decode() for t in ops[index].outputs]
 
 
+#: left shift TFLM's ADD/SUB kernels apply to their inputs before rescaling, per activation type
+_ADD_SUB_LEFT_SHIFT = {"INT8": 20, "INT16": 15}
+
+
+def requant_overflows(data: bytes) -> list[tuple[int, str, float]]:
+    """(operator index, op, multiplier) of every quantized ADD or SUB whose output rescale TFLM
+    cannot represent. Its kernels compute the multiplier 2 * max(input scales) / (2**shift *
+    output scale) and *abort the process* (TFLITE_CHECK in QuantizeMultiplierSmallerThanOneExp,
+    no error returned) when it is 1 or more: an output range tiny beside its inputs'. Checked here,
+    in Python, before a model reaches the interpreter; what the export does with such an op is to
+    leave it float. Written by hand: the formula is TFLM's CalculateOpDataAdd/Sub, which the
+    Python package does not expose."""
+    fb = _schema()
+    names, types = _names(fb.BuiltinOperator), _names(fb.TensorType)
+    model = _read_model(data)
+    sub = model.subgraphs[0]
+
+    def scale(t: int) -> float | None:
+        q = sub.tensors[t].quantization
+        return None if q is None or q.scale is None or len(q.scale) == 0 else float(np.max(q.scale))
+
+    rows = []
+    for k, op in enumerate(sub.operators or []):
+        code = model.operatorCodes[op.opcodeIndex]
+        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        if name not in ("ADD", "SUB") or op.inputs is None or len(op.inputs) < 2 or op.outputs is None:
+            continue
+        out = int(op.outputs[0])
+        shift = _ADD_SUB_LEFT_SHIFT.get(types.get(sub.tensors[out].type, ""))
+        scales = [scale(int(t)) for t in op.inputs[:2]] + [scale(out)]
+        if shift is None or None in scales or scales[2] <= 0:
+            continue
+        multiplier = 2 * max(scales[:2]) / ((1 << shift) * scales[2])
+        if not multiplier < 1:
+            rows.append((k, name, multiplier))
+    return rows
+
+
 def float_ops(data: bytes) -> list[str]:
     """Ops that compute in float (a float activation in or out), QUANTIZE/DEQUANTIZE excepted."""
     return sorted({name for name, types in op_names(data)
@@ -293,14 +331,17 @@ class TflmSession(g.SessionBase):
         spec, state = self.checked_inputs(spec, state)
         for index, det, value in zip(self._in, self._in_details, [spec, *state]):
             self.interpreter.set_input(_quantize(value, det), index)
-        with captured_fd(2) as printed:
-            try:
-                self.interpreter.invoke()
-                error = None
-            except Exception as exc:
-                error = exc
-        if error is not None:
-            raise _tflm_error(printed.getvalue(), error, str(self.path))
+        try:  # uncaptured: a dup2 and a temporary file per hop would be most of a small model's time
+            self.interpreter.invoke()
+        except Exception:
+            # the same hop again under capture, only to read what the kernel printed
+            with captured_fd(2) as printed:
+                try:
+                    self.interpreter.invoke()
+                    error: Exception | None = RuntimeError("invoke failed once, then ran")
+                except Exception as exc:
+                    error = exc
+            raise _tflm_error(printed.getvalue(), error, str(self.path)) from None
         res = [_dequantize(self.interpreter.get_output(i), det) for i, det in zip(self._out, self._out_details)]
         return res[0], res[1:]
 
@@ -488,6 +529,33 @@ def quantize_16x8(src: Path, dst: Path, samples: list[dict[str, np.ndarray]],
             q.quantize(calib.get_model_qsvs()).export_model(str(dst), overwrite=True)
     except Exception as exc:  # the quantizer raises many types
         raise g.unsupported("ai-edge-quantizer (16x8)", exc) from None
+    Path(dst).write_bytes(inline_buffers(Path(dst).read_bytes()))
+
+
+def inline_buffers(data: bytes) -> bytes:
+    """The model with every buffer stored inside the flatbuffer. ai-edge-quantizer writes a model
+    whose constants exceed 256 KiB with its buffers appended after the flatbuffer (Buffer.offset and
+    .size into the file); the flatbuffer object API that TFLM's model_editor (LUT compression,
+    SELECT_V2) and this module rewrite models with reads only inline data, so such a model came back
+    with every weight empty and TFLM aborted loading it (the default CRN, issue 18)."""
+    fb = _schema()
+    model = _read_model(data)
+    moved = False
+    for buf in model.buffers or []:
+        if buf.offset and buf.offset > 1:
+            end = buf.offset + buf.size
+            if end > len(data):
+                raise HwcError(f"model file truncated: a buffer ends at byte {end} of {len(data)}")
+            buf.data = np.frombuffer(data, dtype=np.uint8, count=buf.size, offset=buf.offset).copy()
+            buf.offset, buf.size = 0, 0
+            moved = True
+    if not moved:
+        return data
+    import flatbuffers
+
+    builder = flatbuffers.Builder(len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return _aligned(bytes(builder.Output()))
 
 
 @dataclass(frozen=True)
@@ -651,6 +719,34 @@ def lut_layers(data: bytes) -> list[dict]:
     return rows
 
 
+def _bounded_elu_forward(alpha: float):
+    def forward(x):
+        import torch
+
+        return torch.where(x > 0, x, alpha * (torch.exp(torch.clamp(x, max=0.0)) - 1.0))
+
+    return forward
+
+
+@contextlib.contextmanager
+def bounded_elu(model: torch.nn.Module):
+    """Every nn.ELU of `model` computes where(x > 0, x, alpha * (exp(min(x, 0)) - 1)) while the
+    block runs: the same function, but its EXP never sees the positive inputs. litert-torch lowers
+    ELU to EXP over the whole tensor, whose int16 range then spans exp(max x) (beyond 1e20 on the
+    default CRN): every negative input's exp rounds to zero and the SUB after it overflows TFLM's
+    rescale (see requant_overflows)."""
+    import torch
+
+    elus = [m for m in model.modules() if isinstance(m, torch.nn.ELU)]
+    for m in elus:
+        m.forward = _bounded_elu_forward(float(m.alpha))
+    try:
+        yield
+    finally:
+        for m in elus:
+            del m.forward
+
+
 class TflmBackend:
     name = "tflite-micro"
     suffix = ".tflite"
@@ -670,7 +766,8 @@ class TflmBackend:
 
         dst = Path(out_dir) / (g.artifact_stem(stem, mode, None, "int8") + "-a16" + self.suffix)
         with g.staging(Path(out_dir)) as tmp:
-            flt = LITERT.export(model, tmp, "stream", stem="float")
+            with bounded_elu(model):
+                flt = LITERT.export(model, tmp, "stream", stem="float")
             # an op TFLM lacks, named before quantizing (SELECT counts as the SELECT_V2 it becomes)
             _interpreter(select_as_select_v2(flt.read_bytes()), PROBE_ARENA_BYTES, dst.name)
             staged = tmp / dst.name
@@ -678,6 +775,16 @@ class TflmBackend:
             for _ in range(MAX_FLOAT_FALLBACKS + 1):
                 quantize_16x8(flt, staged, samples, keep_float)
                 staged.write_bytes(select_as_select_v2(staged.read_bytes()))
+                overflows = requant_overflows(staged.read_bytes())
+                if overflows:  # TFLM would abort loading it: those ops compute in float
+                    outputs = [o for k, _, _ in overflows for o in _op_outputs(staged.read_bytes(), k)]
+                    if set(outputs) <= set(keep_float) or len(keep_float) >= MAX_FLOAT_FALLBACKS:
+                        k, op, mult = overflows[0]
+                        raise HwcError(f"{dst.name}: op {op} (operator {k}) has an output range too narrow beside "
+                                       f"its inputs' for TFLite Micro's integer kernel (rescale {mult:.3g} >= 1), "
+                                       f"with {len(keep_float)} tensors already left float")
+                    keep_float = (*keep_float, *outputs)
+                    continue
                 try:
                     _interpreter(staged.read_bytes(), PROBE_ARENA_BYTES, dst.name)
                     break
@@ -688,6 +795,9 @@ class TflmBackend:
                             or len(keep_float) >= MAX_FLOAT_FALLBACKS:
                         raise
                     keep_float = (*keep_float, *outputs)
+            else:
+                raise HwcError(f"{dst.name}: no 16x8 form TFLite Micro runs after leaving {len(keep_float)} "
+                               "tensors float")
             if lut:
                 data, _ = lut_compress(staged.read_bytes())
                 staged.write_bytes(data)
