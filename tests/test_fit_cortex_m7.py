@@ -76,12 +76,21 @@ def test_fit_cortex_m7_tiny(small_corpus, tmp_path) -> None:
     assert r["lut_layers"] and r["lut_layers"] == session.lut_layers
     assert max(report["codebooks"].values()) <= 128
     assert {row["index_bits"] for row in r["lut_layers"]} <= {(k - 1).bit_length() for k in report["codebooks"].values()}
+    # every weight tensor is traced to its layer, with the search's K and the index bits stored
+    weights = r["tflm_weights"]
+    assert {w["layer"] for w in weights} == set(report["codebooks"])
+    for w in weights:
+        assert w["k"] == report["codebooks"][w["layer"]]
+        if w["storage"] == "lut":
+            assert 1 <= w["index_bits"] <= (w["k"] - 1).bit_length()
+    assert [w["bytes"] for w in weights if w["storage"] == "lut"] == [row["bytes"] for row in r["lut_layers"]]
     par = r["parity_vs_torch"]
     assert par["backend"] == "tflite-micro" and par["ok"] and par["snr_db"] >= par["min_snr_db"]
     _checked(r, 524288, 1835008)
     assert r["budget_met"]  # a tiny GRU fits the microcontroller with room to spare
     md = (tmp_path / "report.md").read_text()
     assert "PREDICTED" in md and "measured: TFLite Micro arena" in md
+    assert "TFLite Micro weights (read back from" in md and "| rnn.0 | FULLY_CONNECTED |" in md
 
 
 def test_fit_cortex_m7_arena_over_budget_is_not_met(small_corpus, tmp_path) -> None:

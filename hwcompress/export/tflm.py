@@ -719,6 +719,68 @@ def lut_layers(data: bytes) -> list[dict]:
     return rows
 
 
+def weight_tensors(data: bytes) -> list[dict]:
+    """Every weight tensor of the LUT_OPS ops as the file stores it: LUT-encoded (`lut_layers`:
+    index bits, bytes of indices + tables + header) or plain int8 (8 bits, one byte a weight), in
+    execution order. Read back from the file."""
+    from tflite_micro.tensorflow.lite.micro.compression import model_editor
+
+    fb = _schema()
+    names = _names(fb.BuiltinOperator)
+    lut = {row["tensor"]: row for row in lut_layers(data)}
+    model = model_editor.read(data)
+    decoded_from = {}
+    for op in model.subgraphs[0].operators:
+        if op.custom_code == "TFLM_DECODE":
+            for encoded, target in zip(op.inputs[0::2], op.outputs):
+                decoded_from[target.index] = encoded.name
+    rows, seen = [], set()
+    for op in model.subgraphs[0].operators:
+        name = names.get(op.opcode, "")
+        if name not in LUT_OPS or len(op.inputs) < 2 or op.inputs[1] is None or op.inputs[1].index in seen:
+            continue
+        w = op.inputs[1]
+        seen.add(w.index)
+        if w.index in decoded_from:
+            row = lut[decoded_from[w.index]]
+            rows.append({"tensor": row["tensor"], "op": name, "shape": row["shape"], "storage": "lut",
+                         "index_bits": row["index_bits"], "bytes": row["bytes"]})
+        elif w.buffer is not None and w.buffer.data and w.dtype == fb.TensorType.INT8:
+            rows.append({"tensor": w.name, "op": name, "shape": [int(d) for d in w.shape], "storage": "int8",
+                         "index_bits": 8, "bytes": len(w.buffer.data)})
+    return rows
+
+
+def tensor_layers(names: list[str], model: torch.nn.Module, layers: dict[str, str]) -> dict[str, str]:
+    """Tensor name -> layer name (a key of `layers`: layer name -> module path, as
+    models.cost.layer_paths gives) where a tensor's name shows the module it came from.
+    litert-torch names a weight after the module scope it was traced in, one
+    `<module class>_<attribute>` segment per module on the path (containers such as
+    nn.ModuleList add no segment of their own, their index is the attribute), so the module
+    path's chain of segments must end the name (before its ';N' suffix). Tensors no layer's
+    chain ends are left out."""
+    import torch
+
+    chains = {}
+    for layer, path in layers.items():
+        parts, module, chain = path.split("."), model, []
+        for i, attr in enumerate(parts):
+            module = module.get_submodule(attr)
+            container = i + 1 < len(parts) and isinstance(module, (torch.nn.ModuleList, torch.nn.Sequential,
+                                                                   torch.nn.ModuleDict))
+            if container:  # the next attribute (the index) is written with the item's class
+                continue
+            chain.append(f"{type(module).__module__}.{type(module).__qualname__}_{attr}")
+        chains[layer] = "/" + "/".join(chain)
+    out = {}
+    for name in names:
+        scope = name.split(";")[0]
+        hits = [layer for layer, chain in chains.items() if scope.endswith(chain)]
+        if len(hits) == 1:
+            out[name] = hits[0]
+    return out
+
+
 def _bounded_elu_forward(alpha: float):
     def forward(x):
         import torch

@@ -444,8 +444,19 @@ class Fitter:
                                             f"the TFLM interpreter; its recording allocator: "
                                             f"{session.arena_recorded_bytes} B); weights stay in the "
                                             f"{session.model_bytes} B model file (flash)",
-                         lut_layers=session.lut_layers)
+                         lut_layers=session.lut_layers, tflm_weights=self.tflm_weights(compressed, art["path"]))
         return v
+
+    def tflm_weights(self, compressed: SEModel, path: str) -> list[dict]:
+        """Per weight tensor of a TFLite Micro file: its layer, the K the search gave that layer,
+        and how the file stores it (LUT index bits or plain int8, bytes), read back from the file."""
+        from hwcompress.export.tflm import tensor_layers, weight_tensors
+        from hwcompress.models.cost import layer_paths
+
+        rows = weight_tensors(Path(path).read_bytes())
+        names = tensor_layers([r["tensor"] for r in rows], compressed, layer_paths(compressed))
+        ks = getattr(self, "ks", {})
+        return [{"layer": names.get(r["tensor"]), "k": ks.get(names.get(r["tensor"])), **r} for r in rows]
 
     def emulated_check(self, tflite: Path) -> dict:
         """Run the .tflite on the emulated target CPU and compare with this machine's run."""
@@ -548,6 +559,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
     s_sens, k_sens = f.sensitivities(data)
     curves = alloc.loss_curves(s_sens)
     ks = f.codebooks(k_sens)
+    f.ks = ks
     baseline_q = f.quality(f.model, data, f.out / "baseline-quality.json")
     results = []
     for budget in f.budgets:
@@ -598,6 +610,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
             "parity_vs_torch": v["parity_vs_torch"],
             "emulated_check": v.get("emulated_check"),
             "lut_layers": v.get("lut_layers"),  # tflite-micro: LUT-encoded weights, read back from the file
+            "tflm_weights": v.get("tflm_weights"),  # tflite-micro: every weight tensor, its layer, K and storage
             "parity_ok": parity_ok,
             "budget_met": bool(v["latency_ms"] <= budget and runtime_bytes <= f.budget_bytes and memory_ok
                                and parity_ok and emulated_ok),

@@ -117,6 +117,9 @@ def markdown(report: dict) -> str:
                          f"{layer['macs_per_frame']} | {layer['structured_sparsity']:.3f} | {layer['unstructured_sparsity']:.1f} | "
                          f"{layer['k'] or '-'} | {layer['hwc_bytes'] or '-'} |")
         lines.append("")
+        if r.get("tflm_weights"):
+            lines += tflm_lines(r)
+
     ex = report.get("example")
     if ex:
         m = ex["mixture"]
@@ -126,6 +129,22 @@ def markdown(report: dict) -> str:
                       for key, path in ex["files"].items()) + ". Players and spectrograms: report.html.", ""]
     lines.append(f"Run time {report['seconds'] / 60:.1f} min.")
     return "\n".join(lines) + "\n"
+
+
+def tflm_lines(r: dict) -> list[str]:
+    """The TFLite Micro file's weights per tensor: the search's K for its layer, how it is stored
+    (LUT: ceil(log2 values)-bit indices into int8 value tables; or plain int8) and its bytes."""
+    rows = r["tflm_weights"]
+    lut = [w for w in rows if w["storage"] == "lut"]
+    lines = [f"TFLite Micro weights (read back from {Path(r['runtime_artifact']['path']).name}): "
+             f"{len(lut)} of {len(rows)} weight tensors LUT-encoded, {sum(w['bytes'] for w in rows)} B of "
+             f"{r['runtime_artifact_bytes']} B in the file; tensor arena {r['peak_memory_bytes']} B "
+             f"({r['peak_memory_source']}, budget {r['memory_budget_bytes']} B).", "",
+             "| layer | op | shape | K | storage | index bits | bytes |", "| --- | --- | --- | ---: | --- | ---: | ---: |"]
+    for w in rows:
+        lines.append(f"| {w.get('layer') or '-'} | {w['op']} | {'x'.join(str(d) for d in w['shape'])} | "
+                     f"{w.get('k') or '-'} | {w['storage']} | {w['index_bits']} | {w['bytes']} |")
+    return lines + [""]
 
 
 def _png(fig, fmt: str = "png") -> str:
