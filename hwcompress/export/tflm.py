@@ -93,6 +93,13 @@ def _names(cls) -> dict[int, str]:
     return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
 
 
+def _builtin(model, op) -> int:
+    """An operator's builtin code (flatbuffers written before schema v2.3 keep it in the
+    deprecated 8-bit field)."""
+    code = model.operatorCodes[op.opcodeIndex]
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
 def op_names(data: bytes) -> list[tuple[str, list[str]]]:
     """(builtin op name, dtypes of its non-constant inputs and outputs) of every operator of the
     main subgraph, in execution order, read from the flatbuffer (no code runs)."""
@@ -104,10 +111,10 @@ def op_names(data: bytes) -> list[tuple[str, list[str]]]:
     sub = model.subgraphs[0]
     rows = []
     for op in sub.operators or []:
-        code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        builtin = _builtin(model, op)
         name = _OP_NAMES.get(builtin, str(builtin))
         if name == "CUSTOM":
+            code = model.operatorCodes[op.opcodeIndex]
             name = f"CUSTOM {code.customCode.decode(errors='replace') if code.customCode else '?'}"
         types = []
         for t in [*(op.inputs if op.inputs is not None else []), *(op.outputs if op.outputs is not None else [])]:
@@ -152,8 +159,7 @@ def requant_overflows(data: bytes) -> list[tuple[int, str, float]]:
 
     rows = []
     for k, op in enumerate(sub.operators or []):
-        code = model.operatorCodes[op.opcodeIndex]
-        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        name = names.get(_builtin(model, op), "")
         if name not in ("ADD", "SUB") or op.inputs is None or len(op.inputs) < 2 or op.outputs is None:
             continue
         out = int(op.outputs[0])
@@ -443,8 +449,7 @@ def log_feature_tensors(data: bytes) -> list[str]:
     fb = _schema()
     roots = {getattr(fb.BuiltinOperator, name) for name in FLOAT_FEATURE_OPS}
     todo = [op for op in sub.operators or []
-            if max(model.operatorCodes[op.opcodeIndex].builtinCode,
-                   model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode) in roots]
+            if _builtin(model, op) in roots]
     seen: list = []
     while todo:
         op = todo.pop()
@@ -468,8 +473,7 @@ def clustered_op_scopes(data: bytes, max_values: int = 2 ** LUT_MAX_BITS) -> lis
     names = _names(fb.BuiltinOperator)
     out = []
     for op in sub.operators or []:
-        code = model.operatorCodes[op.opcodeIndex]
-        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        name = names.get(_builtin(model, op), "")
         if name not in LUT_OPS or op.inputs is None or len(op.inputs) < 2 or op.inputs[1] < 0:
             continue
         w = sub.tensors[int(op.inputs[1])]
@@ -712,11 +716,15 @@ def lut_layers(data: bytes) -> list[dict]:
     for op in model.subgraphs[0].operators:
         if op.custom_code != "TFLM_DECODE":
             continue
-        for encoded, ancillary, target in zip(op.inputs[0::2], op.inputs[1::2], op.outputs):
-            anc = bytes(ancillary.buffer.data)
-            rows.append({"tensor": encoded.name, "shape": [int(d) for d in target.shape], "index_bits": anc[5] & 0x07,
-                         "bytes": len(encoded.buffer.data) + len(anc)})
+        rows.extend(_lut_row(e, a, t) for e, a, t in zip(op.inputs[0::2], op.inputs[1::2], op.outputs))
     return rows
+
+
+def _lut_row(encoded, ancillary, target) -> dict:
+    """A DECODE op's encoded tensor: its name, decoded shape, index bits (DCM byte 5) and bytes."""
+    anc = bytes(ancillary.buffer.data)
+    return {"tensor": encoded.name, "shape": [int(d) for d in target.shape], "index_bits": anc[5] & 0x07,
+            "bytes": len(encoded.buffer.data) + len(anc)}
 
 
 def weight_tensors(data: bytes) -> list[dict]:
@@ -727,13 +735,12 @@ def weight_tensors(data: bytes) -> list[dict]:
 
     fb = _schema()
     names = _names(fb.BuiltinOperator)
-    lut = {row["tensor"]: row for row in lut_layers(data)}
     model = model_editor.read(data)
-    decoded_from = {}
+    decoded = {}  # decoded tensor index -> its LUT row
     for op in model.subgraphs[0].operators:
         if op.custom_code == "TFLM_DECODE":
-            for encoded, target in zip(op.inputs[0::2], op.outputs):
-                decoded_from[target.index] = encoded.name
+            for encoded, ancillary, target in zip(op.inputs[0::2], op.inputs[1::2], op.outputs):
+                decoded[target.index] = _lut_row(encoded, ancillary, target)
     rows, seen = [], set()
     for op in model.subgraphs[0].operators:
         name = names.get(op.opcode, "")
@@ -741,8 +748,8 @@ def weight_tensors(data: bytes) -> list[dict]:
             continue
         w = op.inputs[1]
         seen.add(w.index)
-        if w.index in decoded_from:
-            row = lut[decoded_from[w.index]]
+        if w.index in decoded:
+            row = decoded[w.index]
             rows.append({"tensor": row["tensor"], "op": name, "shape": row["shape"], "storage": "lut",
                          "index_bits": row["index_bits"], "bytes": row["bytes"]})
         elif w.buffer is not None and w.buffer.data and w.dtype == fb.TensorType.INT8:
@@ -836,10 +843,11 @@ class TflmBackend:
             samples, keep_float = calibration_inputs(model), ()
             for _ in range(MAX_FLOAT_FALLBACKS + 1):
                 quantize_16x8(flt, staged, samples, keep_float)
-                staged.write_bytes(select_as_select_v2(staged.read_bytes()))
-                overflows = requant_overflows(staged.read_bytes())
+                quantized = select_as_select_v2(staged.read_bytes())
+                staged.write_bytes(quantized)
+                overflows = requant_overflows(quantized)
                 if overflows:  # TFLM would abort loading it: those ops compute in float
-                    outputs = [o for k, _, _ in overflows for o in _op_outputs(staged.read_bytes(), k)]
+                    outputs = [o for k, _, _ in overflows for o in _op_outputs(quantized, k)]
                     if set(outputs) <= set(keep_float) or len(keep_float) >= MAX_FLOAT_FALLBACKS:
                         k, op, mult = overflows[0]
                         raise HwcError(f"{dst.name}: op {op} (operator {k}) has an output range too narrow beside "
@@ -848,11 +856,11 @@ class TflmBackend:
                     keep_float = (*keep_float, *outputs)
                     continue
                 try:
-                    _interpreter(staged.read_bytes(), PROBE_ARENA_BYTES, dst.name)
+                    _interpreter(quantized, PROBE_ARENA_BYTES, dst.name)
                     break
                 except KernelError as exc:
                     # a kernel without an int16 form (TFLM's DIV, for one): that op computes in float
-                    outputs = _op_outputs(staged.read_bytes(), exc.operator)
+                    outputs = _op_outputs(quantized, exc.operator)
                     if "INT16" not in exc.detail or not outputs or set(outputs) <= set(keep_float) \
                             or len(keep_float) >= MAX_FLOAT_FALLBACKS:
                         raise

@@ -407,7 +407,7 @@ class Fitter:
         atomic_json(done, report)
         return report
 
-    def verify(self, compressed: SEModel, work: Path) -> dict:
+    def verify(self, compressed: SEModel, work: Path, ks: dict[str, int]) -> dict:
         from hwcompress.profile.latency_model import predict_latency
         from hwcompress.profile.measure import runtime_version
 
@@ -444,10 +444,10 @@ class Fitter:
                                             f"the TFLM interpreter; its recording allocator: "
                                             f"{session.arena_recorded_bytes} B); weights stay in the "
                                             f"{session.model_bytes} B model file (flash)",
-                         lut_layers=session.lut_layers, tflm_weights=self.tflm_weights(compressed, art["path"]))
+                         lut_layers=session.lut_layers, tflm_weights=self.tflm_weights(compressed, art["path"], ks))
         return v
 
-    def tflm_weights(self, compressed: SEModel, path: str) -> list[dict]:
+    def tflm_weights(self, compressed: SEModel, path: str, ks: dict[str, int]) -> list[dict]:
         """Per weight tensor of a TFLite Micro file: its layer, the K the search gave that layer,
         and how the file stores it (LUT index bits or plain int8, bytes), read back from the file."""
         from hwcompress.export.tflm import tensor_layers, weight_tensors
@@ -455,7 +455,6 @@ class Fitter:
 
         rows = weight_tensors(Path(path).read_bytes())
         names = tensor_layers([r["tensor"] for r in rows], compressed, layer_paths(compressed))
-        ks = getattr(self, "ks", {})
         return [{"layer": names.get(r["tensor"]), "k": ks.get(names.get(r["tensor"])), **r} for r in rows]
 
     def emulated_check(self, tflite: Path) -> dict:
@@ -559,7 +558,6 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
     s_sens, k_sens = f.sensitivities(data)
     curves = alloc.loss_curves(s_sens)
     ks = f.codebooks(k_sens)
-    f.ks = ks
     baseline_q = f.quality(f.model, data, f.out / "baseline-quality.json")
     results = []
     for budget in f.budgets:
@@ -570,7 +568,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
             allocation, trials = f.allocate(curves, budget)
             creport = f.compress(work, data, allocation.ratios, ks)
             compressed = load_model(str(work / "model.hwc"), template=f.model).eval()
-            v = f.verify(compressed, work)
+            v = f.verify(compressed, work, ks)
             if v["latency_source"] != "measured" or v["latency_ms"] <= budget or attempt == cfg.retries:
                 break
             log(f"  verified {v['latency_ms']:.3f} ms > {budget:g} ms: tightening and compressing again")
