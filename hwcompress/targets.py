@@ -60,6 +60,27 @@ PERF_UNITS: Mapping[str, str] = MappingProxyType(
     }
 )
 OPTIONAL_PERF = frozenset({"peak_gops_int8"})
+
+#: per-op cycle figures of a microcontroller target (optional `[cycles]` table, same
+#: value/unit/provenance form as `[perf]`): what profile/mcu.py prices each operator of the
+#: exported TFLite Micro file with. All-or-none: a partial table would price some ops at zero.
+CYCLE_UNITS: Mapping[str, str] = MappingProxyType(
+    {
+        "clock_mhz": "MHz",                     # core clock the cycle figures run at
+        "op_dispatch": "cycles",                # interpreter cost of invoking one operator
+        "mac_s8": "cycles/MAC",                 # int8 activations x int8 weights (CMSIS-NN s8 kernels)
+        "mac_s16": "cycles/MAC",                # int16 activations x int8 weights (CMSIS-NN s16 kernels)
+        "mac_f32": "cycles/MAC",                # float activations and weights (reference kernels)
+        "flash_read": "cycles/byte",            # weights read from flash inside a MAC loop
+        "decode": "cycles/weight",              # TFLM_DECODE, 2/3/4-bit indices: one weight unpacked per invoke
+        "decode_generic": "cycles/weight",      # TFLM_DECODE, other index widths (generic loop)
+        "element_int": "cycles/element",        # integer elementwise and requantizing ops
+        "element_f32": "cycles/element",        # float elementwise arithmetic and comparisons
+        "transcendental_f32": "cycles/element", # float EXP / LOG / TANH / LOGISTIC (libm)
+        "activation_int16": "cycles/element",   # int16 TANH / LOGISTIC (table with interpolation)
+        "copy": "cycles/element",               # data movement: concatenation, slices, transposes, reshapes
+    }
+)
 INT_PERF = frozenset({"cache_bytes"})
 
 _PROVENANCE_RE = re.compile(r"^(measured here(: \S.*)?|public source: \S.*|estimate: \S.*)$")
@@ -81,6 +102,7 @@ _TOP_LEVEL: Mapping[str, tuple[tuple[type, ...], bool]] = MappingProxyType(
         "budget_provenance": ((str,), True),
         "emulation": ((str,), False),
         "perf": ((dict,), True),
+        "cycles": ((dict,), False),
     }
 )
 
@@ -123,6 +145,7 @@ class Target:
     perf: Mapping[str, PerfParam]
     runtime_version: str | None = None
     emulation: str | None = None
+    cycles: Mapping[str, PerfParam] = field(default_factory=lambda: MappingProxyType({}))
     # where it was loaded from: useful in reports, irrelevant to equality
     source: Path | None = field(default=None, compare=False)
 
@@ -153,6 +176,8 @@ class Target:
             "emulation": self.emulation,
             "perf": {k: p.to_dict() for k, p in self.perf.items()},
         }
+        if self.cycles:
+            d["cycles"] = {k: p.to_dict() for k, p in self.cycles.items()}
         if self.source is not None:
             d["source"] = str(self.source)
         return d
@@ -211,25 +236,26 @@ def _check_keys(path: Path, where: str, got: Mapping[str, Any], allowed: set[str
         raise TargetError(f"{path}: {prefix}{missing[0]}: missing required key")
 
 
-def _parse_perf(path: Path, raw: Mapping[str, Any]) -> dict[str, PerfParam]:
-    _check_keys(path, "perf", raw, frozenset(PERF_UNITS), frozenset(PERF_UNITS) - OPTIONAL_PERF)
+def _parse_perf(path: Path, raw: Mapping[str, Any], table: str = "perf",
+                units: Mapping[str, str] = PERF_UNITS, optional: frozenset[str] = OPTIONAL_PERF) -> dict[str, PerfParam]:
+    _check_keys(path, table, raw, frozenset(units), frozenset(units) - optional)
     perf: dict[str, PerfParam] = {}
     # keep the canonical order so listings are stable regardless of file order
-    for key in (k for k in PERF_UNITS if k in raw):
-        where = f"perf.{key}"
+    for key in (k for k in units if k in raw):
+        where = f"{table}.{key}"
         entry = raw[key]
         if not isinstance(entry, dict):
             raise TargetError(
                 f"{path}: {where}: expected a table "
-                f"{{ value = ..., unit = \"{PERF_UNITS[key]}\", provenance = \"...\" }}, got {_short(entry)}"
+                f"{{ value = ..., unit = \"{units[key]}\", provenance = \"...\" }}, got {_short(entry)}"
             )
         _check_keys(path, where, entry, {"value", "unit", "provenance"}, {"value", "unit", "provenance"})
         value, unit, prov = entry["value"], entry["unit"], entry["provenance"]
         _check_type(path, f"{where}.value", value, (int,) if key in INT_PERF else (int, float))
         _check_positive(path, f"{where}.value", value)
         _check_type(path, f"{where}.unit", unit, (str,))
-        if unit != PERF_UNITS[key]:
-            raise TargetError(f"{path}: {where}.unit: must be {PERF_UNITS[key]!r}, got {_short(unit)}")
+        if unit != units[key]:
+            raise TargetError(f"{path}: {where}.unit: must be {units[key]!r}, got {_short(unit)}")
         _check_type(path, f"{where}.provenance", prov, (str,))
         _check_provenance(path, f"{where}.provenance", prov)
         perf[key] = PerfParam(value=value if key in INT_PERF else float(value), unit=unit, provenance=prov)
@@ -275,6 +301,8 @@ def _parse(path: Path, raw: Mapping[str, Any]) -> Target:
         budget_provenance=raw["budget_provenance"],
         emulation=raw.get("emulation"),
         perf=MappingProxyType(_parse_perf(path, raw["perf"])),
+        cycles=MappingProxyType(_parse_perf(path, raw["cycles"], "cycles", CYCLE_UNITS, frozenset())
+                                if "cycles" in raw else {}),
         source=path,
     )
 

@@ -58,8 +58,16 @@ def test_fit_cortex_m7_tiny(small_corpus, tmp_path) -> None:
     report = _fit("cortex-m7", tmp_path, small_corpus)
     r = report["results"][0]
     assert report["target"] == "cortex-m7" and r["runtime"] == "tflite-micro"
-    # no Cortex-M7 attached: the latency is the roofline's, and labelled so
+    # no Cortex-M7 attached: the latency is predicted, per operator of the exported file, and
+    # labelled so; the search's layer roofline was calibrated on the dense file's per-op figure
     assert r["latency_source"] == "predicted" and r["latency_p90_ms"] is None and 0 < r["latency_ms"]
+    p = r["per_op"]
+    assert r["latency_how"].startswith("per-op cycle model of the exported file")
+    assert r["latency_ms"] == pytest.approx(p["cycles"] / p["clock_mhz"] / 1e3) and p["ops"] == len(p["layers"])
+    assert p["macs"] > 0 and sum(f["ops"] for f in p["by_figure"].values()) == p["ops"]
+    dense = report["calibration"]["log"][0]
+    assert dense["per_op_ms"] > 0
+    assert report["calibration"]["factor"] == pytest.approx(dense["per_op_ms"] / dense["predicted_ms"])
     assert "(not attached)" in r["device"]
     # the arena is TFLM's own, measured in its interpreter
     assert r["peak_memory_source"] == "measured" and r["peak_memory_bytes"] > 0
@@ -89,7 +97,7 @@ def test_fit_cortex_m7_tiny(small_corpus, tmp_path) -> None:
     _checked(r, 524288, 1835008)
     assert r["budget_met"]  # a tiny GRU fits the microcontroller with room to spare
     md = (tmp_path / "report.md").read_text()
-    assert "PREDICTED" in md and "measured: TFLite Micro arena" in md
+    assert "PREDICTED" in md and "measured: TFLite Micro arena" in md and "Per-op latency, PREDICTED" in md
     assert "TFLite Micro weights (read back from" in md and "| rnn.0 | FULLY_CONNECTED |" in md
 
 

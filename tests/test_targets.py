@@ -286,3 +286,32 @@ def test_missing_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(TargetError, match="target file not found"):
         load_target(tmp_path / "absent.toml")
+
+
+def _cortex_m7_text() -> str:
+    return (REPO / "targets" / "cortex-m7.toml").read_text()
+
+
+def test_cortex_m7_cycle_figures_load_with_provenance() -> None:
+    from hwcompress.targets import CYCLE_UNITS
+
+    t = load_target("cortex-m7")
+    assert set(t.cycles) == set(CYCLE_UNITS)
+    assert t.cycles["clock_mhz"].value == 480 and t.cycles["clock_mhz"].kind == "public"
+    assert t.to_dict()["cycles"]["mac_s16"]["unit"] == "cycles/MAC"
+    assert not load_target("raspberrypi4").cycles  # the table is optional
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda s: s.replace('unit = "cycles/MAC"', 'unit = "cycles"', 1), "cycles.mac_s8.unit"),
+    (lambda s: s.replace("[cycles.copy]", "[cycles.kopy]"), "cycles.kopy"),
+    (lambda s: s.split("[cycles.copy]")[0], "cycles.copy"),  # all or none: a partial table is refused
+])
+def test_bad_cycle_table_names_field(tmp_path: Path, edit, field: str) -> None:
+    text = edit(_cortex_m7_text())
+    assert text != _cortex_m7_text()
+    p = tmp_path / "cortex-m7.toml"
+    p.write_text(text)
+    with pytest.raises(TargetError) as e:
+        load_target(p)
+    assert_one_line_naming(e.value, p, field)

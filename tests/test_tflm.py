@@ -286,3 +286,35 @@ def test_elu_is_exported_bounded_and_overflowing_rescales_are_caught(tmp_path, m
     monkeypatch.setattr(tflm, "bounded_elu", lambda m: contextlib.nullcontext())
     guarded = get_backend("tflm").export(model, tmp_path / "guarded")  # no abort: the SUB stays float
     assert tflm.requant_overflows(guarded.read_bytes()) == [] and "SUB" in tflm.float_ops(guarded.read_bytes())
+
+
+def test_per_op_cycles_price_every_operator_of_the_file(exported, clustered) -> None:
+    """profile/mcu.py reads the exported file: its MACs are the model's own (every GRU matmul
+    and the output layer, per hop), every operator gets a row, and a LUT file costs exactly its
+    decoded weights times the decode figures more than the same model stored int8."""
+    from hwcompress.export.tflm import op_names
+    from hwcompress.models.cost import layer_costs
+    from hwcompress.profile.mcu import predict_tflm
+    from hwcompress.targets import load_target
+
+    target = load_target("cortex-m7")
+    model, path, _ = exported
+    p = predict_tflm(path.read_bytes(), target)
+    assert p["latency_source"] == "predicted" and p["latency_model"] == "per-op cycles"
+    assert p["macs"] == sum(r["macs_per_frame"] for r in layer_costs(model))
+    assert len(p["layers"]) == p["ops"] == len(op_names(path.read_bytes()))
+    assert p["latency_ms"] == pytest.approx(sum(r["cycles"] for r in p["layers"]) / (target.cycles["clock_mhz"].value * 1e3))
+    assert all(r["cycles"] >= target.cycles["op_dispatch"].value for r in p["layers"])
+    c = {k: v.value for k, v in target.cycles.items()}
+    _, lut, plain = clustered
+    a, b = predict_tflm(lut.read_bytes(), target), predict_tflm(plain.read_bytes(), target)
+    assert a["macs"] == b["macs"]
+    decodes = [r for r in a["layers"] if r["op"] == "TFLM_DECODE"]
+    assert decodes and "TFLM_DECODE" not in {r["op"] for r in b["layers"]}
+    # tiny-gru's K=4 and K=16 tables: 2 and 4-bit indices, TFLM's unrolled decoders
+    assert sum(r["elements"] for r in decodes) == 48 * 161 + 48 * 16 + 161 * 16
+    assert {r["figure"] for r in decodes} == {"decode"}
+    flash = sum(r["flash_bytes"] for r in b["layers"] if r["op"] == "FULLY_CONNECTED")
+    assert flash >= 48 * 161 + 48 * 16 + 161 * 16  # the int8 file streams those weights from flash
+    extra = sum(r["cycles"] for r in decodes)
+    assert extra == len(decodes) * c["op_dispatch"] + c["decode"] * sum(r["elements"] for r in decodes)

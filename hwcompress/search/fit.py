@@ -124,6 +124,10 @@ class Fitter:
         self.backend = RUNTIME_BACKENDS[self.target.runtime]
         get_backend(self.backend)  # a missing runtime fails now, with its install hint
         self.measurable = self.target.arch == host_arch()
+        # a microcontroller is not measurable here, but its exported file can be priced per
+        # operator (profile/mcu.py): that prediction, not the torch-layer roofline, is what the
+        # latency model is calibrated on and what the verified latency is
+        self.per_op = self.backend == "tflite-micro" and bool(self.target.cycles)
         self.out = Path(cfg.out)
         check_writable(self.out, "dir")
         self.out.mkdir(parents=True, exist_ok=True)
@@ -177,6 +181,10 @@ class Fitter:
             if self.measurable:
                 m = self._measure(art["path"])
                 result.update(measured_ms=m["median_ms"], p90_ms=m["p90_ms"])
+            elif self.per_op:
+                from hwcompress.profile.mcu import predict_tflm
+
+                result["per_op_ms"] = predict_tflm(Path(art["path"]).read_bytes(), self.target)["latency_ms"]
         return result
 
     # ------------------------------------------------------------ stages
@@ -197,6 +205,10 @@ class Fitter:
         predicted = self.oracle.latency_ms({}) / self.oracle.calibration
         if self.measurable:
             self.oracle.calibration = probe["measured_ms"] / predicted
+        elif self.per_op:  # predicted either way; the per-op figure prices what TFLM runs
+            self.oracle.calibration = probe["per_op_ms"] / predicted
+            self.log(f"calibrate: {probe['per_op_ms']:.2f} ms per hop predicted per op for the dense file vs "
+                     f"{predicted:.2f} ms by the layer roofline")
         self.calibration_log.append({"ratios": {}, "predicted_ms": predicted, **probe})
         write_keyed(path, self.key, {"target": self.target.name, "model": self.cfg.model, "weights": self.cfg.weights,
                                      "bytes_per_weight": self.bytes_per_weight, "calibration": self.oracle.calibration,
@@ -435,6 +447,12 @@ class Fitter:
                                         "activation arenas not included (no device to measure)")
             if self.cfg.emulate and self.target.emulation and self.backend == "litert":
                 v["emulated_check"] = self.emulated_check(Path(art["path"]))
+            if self.per_op:  # every operator of the exported file priced with the target's cycle figures
+                from hwcompress.profile.mcu import predict_tflm
+
+                cycles = predict_tflm(Path(art["path"]).read_bytes(), self.target)
+                v.update(latency_ms=cycles["latency_ms"], how=cycles["how"], latency_model=cycles["latency_model"],
+                         per_op={k: cycles[k] for k in ("cycles", "clock_mhz", "macs", "ops", "by_figure", "layers")})
             if self.backend == "tflite-micro":  # the arena is measured in the real TFLM interpreter
                 from hwcompress.export import get_backend
 
@@ -569,9 +587,11 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
             creport = f.compress(work, data, allocation.ratios, ks)
             compressed = load_model(str(work / "model.hwc"), template=f.model).eval()
             v = f.verify(compressed, work, ks)
-            if v["latency_source"] != "measured" or v["latency_ms"] <= budget or attempt == cfg.retries:
+            checked = v["latency_source"] == "measured" or v.get("latency_model") == "per-op cycles"
+            if not checked or v["latency_ms"] <= budget or attempt == cfg.retries:
                 break
-            log(f"  verified {v['latency_ms']:.3f} ms > {budget:g} ms: tightening and compressing again")
+            log(f"  verified {v['latency_ms']:.3f} ms ({v['latency_source']}) > {budget:g} ms: tightening and "
+                f"compressing again")
             # re-scale by what this allocation measured against what the model predicts for it
             # (not against the budget: an allocation far off the budget would over-correct and
             # make every later allocation look infeasible)
@@ -609,6 +629,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
             "emulated_check": v.get("emulated_check"),
             "lut_layers": v.get("lut_layers"),  # tflite-micro: LUT-encoded weights, read back from the file
             "tflm_weights": v.get("tflm_weights"),  # tflite-micro: every weight tensor, its layer, K and storage
+            "per_op": v.get("per_op"),  # tflite-micro: every operator of the file priced in cycles (predicted)
             "parity_ok": parity_ok,
             "budget_met": bool(v["latency_ms"] <= budget and runtime_bytes <= f.budget_bytes and memory_ok
                                and parity_ok and emulated_ok),

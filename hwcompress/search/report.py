@@ -119,6 +119,8 @@ def markdown(report: dict) -> str:
         lines.append("")
         if r.get("tflm_weights"):
             lines += tflm_lines(r)
+        if r.get("per_op"):
+            lines += per_op_lines(r["per_op"])
 
     ex = report.get("example")
     if ex:
@@ -144,6 +146,23 @@ def tflm_lines(r: dict) -> list[str]:
     for w in rows:
         lines.append(f"| {w.get('layer') or '-'} | {w['op']} | {'x'.join(str(d) for d in w['shape'])} | "
                      f"{w.get('k') or '-'} | {w['storage']} | {w['index_bits']} | {w['bytes']} |")
+    return lines + [""]
+
+
+def per_op_lines(p: dict, top: int = 12) -> list[str]:
+    """Predicted cycles of the exported file per cycle figure, and its costliest operators."""
+    lines = [f"Per-op latency, PREDICTED (no device attached): {p['ops']} TFLite Micro operators, "
+             f"{p['cycles'] / 1e6:.2f} M cycles = {p['cycles'] / p['clock_mhz'] / 1e3:.3f} ms at {p['clock_mhz']:g} MHz, "
+             f"{p['macs']} MACs.", "",
+             "| cycle figure | ops | M cycles | ms | share |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, f in p["by_figure"].items():
+        lines.append(f"| {name} | {f['ops']} | {f['cycles'] / 1e6:.3f} | {f['ms']:.3f} | {f['share']:.1%} |")
+    lines += ["", f"Costliest {min(top, len(p['layers']))} operators:", "",
+              "| # | op | precision | MACs | elements | flash B | bound | ms |",
+              "| ---: | --- | --- | ---: | ---: | ---: | --- | ---: |"]
+    for row in sorted(p["layers"], key=lambda x: -x["cycles"])[:top]:
+        lines.append(f"| {row['index']} | {row['op']} | {row['precision']} | {row['macs']} | {row['elements']} | "
+                     f"{row['flash_bytes']} | {row['bound']} | {row['ms']:.3f} |")
     return lines + [""]
 
 
