@@ -510,11 +510,11 @@ def fit(
 @app.command("export")
 def export_cmd(
     out: Annotated[Path, typer.Option(help="Folder for the artifacts (written atomically).")],
-    format_: Annotated[str, typer.Option("--format", help="onnx, openvino or tflite.")],
+    format_: Annotated[str, typer.Option("--format", help="onnx, openvino, tflite or tflm (TFLite Micro).")],
     model: ModelOpt = "default",
     model_weights: ModelWeightsOpt = None,
-    mode: Annotated[str, typer.Option(help="stream (one hop, state in/out), whole (utterance) or both.")] = "both",
-    weights: Annotated[str, typer.Option(help="fp32; int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128).")] = "fp32",
+    mode: Annotated[Optional[str], typer.Option(help="stream (one hop, state in/out), whole (utterance) or both [default: both; stream for tflm, which runs hop by hop only].")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="fp32; int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128) [default: fp32; int8 for tflm, whose 16x8 form is its only one].")] = None,
     frames: Annotated[int, typer.Option(min=1, help="T of a whole-utterance .tflite (LiteRT fixes T).")] = 100,
     check: Annotated[bool, typer.Option(help="Run each artifact against torch; one beyond its tolerance fails the export.")] = True,
     min_snr_db: Annotated[Optional[float], typer.Option(help="Parity tolerance: least SNR (dB) of the runtime output vs torch (default per weights: fp32 60, int8 25, int4 20).")] = None,
@@ -527,6 +527,9 @@ def export_cmd(
     from hwcompress.models.io import load_model
 
     backend = canonical_name(format_)
+    micro = backend == "tflite-micro"
+    mode = mode or ("stream" if micro else "both")
+    weights = weights or ("int8" if micro else "fp32")
     if mode not in ("stream", "whole", "both"):
         raise HwcError(f"unknown export mode {mode!r}: choose stream, whole or both")
     if min_snr_db is not None and not check:

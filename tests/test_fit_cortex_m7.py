@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,38 @@ def test_fit_cortex_m7_arena_over_budget_is_not_met(small_corpus, tmp_path) -> N
     assert r["peak_memory_source"] == "measured" and r["peak_memory_bytes"] > 4096
     _checked(r, 4096, 1835008)
     assert not r["budget_met"] and r["not_met_because"] == ["memory"]
+
+
+def test_lut_file_that_misses_latency_gives_way_to_int8(tmp_path) -> None:
+    """TFLM decodes LUT weights on every invoke: on a target whose decode is slow enough that the
+    LUT file misses the latency budget while plain int8 weights fit it and the flash budget, the
+    fit ships the int8 file and says why; with the shipped figures the LUT file stays."""
+    import torch
+
+    from hwcompress.compress.cluster import apply_clustering, cluster_model
+    from hwcompress.export.tflm import lut_layers
+    from hwcompress.models.io import load_model
+    from hwcompress.search.fit import FitConfig, Fitter
+
+    _require_converter()
+    torch.manual_seed(0)
+    model = load_model("tiny-gru").eval()
+    apply_clustering(model, cluster_model(model, {"*": 16}))
+    text = (TARGETS / "cortex-m7.toml").read_text()
+    slow, n = re.subn(r"(\[cycles\.decode\]\nvalue = )[0-9.]+", r"\g<1>50000.0",
+                      text.replace('name = "cortex-m7"', 'name = "slow-decode"'))
+    assert n == 1
+    toml = tmp_path / "slow-decode.toml"
+    toml.write_text(slow)
+    for target, budget, shipped in ((toml, 10.0, "int8"), ("cortex-m7", 10.0, None)):
+        f = Fitter(FitConfig(target=str(target), out=tmp_path / f"out-{shipped}", model="tiny-gru"), lambda _: None, model)
+        work = tmp_path / f"work-{shipped}"
+        art = f._export(model, work / "export")
+        assert lut_layers(Path(art["path"]).read_bytes())
+        chosen, cycles, storage = f._tflm_storage(model, work, art, budget)
+        if shipped is None:
+            assert storage is None and chosen == art and cycles["latency_ms"] <= budget
+            continue
+        assert storage["shipped"] == "int8" and storage["lut_ms"] > budget >= storage["int8_ms"] == cycles["latency_ms"]
+        assert chosen["path"] != art["path"] and not lut_layers(Path(chosen["path"]).read_bytes())
+        assert chosen["parity"]["ok"] and storage["int8_bytes"] == chosen["bytes"] > storage["lut_bytes"]

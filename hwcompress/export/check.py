@@ -183,8 +183,9 @@ def check_parity(model: torch.nn.Module, path: str | Path, *, weights: str | Non
 
 def export_checked(model: torch.nn.Module, backend: str, out_dir: Path, modes: list[str], weights: str = "fp32",
                    frames: int = 100, stem: str = "model", check: bool = True, enforce: bool = True,
-                   min_snr_db: float | None = None) -> list[dict[str, Any]]:
-    """Export `model` in each mode; returns one row per artifact with its files, bytes on
+                   min_snr_db: float | None = None, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Export `model` in each mode (`options`: the backend's own export keywords, e.g. tflite-micro's
+    `lut`); returns one row per artifact with its files, bytes on
     disk and (with check) its parity against torch (`Parity.to_dict()`, `ok` included).
 
     With check and enforce (the default), an artifact beyond its tolerance (`MIN_SNR_DB[weights]`,
@@ -196,7 +197,7 @@ def export_checked(model: torch.nn.Module, backend: str, out_dir: Path, modes: l
     be = get_backend(backend)
     rows = []
     for mode in modes:
-        path = be.export(model, Path(out_dir), mode, frames=frames, stem=stem, weights=weights)
+        path = be.export(model, Path(out_dir), mode, frames=frames, stem=stem, weights=weights, **(options or {}))
         files = artifact_files(path)
         row: dict[str, Any] = {"backend": be.name, "runtime_version": runtime_version(be.name), "mode": mode,
                                "weights": weights, "path": str(path), "files": [str(f) for f in files],

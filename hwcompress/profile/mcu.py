@@ -14,7 +14,7 @@ operator in it with the target's `[cycles]` figures (targets/<name>.toml):
 
 Figures are *predicted*, never measured: no Cortex-M is attached here. Each figure carries its
 provenance in the target file; where a public CMSIS-NN figure exists for a comparable kernel the
-comparison is committed (docs/cortex-m7-latency.md, benchmarks/mcu_cycles.py).
+comparison is committed (benchmarks/mcu_cycles.md, made by benchmarks/mcu_cycles.py).
 
 Written by hand: no library prices a TFLite Micro graph per op for a Cortex-M (Arm's Vela and
 ST's X-CUBE-AI estimate their own runtimes only, and neither runs here).

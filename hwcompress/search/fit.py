@@ -153,12 +153,12 @@ class Fitter:
 
     # ------------------------------------------------------------ runtime probes
 
-    def _export(self, model: SEModel, out_dir: Path, check: bool = True) -> dict:
+    def _export(self, model: SEModel, out_dir: Path, check: bool = True, **options) -> dict:
         from hwcompress.export.check import export_checked
 
         # parity is recorded, not raised: a failed check marks the budget not met in the report
         return export_checked(model, self.backend, out_dir, ["stream"], weights=self.cfg.weights, stem="model",
-                              check=check, enforce=False)[0]
+                              check=check, enforce=False, options=options)[0]
 
     def _measure(self, path: str, runs: int | None = None) -> dict:
         from hwcompress.profile.measure import measure_artifact
@@ -419,11 +419,40 @@ class Fitter:
         atomic_json(done, report)
         return report
 
-    def verify(self, compressed: SEModel, work: Path, ks: dict[str, int]) -> dict:
+    def _tflm_storage(self, compressed: SEModel, work: Path, art: dict, budget_ms: float) -> tuple[dict, dict, dict | None]:
+        """The TFLite Micro file to ship and its per-op prediction. TFLM decodes every LUT weight
+        on every invoke (TFLM_DECODE), so LUT storage trades flash for cycles: the LUT file ships
+        when it meets the latency budget; when it misses and the same model with plain int8
+        weights is faster and fits the flash budget, that file ships instead (the report says so)."""
+        from hwcompress.export.tflm import lut_layers
+        from hwcompress.profile.mcu import predict_tflm
+
+        cycles = predict_tflm(Path(art["path"]).read_bytes(), self.target)
+        if not lut_layers(Path(art["path"]).read_bytes()) or cycles["latency_ms"] <= budget_ms:
+            shutil.rmtree(work / "export-int8", ignore_errors=True)  # an earlier attempt's
+            return art, cycles, None
+        plain = self._export(compressed, work / "export-int8", lut=False)
+        plain_cycles = predict_tflm(Path(plain["path"]).read_bytes(), self.target)
+        choice = {"lut_ms": cycles["latency_ms"], "lut_bytes": art["bytes"], "int8_ms": plain_cycles["latency_ms"],
+                  "int8_bytes": plain["bytes"], "budget_ms": budget_ms, "budget_bytes": self.budget_bytes}
+        if plain_cycles["latency_ms"] < cycles["latency_ms"] and plain["bytes"] <= self.budget_bytes:
+            self.log(f"  tflite-micro: LUT weights predict {cycles['latency_ms']:.2f} ms (decoded every invoke) > "
+                     f"{budget_ms:g} ms; int8 weights {plain_cycles['latency_ms']:.2f} ms fit {plain['bytes']} B of "
+                     f"flash: shipping int8")
+            return plain, plain_cycles, {**choice, "shipped": "int8",
+                                         "why": "LUT decoding missed the latency budget; int8 weights fit the flash budget"}
+        shutil.rmtree(work / "export-int8", ignore_errors=True)
+        return art, cycles, {**choice, "shipped": "lut",
+                             "why": "int8 weights are not faster, or do not fit the flash budget"}
+
+    def verify(self, compressed: SEModel, work: Path, ks: dict[str, int], budget_ms: float | None = None) -> dict:
         from hwcompress.profile.latency_model import predict_latency
         from hwcompress.profile.measure import runtime_version
 
         art = self._export(compressed, work / "export")
+        cycles = storage = None
+        if self.per_op:  # every operator of the exported file priced with the target's cycle figures
+            art, cycles, storage = self._tflm_storage(compressed, work, art, budget_ms or self.target.latency_budget_ms)
         prediction = predict_latency(compressed, self.target, self.weight_bits)
         v: dict[str, Any] = {
             "runtime": self.backend, "runtime_version": runtime_version(self.backend), "threads": self.target.threads,
@@ -447,12 +476,10 @@ class Fitter:
                                         "activation arenas not included (no device to measure)")
             if self.cfg.emulate and self.target.emulation and self.backend == "litert":
                 v["emulated_check"] = self.emulated_check(Path(art["path"]))
-            if self.per_op:  # every operator of the exported file priced with the target's cycle figures
-                from hwcompress.profile.mcu import predict_tflm
-
-                cycles = predict_tflm(Path(art["path"]).read_bytes(), self.target)
+            if cycles is not None:
                 v.update(latency_ms=cycles["latency_ms"], how=cycles["how"], latency_model=cycles["latency_model"],
-                         per_op={k: cycles[k] for k in ("cycles", "clock_mhz", "macs", "ops", "by_figure", "layers")})
+                         per_op={k: cycles[k] for k in ("cycles", "clock_mhz", "macs", "ops", "by_figure", "layers")},
+                         tflm_storage=storage)
             if self.backend == "tflite-micro":  # the arena is measured in the real TFLM interpreter
                 from hwcompress.export import get_backend
 
@@ -586,7 +613,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
             allocation, trials = f.allocate(curves, budget)
             creport = f.compress(work, data, allocation.ratios, ks)
             compressed = load_model(str(work / "model.hwc"), template=f.model).eval()
-            v = f.verify(compressed, work, ks)
+            v = f.verify(compressed, work, ks, budget)
             checked = v["latency_source"] == "measured" or v.get("latency_model") == "per-op cycles"
             if not checked or v["latency_ms"] <= budget or attempt == cfg.retries:
                 break
@@ -630,6 +657,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
             "lut_layers": v.get("lut_layers"),  # tflite-micro: LUT-encoded weights, read back from the file
             "tflm_weights": v.get("tflm_weights"),  # tflite-micro: every weight tensor, its layer, K and storage
             "per_op": v.get("per_op"),  # tflite-micro: every operator of the file priced in cycles (predicted)
+            "tflm_storage": v.get("tflm_storage"),  # tflite-micro: LUT vs int8 file, when LUT decoding missed latency
             "parity_ok": parity_ok,
             "budget_met": bool(v["latency_ms"] <= budget and runtime_bytes <= f.budget_bytes and memory_ok
                                and parity_ok and emulated_ok),

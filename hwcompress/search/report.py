@@ -119,6 +119,12 @@ def markdown(report: dict) -> str:
         lines.append("")
         if r.get("tflm_weights"):
             lines += tflm_lines(r)
+        st = r.get("tflm_storage")
+        if st:
+            lines += [f"TFLite Micro weight storage: shipped **{st['shipped']}** ({st['why']}): LUT file {st['lut_bytes']} B, "
+                      f"{st['lut_ms']:.3f} ms predicted (TFLM decodes LUT weights on every invoke); int8 file "
+                      f"{st['int8_bytes']} B, {st['int8_ms']:.3f} ms predicted; budgets {st['budget_ms']:g} ms, "
+                      f"{st['budget_bytes']} B.", ""]
         if r.get("per_op"):
             lines += per_op_lines(r["per_op"])
 
