@@ -318,3 +318,25 @@ def test_per_op_cycles_price_every_operator_of_the_file(exported, clustered) -> 
     assert flash >= 48 * 161 + 48 * 16 + 161 * 16  # the int8 file streams those weights from flash
     extra = sum(r["cycles"] for r in decodes)
     assert extra == len(decodes) * c["op_dispatch"] + c["decode"] * sum(r["elements"] for r in decodes)
+
+
+def test_a_micro_file_is_told_from_a_litert_one_and_profiled_per_op(exported, clustered, tmp_path) -> None:
+    """The .tflite suffix names two runtimes: the 16x8 and LUT files run in TFLite Micro (eval,
+    profile), a LiteRT file stays LiteRT. Profiling a TFLM file on cortex-m7 is its per-op
+    prediction and its measured arena; on a CPU target it is one line."""
+    from hwcompress.export import backend_for_artifact
+    from hwcompress.profile.measure import profile_artifact
+
+    model, path, session = exported
+    assert backend_for_artifact(path) == "tflite-micro" and backend_for_artifact(clustered[1]) == "tflite-micro"
+    litert = get_backend("litert").export(model, tmp_path, "stream")
+    assert backend_for_artifact(litert) == "litert"
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"not a flatbuffer")
+    assert backend_for_artifact(junk) == "litert"  # its loader says what is wrong with it
+    r = profile_artifact(path, "cortex-m7", top=3)
+    assert r["latency_source"] == "predicted" and r["runtime"] == "tflite-micro"
+    assert r["latency_ms"] == r["per_op"]["latency_ms"] > 0 and len(r["layers"]) == 3
+    assert r["peak_memory_bytes"] == session.arena_bytes and r["fits_memory"] and r["fits_latency"]
+    with pytest.raises(HwcError, match="microcontroller target"):
+        profile_artifact(path, "raspberrypi4")

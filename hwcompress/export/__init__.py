@@ -128,7 +128,8 @@ def is_artifact(spec: str | Path) -> bool:
 
 
 def backend_for_artifact(path: Path) -> str:
-    """The backend that runs an exported file, from its suffix (.onnx, .xml, .tflite)."""
+    """The backend that runs an exported file, from its suffix (.onnx, .xml, .tflite) and, for a
+    .tflite, its contents (a TFLite Micro file: int16 activations or TFLM_DECODE operators)."""
     suffix = Path(path).suffix.lower()
     key = ARTIFACT_SUFFIXES.get(suffix)
     if key is None:
@@ -136,6 +137,13 @@ def backend_for_artifact(path: Path) -> str:
             raise HwcError(f"{path}: the weights file of an OpenVINO IR; give its .xml "
                            f"({Path(path).with_suffix('.xml').name}), which names this .bin")
         raise HwcError(f"{path}: not a runtime artifact (expected one of {', '.join(ARTIFACT_SUFFIXES)})")
+    if key == "litert" and Path(path).is_file():
+        from hwcompress.export.tflm import is_micro_file
+
+        # one suffix, two runtimes: only the tflite-micro exporter writes 16x8 files and LUT-decoded
+        # weights (TFLM_DECODE, which LiteRT cannot run), so such a file runs where it ships
+        if is_micro_file(Path(path)):
+            return "tflite-micro"
     return key
 
 

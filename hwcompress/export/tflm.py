@@ -127,6 +127,28 @@ def op_names(data: bytes) -> list[tuple[str, list[str]]]:
     return rows
 
 
+def is_micro_file(path: Path) -> bool:
+    """Whether a .tflite is a TFLite Micro file of ours: TFLM_DECODE operators (LUT weights) or int16
+    activations (the 16x8 scheme). Read with the flatbuffer's lazy accessors: no buffer is copied,
+    so a 20 MB file takes milliseconds; anything unreadable is not one (its loader says why)."""
+    fb = _schema()
+    try:
+        data = Path(path).read_bytes()
+        model = fb.Model.GetRootAsModel(data, 0)
+        if model.SubgraphsLength() == 0:
+            return False
+        for i in range(model.OperatorCodesLength()):
+            code = model.OperatorCodes(i).CustomCode()
+            if code is not None and code.decode(errors="replace") == "TFLM_DECODE":
+                return True
+        sub = model.Subgraphs(0)
+        return any(sub.Tensors(sub.Inputs(i)).Type() == fb.TensorType.INT16 for i in range(sub.InputsLength())) or any(
+            sub.Tensors(i).Type() == fb.TensorType.INT16 and model.Buffers(sub.Tensors(i).Buffer()).DataLength() == 0
+            for i in range(sub.TensorsLength()))
+    except Exception:  # not a flatbuffer, truncated: the runtime's loader gives the one-line reason
+        return False
+
+
 def _op_outputs(data: bytes, index: int) -> list[str]:
     """Output tensor names of operator `index` of the main subgraph."""
     sub = _read_model(data).subgraphs[0]

@@ -413,6 +413,8 @@ def profile_artifact(path: str | os.PathLike[str], target: Target | str, backend
     if backend is not None and canonical_name(backend) != name:
         raise HwcError(f"{path}: an {kind} runs in {name}, not in backend {canonical_name(backend)!r}; "
                        f"drop --backend, or export the model for {canonical_name(backend)}")
+    if name == "tflite-micro":
+        return _profile_micro(path, tg, top)
     host = host_info()
     if tg.arch != host["arch"]:
         raise HwcError(f"{path}: target {tg.name} is {tg.arch} ({tg.cpu}) and this machine is {host['arch']}: an "
@@ -453,6 +455,42 @@ def profile_artifact(path: str | os.PathLike[str], target: Target | str, backend
         **measured,
     })
     result.update(_budgets(tg, measured["median_ms"], measured["peak_memory_bytes"], artifact["bytes"]))
+    return result
+
+
+def _profile_micro(path: Path, tg: Target, top: int) -> dict[str, Any]:
+    """A TFLite Micro file on a microcontroller target: no such CPU is attached, so the latency is
+    the per-op cycle prediction of this very file (profile/mcu.py), and the memory is the tensor
+    arena measured in the real TFLM interpreter."""
+    from hwcompress.export import get_backend
+    from hwcompress.profile.mcu import predict_tflm
+
+    if tg.runtime != "tflite-micro" or not tg.cycles:
+        raise HwcError(f"{path}: a TFLite Micro file runs on a microcontroller target (runtime tflite-micro with a "
+                       f"[cycles] table, e.g. cortex-m7), not on {tg.name} ({tg.runtime})")
+    session = get_backend("tflite-micro").load(path)
+    p = predict_tflm(path.read_bytes(), tg)
+    size = path.stat().st_size
+    rows = sorted(p["layers"], key=lambda r: -r["cycles"])[:top]
+    result: dict[str, Any] = {
+        "weights": "int8", "note": "int16 activations (16x8)" + (f"; {len(session.lut_layers)} weight tensors "
+                                                                  "LUT-encoded, decoded every invoke" if session.lut_layers else ""),
+        "weights_source": "read from the artifact", "target": tg.name, "model": str(path), "runtime": "tflite-micro",
+        "runtime_version": runtime_version("tflite-micro"), "target_runtime": tg.runtime, "threads": tg.threads,
+        "predicted_ms": None, "prediction": "per-op cycle model of this file (below)",
+        "latency_source": "predicted", "latency_ms": p["latency_ms"], "how": p["how"],
+        "reason": f"per-op cycles of this file at {p['clock_mhz']:g} MHz: {tg.cpu} is not attached",
+        "host": {}, "device": {"cpu": tg.cpu, "arch": tg.arch, "where": "not attached"},
+        "artifact": {"path": str(path), "files": [str(path)], "bytes": size, "kept": True},
+        "peak_memory_bytes": session.arena_bytes,
+        "peak_memory_method": (f"measured: TFLite Micro arena, smallest that runs (host TFLM interpreter); weights stay "
+                               f"in the {size} B file (flash)"),
+        "per_op": p, "lut_layers": session.lut_layers,
+        "layers_source": f"PREDICTED per-op cycles, the {len(rows)} costliest of {p['ops']} operators",
+        "layers": [{"name": f"#{r['index']} {r['op']}", "type": f"{r['precision']} {r['figure']}", "ms": r["ms"],
+                    "share": r["cycles"] / p["cycles"]} for r in rows],
+    }
+    result.update(_budgets(tg, p["latency_ms"], session.arena_bytes, size))
     return result
 
 
