@@ -185,6 +185,10 @@ class Fitter:
                 from hwcompress.profile.mcu import predict_tflm
 
                 result["per_op_ms"] = predict_tflm(Path(art["path"]).read_bytes(), self.target)["latency_ms"]
+            if self.backend == "tflite-micro":  # the arena TFLM needs, measured in its interpreter
+                from hwcompress.export.tflm import measure_arena
+
+                result["arena_bytes"] = measure_arena(Path(art["path"]).read_bytes(), str(art["path"]))[0]
         return result
 
     # ------------------------------------------------------------ stages
@@ -251,6 +255,26 @@ class Fitter:
         if best_params * self.bytes_per_weight > self.budget_bytes:
             raise HwcError(f"size budget {self.budget_bytes} B cannot be met: the smallest reachable runtime artifact is "
                            f"about {int(best_params * self.bytes_per_weight)} B")
+        self.check_arena(floor)
+
+    def check_arena(self, floor: dict[str, float]) -> None:
+        """TFLite Micro: the dense file's measured arena against the RAM budget; when it misses, the
+        most pruned model's is measured too, and an arena that cannot fit even then fails here in
+        one line (pruning channels is what shrinks activations and state)."""
+        dense = next((e.get("arena_bytes") for e in self.calibration_log if not e.get("ratios")), None)
+        budget = self.target.memory_budget_bytes
+        if dense is None or dense <= budget:
+            return
+        key = {**self.key, "what": "floor arena", "ratios": floor}
+        cached = read_keyed(self.out / "floor-arena.json", key, self.log)
+        if not cached:
+            self.log(f"  the dense model needs {dense} B of TFLite Micro arena (> {budget} B): measuring the most pruned one")
+            cached = self._probe(floor)
+            write_keyed(self.out / "floor-arena.json", key, cached)
+        if cached["arena_bytes"] > budget:
+            raise HwcError(f"memory budget {budget} B cannot be met on {self.target.name}: even with {alloc.MAX_RATIO:.0%} "
+                           f"of every group pruned the TFLite Micro tensor arena needs {cached['arena_bytes']} B "
+                           f"(measured; the dense model's: {dense} B)")
 
     def _floor_fits(self, budget_ms: float) -> bool:
         return self.measurable and self.floor_ms is not None and self.floor_ms <= budget_ms * MEASURE_MARGIN
