@@ -158,3 +158,32 @@ def test_lut_file_that_misses_latency_gives_way_to_int8(tmp_path) -> None:
         assert storage["shipped"] == "int8" and storage["lut_ms"] > budget >= storage["int8_ms"] == cycles["latency_ms"]
         assert chosen["path"] != art["path"] and not lut_layers(Path(chosen["path"]).read_bytes())
         assert chosen["parity"]["ok"] and storage["int8_bytes"] == chosen["bytes"] > storage["lut_bytes"]
+
+
+def test_flash_budget_that_needs_luts_sizes_them_or_names_the_wide_codebooks(tmp_path) -> None:
+    """Where even the most pruned model's int8 weights miss the flash budget, the search sizes the
+    LUT index bits of the chosen K (3 bits for K=8); codebooks TFLM cannot decode (K=256: 8 bits)
+    that leave the budget out of reach are one line naming those layers."""
+    from hwcompress.errors import HwcError
+    from hwcompress.models.cost import layer_paths
+    from hwcompress.search import allocate as alloc
+    from hwcompress.search.fit import FitConfig, Fitter
+
+    floor_params = None
+    for ks_k, fits in ((8, True), (256, False)):
+        f = Fitter(FitConfig(target="cortex-m7", out=tmp_path / str(ks_k), model="tiny-gru"), lambda _: None)
+        floor_params = f.oracle.params({g: alloc.MAX_RATIO for g in f.oracle.sizes})
+        f.bytes_per_weight, f.budget_bytes = 1.0, int(0.6 * floor_params)
+        ks = {layer: ks_k for layer in layer_paths(f.model)}
+        if fits:
+            f.check_lut_size(ks)
+            assert f.bytes_per_weight == pytest.approx(3 / 8)
+        else:
+            with pytest.raises(HwcError) as e:
+                f.check_lut_size(ks)
+            msg = str(e.value)
+            assert "\n" not in msg and "need LUT storage" in msg and "(K=256)" in msg and "more than 7 index bits" in msg
+    # int8 that fits needs no LUT sizing: the search keeps sizing int8
+    f.bytes_per_weight, f.budget_bytes = 1.0, 10 * floor_params
+    f.check_lut_size({layer: 8 for layer in layer_paths(f.model)})
+    assert f.bytes_per_weight == 1.0

@@ -224,11 +224,14 @@ class Fitter:
         that) is refused here, not after a long export (or a runtime that cannot load a file
         that large: TFLite Micro aborted on the default CRN's)."""
         floor = {g: alloc.MAX_RATIO for g in self.oracle.sizes}
-        least = int(self.oracle.params(floor) * self.weight_bits / 8)
+        # TFLite Micro can store a clustered layer as 1-bit LUT indices: the codebook stage decides
+        # (check_lut_size); here only what no K could fit
+        bits = 1 if self.backend == "tflite-micro" else self.weight_bits
+        least = int(self.oracle.params(floor) * bits / 8)
         if least > self.budget_bytes:
             raise HwcError(f"size budget {self.budget_bytes} B cannot be met on {self.target.name}: even with "
                            f"{alloc.MAX_RATIO:.0%} of every group pruned the {self.cfg.weights} weights alone take about "
-                           f"{least} B (pass a smaller model, or --budget-kb)")
+                           f"{least} B{' at 1-bit LUT indices' if bits == 1 else ''} (pass a smaller model, or --budget-kb)")
 
     def budget_params(self) -> int:
         return int(self.budget_bytes / self.bytes_per_weight)
@@ -252,10 +255,44 @@ class Fitter:
         if best_ms > limit:
             raise HwcError(f"budget {tight:g} ms cannot be met on {self.target.name}: the best reachable is about "
                            f"{best_ms:.3g} ms per hop ({how}; {alloc.MAX_RATIO:.0%} of every group pruned, {self.cfg.weights} weights)")
-        if best_params * self.bytes_per_weight > self.budget_bytes:
+        if best_params * self.bytes_per_weight > self.budget_bytes and self.backend != "tflite-micro":
             raise HwcError(f"size budget {self.budget_bytes} B cannot be met: the smallest reachable runtime artifact is "
                            f"about {int(best_params * self.bytes_per_weight)} B")
         self.check_arena(floor)
+
+    def check_lut_size(self, ks: dict[str, int]) -> None:
+        """TFLite Micro, once the codebooks are chosen: the flash budget against the most pruned
+        model. Where its int8 weights fit, the search sizes int8 (LUT storage then only shrinks the
+        file, and the file may ship int8 when decoding costs the latency budget). Where they do not,
+        the budget needs LUT weights: the search sizes each layer at its ceil(log2 K)-bit indices,
+        and a budget those cannot meet is one line naming the layers whose K TFLM's decoder cannot
+        take (K > 128: more than 7 index bits, stored as int8)."""
+        from hwcompress.export.tflm import LUT_MAX_BITS
+        from hwcompress.models.cost import layer_paths
+
+        if self.backend != "tflite-micro":
+            return
+        floor = {g: alloc.MAX_RATIO for g in self.oracle.sizes}
+        least = self.oracle.params(floor) * self.bytes_per_weight
+        if least <= self.budget_bytes:
+            return
+        params = dict(self.model.named_parameters())
+        weights = {layer: sum(p.numel() for n, p in params.items() if n.startswith(path + ".") and p.dim() >= 2)
+                   for layer, path in layer_paths(self.model).items()}
+        bits = {layer: (k - 1).bit_length() if (k - 1).bit_length() <= LUT_MAX_BITS else 8 for layer, k in ks.items()}
+        total = sum(weights.values()) or 1
+        scale = sum(w * bits.get(layer, 8) for layer, w in weights.items()) / (8 * total)
+        if least * scale > self.budget_bytes:
+            wide = sorted((layer for layer, k in ks.items() if bits[layer] == 8), key=lambda x: -weights.get(x, 0))
+            why = (f"; layers {', '.join(f'{x} (K={ks[x]})' for x in wide[:4])}{' ...' if len(wide) > 4 else ''} have "
+                   f"codebooks TFLite Micro's LUT decoder cannot take (more than {LUT_MAX_BITS} index bits: stored int8), "
+                   f"lower --codebook-tolerance for smaller K" if wide else "")
+            raise HwcError(f"size budget {self.budget_bytes} B cannot be met on {self.target.name}: with "
+                           f"{alloc.MAX_RATIO:.0%} of every group pruned the weights need LUT storage, and at the chosen "
+                           f"codebooks' index bits the file is still about {int(least * scale)} B{why}")
+        self.bytes_per_weight *= scale
+        self.log(f"  flash: int8 weights cannot fit {self.budget_bytes} B; the search sizes LUT weights at "
+                 f"{8 * scale:.2f} bits per weight on average (the chosen codebooks' index bits)")
 
     def check_arena(self, floor: dict[str, float]) -> None:
         """TFLite Micro: the dense file's measured arena against the RAM budget; when it misses, the
@@ -627,6 +664,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
     s_sens, k_sens = f.sensitivities(data)
     curves = alloc.loss_curves(s_sens)
     ks = f.codebooks(k_sens)
+    f.check_lut_size(ks)
     baseline_q = f.quality(f.model, data, f.out / "baseline-quality.json")
     results = []
     for budget in f.budgets:
