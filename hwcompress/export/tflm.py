@@ -128,9 +128,10 @@ def op_names(data: bytes) -> list[tuple[str, list[str]]]:
 
 
 def is_micro_file(path: Path) -> bool:
-    """Whether a .tflite is a TFLite Micro file of ours: TFLM_DECODE operators (LUT weights) or int16
-    activations (the 16x8 scheme). Read with the flatbuffer's lazy accessors: no buffer is copied,
-    so a 20 MB file takes milliseconds; anything unreadable is not one (its loader says why)."""
+    """Whether a .tflite is a TFLite Micro file of ours: TFLM_DECODE operators (LUT weights), integer
+    graph inputs (full-integer quantization) or int16 activations (the 16x8 scheme). Read with the
+    flatbuffer's lazy accessors (no buffer copied: milliseconds for 20 MB); anything unreadable is
+    not one (its loader says why)."""
     fb = _schema()
     try:
         data = Path(path).read_bytes()
@@ -142,7 +143,8 @@ def is_micro_file(path: Path) -> bool:
             if code is not None and code.decode(errors="replace") == "TFLM_DECODE":
                 return True
         sub = model.Subgraphs(0)
-        return any(sub.Tensors(sub.Inputs(i)).Type() == fb.TensorType.INT16 for i in range(sub.InputsLength())) or any(
+        quantized = (fb.TensorType.INT16, fb.TensorType.INT8)  # fully integer graph inputs: 16x8 or int8
+        return any(sub.Tensors(sub.Inputs(i)).Type() in quantized for i in range(sub.InputsLength())) or any(
             sub.Tensors(i).Type() == fb.TensorType.INT16 and model.Buffers(sub.Tensors(i).Buffer()).DataLength() == 0
             for i in range(sub.TensorsLength()))
     except Exception:  # not a flatbuffer, truncated: the runtime's loader gives the one-line reason
@@ -510,7 +512,7 @@ def clustered_op_scopes(data: bytes, max_values: int = 2 ** LUT_MAX_BITS) -> lis
 
 
 def quantize_16x8(src: Path, dst: Path, samples: list[dict[str, np.ndarray]],
-                  keep_float: tuple[str, ...] = ()) -> None:
+                  keep_float: tuple[str, ...] = (), activation_bits: int = 16) -> None:
     """Full-integer 16x8 quantization of a float .tflite by ai-edge-quantizer: its static_wi8_ai16
     scheme (int8 symmetric per-channel weights, int16 symmetric activations) on every op except the
     spectral feature ops (`log_feature_tensors`), which stay float; clustered layers
@@ -518,7 +520,10 @@ def quantize_16x8(src: Path, dst: Path, samples: list[dict[str, np.ndarray]],
     over all `samples`: the calibrator's default, a moving average of per-sample ranges, suits
     batches of many frames, but here a sample is one hop, so it would clip louder hops (measured on
     tiny-gru: input range 0.41 for spectra that reach 6.4, 2.1 dB parity). `keep_float`: output
-    tensor names of further ops to leave float."""
+    tensor names of further ops to leave float. `activation_bits=8`: the fully int8 alternative
+    (static_wi8_ai8), same weights, for comparing what the int16 activations buy."""
+    if activation_bits not in (8, 16):
+        raise HwcError(f"TFLite Micro activations are int8 or int16, not {activation_bits}-bit")
     try:
         from ai_edge_quantizer import algorithm_manager, calibrator, qtyping, quantizer, recipe_manager
         from ai_edge_quantizer.utils import qsv_utils
@@ -534,13 +539,13 @@ def quantize_16x8(src: Path, dst: Path, samples: list[dict[str, np.ndarray]],
             manager = recipe_manager.RecipeManager()
             everything = qtyping.TFLOperationName.ALL_SUPPORTED
             # what recipe.static_wi8_ai16() builds, then the float exceptions (later entries win)
-            manager.add_static_config(regex=".*", operation_name=everything, activation_num_bits=16,
+            manager.add_static_config(regex=".*", operation_name=everything, activation_num_bits=activation_bits,
                                       weight_num_bits=8,
                                       algorithm_key=algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT)
             for op_name, scope in clustered_op_scopes(data):
                 kind = getattr(qtyping.TFLOperationName, _QUANTIZER_OP_NAMES.get(op_name, op_name))
                 manager.add_static_config(regex=f"^{re.escape(scope)}$", operation_name=kind,
-                                          activation_num_bits=16, weight_num_bits=8,
+                                          activation_num_bits=activation_bits, weight_num_bits=8,
                                           weight_granularity=qtyping.QuantGranularity.TENSORWISE,
                                           algorithm_key=algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT)
             for name in [*log_feature_tensors(data), *keep_float]:
@@ -554,7 +559,7 @@ def quantize_16x8(src: Path, dst: Path, samples: list[dict[str, np.ndarray]],
             q.load_quantization_recipe(scheme)
             q.quantize(calib.get_model_qsvs()).export_model(str(dst), overwrite=True)
     except Exception as exc:  # the quantizer raises many types
-        raise g.unsupported("ai-edge-quantizer (16x8)", exc) from None
+        raise g.unsupported(f"ai-edge-quantizer ({activation_bits}x8)", exc) from None
     Path(dst).write_bytes(inline_buffers(Path(dst).read_bytes()))
 
 
@@ -844,9 +849,10 @@ class TflmBackend:
 
     def export(self, model: torch.nn.Module, out_dir: Path, mode: str = "stream", *,
                frames: int | None = None, stem: str | None = None, weights: str = "int8",
-               lut: bool = True) -> Path:
+               lut: bool = True, activations: int = 16) -> Path:
         """The 16x8 .tflite of `model`; with `lut` (default), every weight tensor `lut_plan` finds
-        few enough distinct values in (a clustered layer) is LUT-compressed and checked by decoding."""
+        few enough distinct values in (a clustered layer) is LUT-compressed and checked by decoding.
+        `activations=8`: fully int8 (the faster, coarser alternative the 16x8 default is compared with)."""
         if mode != "stream":
             raise HwcError(f"tflite-micro exports streaming graphs only (mode 'stream', one hop per call), "
                            f"not mode {mode!r}")
@@ -855,7 +861,9 @@ class TflmBackend:
                            f"not {weights!r} weights: use int8")
         from hwcompress.export.tflite import BACKEND as LITERT
 
-        dst = Path(out_dir) / (g.artifact_stem(stem, mode, None, "int8") + "-a16" + self.suffix)
+        if activations not in (8, 16):
+            raise HwcError(f"tflite-micro activations are int8 or int16 (8 or 16), not {activations!r}")
+        dst = Path(out_dir) / (g.artifact_stem(stem, mode, None, "int8") + f"-a{activations}" + self.suffix)
         with g.staging(Path(out_dir)) as tmp:
             with bounded_elu(model):
                 flt = LITERT.export(model, tmp, "stream", stem="float")
@@ -864,7 +872,7 @@ class TflmBackend:
             staged = tmp / dst.name
             samples, keep_float = calibration_inputs(model), ()
             for _ in range(MAX_FLOAT_FALLBACKS + 1):
-                quantize_16x8(flt, staged, samples, keep_float)
+                quantize_16x8(flt, staged, samples, keep_float, activation_bits=activations)
                 quantized = select_as_select_v2(staged.read_bytes())
                 staged.write_bytes(quantized)
                 overflows = requant_overflows(quantized)
@@ -883,7 +891,7 @@ class TflmBackend:
                 except KernelError as exc:
                     # a kernel without an int16 form (TFLM's DIV, for one): that op computes in float
                     outputs = _op_outputs(quantized, exc.operator)
-                    if "INT16" not in exc.detail or not outputs or set(outputs) <= set(keep_float) \
+                    if f"INT{activations}" not in exc.detail or not outputs or set(outputs) <= set(keep_float) \
                             or len(keep_float) >= MAX_FLOAT_FALLBACKS:
                         raise
                     keep_float = (*keep_float, *outputs)
