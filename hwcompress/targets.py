@@ -12,6 +12,8 @@ Every number that feeds the latency model lives in the `[perf]` table as
   "public source: <named source>"            - a datasheet, vendor page, paper...
   "estimate: <reasoning>"                    - our own guess, with the reasoning
 so a report can always say which latency predictions rest on measurements and which on guesses.
+A microcontroller target may add a `[cycles]` table in the same form (CYCLE_UNITS, all or none):
+the per-operator cycle figures profile/mcu.py prices an exported TFLite Micro file with.
 The budgets are requirements rather than measurements; where they come from is given once in
 `budget_provenance`, which follows the same convention.
 """
