@@ -8,7 +8,8 @@ Export (streaming only: a microcontroller runs one 10 ms hop per call, state car
      activations, inputs, outputs and recurrent state), calibrated on CALIBRATION_FRAMES streaming
      hops of `probe.speech_like_frames` (seed CALIBRATION_SEED, so the parity check's seed-0 frames
      are not the calibration data) with the state the torch model carries from hop to hop;
-     int8 activations are not offered: recurrent models fall apart with them (issue 18);
+     `activations=8` gives the fully int8 alternative (static_wi8_ai8) for comparison: recurrent
+     models lose most of their precision with it (issue 18, benchmarks/fit_cortex_m7.md);
   3. the float and then the quantized file are loaded and invoked by the TFLM interpreter before
      anything is published: an op TFLM has no kernel for at all fails the export with one line
      naming it; an op whose kernel has no int16 form (TFLM's DIV) is quantized again with that op
@@ -16,9 +17,11 @@ Export (streaming only: a microcontroller runs one 10 ms hop per call, state car
      litert-torch lowers nn.ELU's torch.where) is rewritten to the equivalent SELECT_V2, which TFLM
      has a kernel for;
   4. LUT compression (`lut_compress`, TFLM's own compressor): every weight tensor with few enough
-     distinct values (a clustered layer: per-tensor int8 scale, so K centroids are K int8 values)
-     is stored as ceil(log2 K)-bit indices into one value table and decoded by TFLM's DECODE
-     kernel at run time; each encoded tensor is decoded back in numpy and compared before publishing.
+     distinct values per table (a clustered layer: K centroids are K int8 values of one per-tensor
+     scale, or at most K per channel where one scale would cost weight precision, see
+     `clustered_op_scopes`) is stored as ceil(log2 K)-bit indices into value tables and decoded by
+     TFLM's DECODE kernel on every invoke; each encoded tensor is decoded back in numpy and
+     compared before publishing.
 The spectral features (a LOG or SQRT op and the ops it depends on: |X|^2, its sum, + eps) stay
 float (`log_feature_tensors`, `float_ops`): a power spectrum spans more than int16 can hold. TFLM runs
 them with its float reference kernels (161 bins per hop; the Cortex-M7 has an FPU). Measured on
@@ -484,13 +487,38 @@ def log_feature_tensors(data: bytes) -> list[str]:
     return [sub.tensors[int(t)].name.decode() for op in seen for t in op.outputs]
 
 
+#: a clustered layer keeps per-channel int8 scales unless one scale for the whole tensor is at most
+#: this much worse (weight SNR of the int8 values against the clustered float weights, dB)
+PER_TENSOR_MAX_LOSS_DB = 3.0
+
+
+def _int8_snr_db(w: np.ndarray, per_channel: bool) -> float:
+    """Mean over output channels of each channel's SNR (dB) under symmetric int8 weights (scale
+    max|w| / 127, per output channel or per tensor). Per channel, not pooled: a pooled SNR is the
+    large rows' and hides small rows that one scale rounds away."""
+    w = w.reshape(w.shape[0], -1).astype(np.float64)
+    peak = np.abs(w).max(axis=1, keepdims=True) if per_channel else np.abs(w).max()
+    scale = np.where(peak > 0, peak / 127.0, 1.0)
+    err = np.sum((w - np.round(w / scale) * scale) ** 2, axis=1)
+    power = np.sum(w ** 2, axis=1)
+    live = power > 0  # pruned (all-zero) channels cost nothing either way
+    if not live.any():
+        return float("inf")
+    return float(np.mean(10 * np.log10(power[live] / np.maximum(err[live], power[live] * 1e-12))))
+
+
 def clustered_op_scopes(data: bytes, max_values: int = 2 ** LUT_MAX_BITS) -> list[tuple[str, str]]:
     """(op name, ai-edge-quantizer scope) of every LUT_OPS op of a float model whose weight tensor
-    holds at most `max_values` distinct values (a clustered layer: K centroids, plus 0 where pruned).
-    These get one int8 scale for the whole tensor instead of one per channel, so the K centroids
-    land on K int8 values (each snapped to the nearest multiple of scale = max|centroid| / 127) and
-    one value table of K entries serves the tensor; per channel, every channel would carry its own
-    table of up to K values."""
+    holds at most `max_values` distinct values (a clustered layer: K centroids, plus 0 where pruned)
+    and loses at most PER_TENSOR_MAX_LOSS_DB of weight SNR to one int8 scale for the whole tensor.
+    Those get that one scale, so the K centroids land on K int8 values (each snapped to the nearest
+    multiple of scale = max|centroid| / 127) and one value table of K entries serves the tensor.
+    The others keep per-channel scales: each channel's centroids are snapped to its own grid, still
+    at most K values a channel, so LUT compression gives each channel its own table of up to K
+    values (same index bits, a table per channel). Measured on NSNet2 fitted for cortex-m7: one
+    scale per tensor for every clustered layer left 18.1 dB of output parity vs torch, per channel
+    39.7 dB (GRU input and output matrices whose row scales differ: 26-35 dB weight SNR per tensor,
+    38-41 per channel)."""
     model = _read_model(data)
     sub = model.subgraphs[0]
     fb = _schema()
@@ -505,7 +533,10 @@ def clustered_op_scopes(data: bytes, max_values: int = 2 ** LUT_MAX_BITS) -> lis
         if w.type != fb.TensorType.FLOAT32 or raw is None or len(raw) == 0:
             continue
         values = np.frombuffer(np.asarray(raw, dtype=np.uint8).tobytes(), dtype=np.float32)
-        if np.unique(values).size <= max_values:
+        if np.unique(values).size > max_values:
+            continue
+        w = values.reshape([int(d) for d in w.shape]) if w.shape is not None and len(w.shape) > 1 else values[None]
+        if _int8_snr_db(w, per_channel=False) >= _int8_snr_db(w, per_channel=True) - PER_TENSOR_MAX_LOSS_DB:
             scope = "".join(sub.tensors[int(t)].name.decode() + ";" for t in op.outputs)
             out.append((name, scope))
     return out
