@@ -822,8 +822,11 @@ def tensor_layers(names: list[str], model: torch.nn.Module, layers: dict[str, st
     litert-torch names a weight after the module scope it was traced in, one
     `<module class>_<attribute>` segment per module on the path (containers such as
     nn.ModuleList add no segment of their own, their index is the attribute), so the module
-    path's chain of segments must end the name (before its ';N' suffix). Tensors no layer's
-    chain ends are left out."""
+    path's chain of segments must end the name (before its ';N' suffix). Modules that trace
+    without a segment of their own (a torch.fx GraphModule, as imported ONNX models are) break the
+    full chain: a tensor no full chain ends is matched on the longest tail of segments that
+    exactly one layer's chain ends with. Tensors still unmatched, or matched by two layers, are
+    left out."""
     import torch
 
     chains = {}
@@ -836,13 +839,17 @@ def tensor_layers(names: list[str], model: torch.nn.Module, layers: dict[str, st
             if container:  # the next attribute (the index) is written with the item's class
                 continue
             chain.append(f"{type(module).__module__}.{type(module).__qualname__}_{attr}")
-        chains[layer] = "/" + "/".join(chain)
+        chains[layer] = chain
     out = {}
     for name in names:
         scope = name.split(";")[0]
-        hits = [layer for layer, chain in chains.items() if scope.endswith(chain)]
-        if len(hits) == 1:
-            out[name] = hits[0]
+        for drop in range(max((len(c) for c in chains.values()), default=0)):
+            hits = [layer for layer, chain in chains.items()
+                    if len(chain) > drop and scope.endswith("/" + "/".join(chain[drop:]))]
+            if len(hits) == 1:
+                out[name] = hits[0]
+            if hits:
+                break
     return out
 
 
