@@ -518,6 +518,7 @@ def export_cmd(
     frames: Annotated[int, typer.Option(min=1, help="T of a whole-utterance .tflite (LiteRT fixes T).")] = 100,
     check: Annotated[bool, typer.Option(help="Run each artifact against torch; one beyond its tolerance fails the export.")] = True,
     min_snr_db: Annotated[Optional[float], typer.Option(help="Parity tolerance: least SNR (dB) of the runtime output vs torch (default per weights: fp32 60, int8 25, int4 20).")] = None,
+    calibration_data: Annotated[Optional[Path], typer.Option(help="tflm: a corpus folder (hwcompress data build) whose first 8 noisy validation mixtures calibrate the integer activation ranges [default: synthetic speech-like spectra; fit uses its corpus].")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Export a model (.pt, .hwc, preset or default) to a runtime artifact, checked against torch:
@@ -543,8 +544,15 @@ def export_cmd(
     from hwcompress.models.user import is_user_spec, spec_stem
 
     stem = spec_stem(model) if is_user_spec(model) else Path(model).stem if Path(model).suffix in (".pt", ".hwc") else model
+    options = {}
+    if calibration_data is not None:
+        if not micro:
+            raise HwcError("--calibration-data calibrates TFLite Micro's integer activations: it needs --format tflm")
+        from hwcompress.data.loader import eval_set
+
+        options["calibration_audio"] = [row["noisy"] for row in eval_set(calibration_data, "valid", 8)]
     rows = export_checked(net, backend, out, modes, weights=weights, frames=frames, stem=stem, check=check,
-                          min_snr_db=min_snr_db)
+                          min_snr_db=min_snr_db, options=options)
     if json_:
         _print_json({"model": model, "artifacts": rows})
         return

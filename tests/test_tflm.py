@@ -404,3 +404,24 @@ def test_nsnet2_runs_in_tflm_and_its_tensors_trace_to_its_layers(tmp_path) -> No
     assert set(names.values()) == set(layer_paths(model))  # the GRUs' two matrices each
     p = predict_tflm(path.read_bytes(), load_target("cortex-m7"))
     assert p["macs"] == 2_681_000 and p["latency_ms"] > 10
+
+
+def test_calibration_on_real_audio_spreads_its_hops_over_every_clip() -> None:
+    """Given clips, the calibration hops come from all of them (every n-th hop, state reset at each
+    clip's start), about as many as asked; without, the speech-like frames as before."""
+    from hwcompress.export.probe import audio_frames, speech_like_frames
+    from hwcompress.export.tflm import calibration_inputs
+
+    model = load_model("tiny-gru").eval()
+    rng = np.random.default_rng(0)
+    clips = [0.1 * rng.standard_normal(16000 * s).astype(np.float32) for s in (1, 2)]
+    rows = calibration_inputs(model, frames=30, audio=clips)
+    hops = [len(audio_frames(c)) for c in clips]
+    every = -(-sum(hops) // 30)
+    assert len(rows) == sum(-(-h // every) for h in hops) and 25 <= len(rows) <= 30
+    firsts = [r for r in rows if not any(np.any(v) for k, v in r.items() if k != "spec")]
+    assert len(firsts) == 2  # a fresh state at the start of each clip
+    np.testing.assert_array_equal(rows[0]["spec"], audio_frames(clips[0])[0])
+    plain = calibration_inputs(model, frames=20)
+    assert len(plain) == 20
+    np.testing.assert_array_equal(plain[3]["spec"], speech_like_frames(20, seed=1)[3])

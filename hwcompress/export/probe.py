@@ -99,10 +99,7 @@ def speech_like_frames(n: int = PROBE_FRAMES, seed: int = 0) -> np.ndarray:
     spectra in the range a real input has. Frames come from the same StreamingStft the
     model is trained and run with.
     """
-    import torch
-
     from hwcompress.enhance import STFT
-    from hwcompress.models.stft import StreamingStft
 
     rng = np.random.default_rng(seed)
     sr, hop = STFT.sample_rate, STFT.hop
@@ -120,11 +117,23 @@ def speech_like_frames(n: int = PROBE_FRAMES, seed: int = 0) -> np.ndarray:
     noise = rng.standard_normal(t.size)
     noise *= np.sqrt(np.mean(speech**2) / np.mean(noise**2)) * 10 ** (-10 / 20)
     audio = (speech + noise).astype(np.float32)
+    return audio_frames(audio)[:n]
 
+
+def audio_frames(audio: np.ndarray) -> np.ndarray:
+    """The streaming STFT frames [n, 1, 1, F, 2] of 16 kHz mono `audio`, hop by hop as a streaming
+    model sees them (the StreamingStft the models are trained and run with); the first frame,
+    which saw only half a window of signal, is dropped."""
+    import torch
+
+    from hwcompress.enhance import STFT
+    from hwcompress.models.stft import StreamingStft
+
+    hop = STFT.hop
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     stream = StreamingStft(STFT)
     frames = []
     with torch.no_grad():
-        for i in range(n + 1):
+        for i in range(audio.size // hop):
             frames.append(stream.analyze(torch.from_numpy(audio[i * hop : (i + 1) * hop])[None]).numpy())
-    # the first frame saw only half a window of signal: drop it
     return np.ascontiguousarray(np.stack(frames[1:]), dtype=np.float32)

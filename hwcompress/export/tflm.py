@@ -440,21 +440,28 @@ def _aligned(data: bytes) -> bytes:
         return dst.read_bytes()
 
 
-def calibration_inputs(model: torch.nn.Module, frames: int = CALIBRATION_FRAMES,
-                       seed: int = CALIBRATION_SEED) -> list[dict[str, np.ndarray]]:
-    """Streaming hops of speech-like spectra, each with the state torch carries into it."""
+def calibration_inputs(model: torch.nn.Module, frames: int = CALIBRATION_FRAMES, seed: int = CALIBRATION_SEED,
+                       audio: list[np.ndarray] | None = None) -> list[dict[str, np.ndarray]]:
+    """About `frames` streaming hops, each with the state torch carries into it: of `audio` (clips
+    of 16 kHz speech, the state starting afresh in each; every clip is run through torch whole and
+    every n-th hop kept, n spreading `frames` over all of them, since calibrating costs a float
+    interpreter run per hop) when given, else `frames` hops of speech-like spectra."""
     import torch
 
     from hwcompress.export import _trace
-    from hwcompress.export.probe import speech_like_frames
+    from hwcompress.export.probe import audio_frames, speech_like_frames
 
-    spec = speech_like_frames(frames, seed=seed)
+    clips = [audio_frames(a) for a in audio] if audio else [speech_like_frames(frames, seed=seed)]
+    every = max(1, -(-sum(len(c) for c in clips) // frames))
     rows = []
-    with _trace.eval_mode(model):
-        state = model.initial_state(1)
-        for frame in spec:
-            rows.append({g.SPEC: frame, **{g.state_name(i): s.numpy().astype(np.float32) for i, s in enumerate(state)}})
-            _, state = model(torch.from_numpy(frame), state)
+    with _trace.eval_mode(model), torch.no_grad():
+        for spec in clips:
+            state = model.initial_state(1)
+            for t, frame in enumerate(spec):
+                if t % every == 0:
+                    rows.append({g.SPEC: frame, **{g.state_name(i): s.numpy().astype(np.float32)
+                                                   for i, s in enumerate(state)}})
+                _, state = model(torch.from_numpy(frame), state)
     return rows
 
 
@@ -887,10 +894,12 @@ class TflmBackend:
 
     def export(self, model: torch.nn.Module, out_dir: Path, mode: str = "stream", *,
                frames: int | None = None, stem: str | None = None, weights: str = "int8",
-               lut: bool = True, activations: int = 16) -> Path:
+               lut: bool = True, activations: int = 16, calibration_audio: list[np.ndarray] | None = None) -> Path:
         """The 16x8 .tflite of `model`; with `lut` (default), every weight tensor `lut_plan` finds
         few enough distinct values in (a clustered layer) is LUT-compressed and checked by decoding.
-        `activations=8`: fully int8 (the faster, coarser alternative the 16x8 default is compared with)."""
+        `activations=8`: fully int8 (the faster, coarser alternative the 16x8 default is compared with).
+        `calibration_audio`: clips of real 16 kHz audio the activation ranges are taken on (fit
+        passes its corpus's validation mixtures); default: CALIBRATION_FRAMES speech-like hops."""
         if mode != "stream":
             raise HwcError(f"tflite-micro exports streaming graphs only (mode 'stream', one hop per call), "
                            f"not mode {mode!r}")
@@ -908,7 +917,7 @@ class TflmBackend:
             # an op TFLM lacks, named before quantizing (SELECT counts as the SELECT_V2 it becomes)
             _interpreter(select_as_select_v2(flt.read_bytes()), PROBE_ARENA_BYTES, dst.name)
             staged = tmp / dst.name
-            samples, keep_float = calibration_inputs(model), ()
+            samples, keep_float = calibration_inputs(model, audio=calibration_audio), ()
             for _ in range(MAX_FLOAT_FALLBACKS + 1):
                 quantize_16x8(flt, staged, samples, keep_float, activation_bits=activations)
                 quantized = select_as_select_v2(staged.read_bytes())
