@@ -284,7 +284,6 @@ class Fitter:
         and a budget those cannot meet is one line naming the layers whose K TFLM's decoder cannot
         take (K > 128: more than 7 index bits, stored as int8)."""
         from hwcompress.export.tflm import LUT_MAX_BITS
-        from hwcompress.models.cost import layer_paths
 
         if self.backend != "tflite-micro":
             return
@@ -292,9 +291,7 @@ class Fitter:
         least = self.oracle.params(floor) * self.bytes_per_weight
         if least <= self.budget_bytes:
             return
-        params = dict(self.model.named_parameters())
-        weights = {layer: sum(p.numel() for n, p in params.items() if n.startswith(path + ".") and p.dim() >= 2)
-                   for layer, path in layer_paths(self.model).items()}
+        weights = self.layer_weights()
         bits = {layer: (k - 1).bit_length() if (k - 1).bit_length() <= LUT_MAX_BITS else 8 for layer, k in ks.items()}
         total = sum(weights.values()) or 1
         scale = sum(w * bits.get(layer, 8) for layer, w in weights.items()) / (8 * total)
@@ -309,6 +306,14 @@ class Fitter:
         self.bytes_per_weight *= scale
         self.log(f"  flash: int8 weights cannot fit {self.budget_bytes} B; the search sizes LUT weights at "
                  f"{8 * scale:.2f} bits per weight on average (the chosen codebooks' index bits)")
+
+    def layer_weights(self) -> dict[str, int]:
+        """Weight-matrix elements (parameters of 2 or more dims) of each layer of the dense model."""
+        from hwcompress.models.cost import layer_paths
+
+        params = dict(self.model.named_parameters())
+        return {layer: sum(p.numel() for n, p in params.items() if n.startswith(path + ".") and p.dim() >= 2)
+                for layer, path in layer_paths(self.model).items()}
 
     def check_arena(self, floor: dict[str, float]) -> None:
         """TFLite Micro: the dense file's measured arena against the RAM budget; when it misses, the
@@ -418,9 +423,7 @@ class Fitter:
 
         if self.cfg.allocation == "uniform":
             return {layer: self.cfg.uniform_codebook for layer in layer_paths(self.model)}
-        params = dict(self.model.named_parameters())
-        weights = {layer: sum(p.numel() for n, p in params.items() if n.startswith(path + ".") and p.dim() >= 2)
-                   for layer, path in layer_paths(self.model).items()}
+        weights = self.layer_weights()
         # relative to the dense model's own clean validation loss (k_sens["scale"]): with the
         # clean objective that is the base score itself; a distance to the teacher starts at 0
         budget = self.cfg.codebook_tolerance * abs(float(k_sens.get("scale") or k_sens["base"]))
@@ -504,8 +507,9 @@ class Fitter:
         from hwcompress.export.tflm import lut_layers
         from hwcompress.profile.mcu import predict_tflm
 
-        cycles = predict_tflm(Path(art["path"]).read_bytes(), self.target)
-        if not lut_layers(Path(art["path"]).read_bytes()) or cycles["latency_ms"] <= budget_ms:
+        data = Path(art["path"]).read_bytes()
+        cycles = predict_tflm(data, self.target)
+        if not lut_layers(data) or cycles["latency_ms"] <= budget_ms:
             shutil.rmtree(work / "export-int8", ignore_errors=True)  # an earlier attempt's
             return art, cycles, None
         plain = self._export(compressed, work / "export-int8", lut=False)
