@@ -110,7 +110,6 @@ def op_costs(data: bytes, target: Target) -> list[OpCost]:
         elif name in MAC_OPS and len(ins) >= 2:
             w = shape(ins[1])
             if name == "TRANSPOSE_CONV":  # inputs: output shape, weights, input
-                w = shape(ins[1])
                 macs = int(np.prod(shape(ins[2]))) * int(np.prod(w[:3])) if len(ins) > 2 else 0
             elif name == "DEPTHWISE_CONV_2D":
                 macs = out_elements * int(np.prod(w[1:3]))
