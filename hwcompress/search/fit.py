@@ -374,11 +374,12 @@ class Fitter:
             except alloc.Infeasible:
                 if feasible:
                     break
-                if self._floor_fits(budget_ms) and trials:
-                    # a re-scale from one measured allocation can make the model predict the
-                    # floor over budget although the floor itself measured within it (one
-                    # scalar cannot hold both a fixed per-hop overhead and the part that
-                    # pruning removes): trust the floor's measurement and allocate again
+                if self._floor_fits(budget_ms):
+                    # a re-scale from one measured allocation (here, or a verified miss of the
+                    # compressed model before this call) can make the model predict the floor
+                    # over budget although the floor itself measured within it (one scalar
+                    # cannot hold both a fixed per-hop overhead and the part that pruning
+                    # removes): trust the floor's measurement and allocate again
                     self._anchor_on_floor()
                     try:
                         a = how(curves, self.oracle, budget_ms * MEASURE_MARGIN, self.budget_params())
@@ -660,6 +661,43 @@ def _layers_table(model: SEModel, compressed: SEModel, ratios: dict[str, float],
     return rows
 
 
+class SearchState:
+    """Where one budget's allocate -> compress -> verify loop stands, kept under --out so that a
+    rerun resumes it: a verified miss tightens the latency model, and a rerun that started from
+    the untightened calibration would allocate the first (missed) setting again and throw the
+    compressed model away. Holds the attempt, the calibration it starts from and, once made,
+    its allocation and the calibration the allocation's own measurements left behind."""
+
+    def __init__(self, path: Path, key: dict, log: Callable[[str], None]) -> None:
+        self.path, self.key, self.log = path, key, log
+        self.data = read_keyed(path, key, log) or {}
+
+    def resume(self, f: "Fitter") -> int:
+        if "calibration" in self.data:
+            f.oracle.calibration = self.data["calibration"]
+            if self.data["attempt"]:
+                self.log(f"  resuming at verify retry {self.data['attempt']} with the tightened latency model "
+                         f"({self.path})")
+        return int(self.data.get("attempt", 0))
+
+    def save(self, attempt: int, calibration: float, **made: Any) -> None:
+        self.data = {"attempt": attempt, "calibration": calibration, **made}
+        write_keyed(self.path, self.key, self.data)
+
+    def allocation(self, f: "Fitter", curves: dict, budget_ms: float,
+                   attempt: int) -> tuple[alloc.Allocation, list[dict]]:
+        made = self.data.get("allocation") if self.data.get("attempt", 0) == attempt else None
+        if made:
+            f.oracle.calibration = self.data["calibration_after"]
+            self.log(f"  allocation of attempt {attempt} reused from {self.path}")
+            return alloc.Allocation(**made), self.data["trials"]
+        start = f.oracle.calibration
+        self.save(attempt, start)
+        a, trials = f.allocate(curves, budget_ms)
+        self.save(attempt, start, allocation=asdict(a), trials=trials, calibration_after=f.oracle.calibration)
+        return a, trials
+
+
 def fit(cfg: FitConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
         model: torch.nn.Module | None = None) -> dict:
     """Run every stage for every budget; returns the report (also written to cfg.out).
@@ -691,13 +729,15 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
         work = f.out if len(f.budgets) == 1 else f.out / f"budget-{budget:g}ms"
         work.mkdir(parents=True, exist_ok=True)
         log(f"budget {budget:g} ms on {f.target.name}")
-        for attempt in range(cfg.retries + 1):
-            allocation, trials = f.allocate(curves, budget)
+        state = SearchState(work / "search-state.json", {**f.key, "budget_ms": budget}, log)
+        attempt = state.resume(f)
+        while True:
+            allocation, trials = state.allocation(f, curves, budget, attempt)
             creport = f.compress(work, data, allocation.ratios, ks)
             compressed = load_model(str(work / "model.hwc"), template=f.model).eval()
             v = f.verify(compressed, work, ks, budget)
             checked = v["latency_source"] == "measured" or v.get("latency_model") == "per-op cycles"
-            if not checked or v["latency_ms"] <= budget or attempt == cfg.retries:
+            if not checked or v["latency_ms"] <= budget or attempt >= cfg.retries:
                 break
             log(f"  verified {v['latency_ms']:.3f} ms ({v['latency_source']}) > {budget:g} ms: tightening and "
                 f"compressing again")
@@ -705,6 +745,8 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
             # (not against the budget: an allocation far off the budget would over-correct and
             # make every later allocation look infeasible)
             f.oracle.calibration *= v["latency_ms"] / max(f.oracle.latency_ms(allocation.ratios), 1e-9)
+            attempt += 1
+            state.save(attempt, f.oracle.calibration)
         q = f.quality(compressed, data, work / "quality.json")
         runtime_bytes = v["artifact"]["bytes"]
         memory_ok = v["peak_memory_bytes"] is None or v["peak_memory_bytes"] <= f.target.memory_budget_bytes
