@@ -20,7 +20,11 @@ executes natively (onnxruntime dynamic quantization, OpenVINO nncf int8 weight
 compression, LiteRT dynamic-range quantization with ai-edge-quantizer): the artifact is
 ~4x smaller and memory-bound layers run faster. `weights="int4"` (OpenVINO only: nncf
 INT4_ASYM, groups of 128 input weights sharing a scale and zero point) halves that again; it
-is what a layer clustered to K <= 16 can use at run time. `weights="fp32"` keeps float weights.
+is what a layer clustered to K <= 16 can use at run time. On LiteRT, int4 stores the
+FULLY_CONNECTED weights (every recurrent gate matmul and Linear) as 4-bit per-channel integers
+and the convolutions as int8; `weights="mixed"` (LiteRT) gives 4 bits only to the layers whose
+weight matrices hold at most 16 distinct values (a `.hwc` codebook of K <= 16) and 8 bits to the
+rest. `weights="fp32"` keeps float weights.
 """
 
 from __future__ import annotations
@@ -37,11 +41,15 @@ if TYPE_CHECKING:  # sessions load without torch (see _graph)
 from hwcompress.errors import HwcError
 
 MODES = ("stream", "whole")
-WEIGHTS = ("fp32", "int8", "int4")
-#: bits per stored weight of each format (for size and latency predictions)
-WEIGHT_BITS = {"fp32": 32, "int8": 8, "int4": 4}
-#: backends with a native 4-bit weight path
-INT4_BACKENDS = ("openvino",)
+WEIGHTS = ("fp32", "int8", "int4", "mixed")
+#: bits per stored weight of each format (for size and latency predictions); mixed: 8, an upper
+#: bound (which layers get 4 bits depends on the model's codebooks)
+WEIGHT_BITS = {"fp32": 32, "int8": 8, "int4": 4, "mixed": 8}
+#: backends with a native 4-bit weight path (OpenVINO: nncf INT4_ASYM on every MatMul, the
+#: recurrent cells included; LiteRT: XNNPACK's dynamic-range int4 FULLY_CONNECTED kernels)
+INT4_BACKENDS = ("openvino", "litert")
+#: backends that export per-layer 4/8-bit weights (`weights="mixed"`)
+MIXED_BACKENDS = ("litert",)
 #: layer kinds a backend's weight quantization leaves in float: onnxruntime's quantize_dynamic
 #: has an integer LSTM (DynamicQuantizeLSTM) but no integer GRU, so GRU weights stay fp32 in
 #: its int8 artifact and run at fp32 speed (measured: GRU models' int8/fp32 latency ratio 1.0)
@@ -167,6 +175,10 @@ def check_mode(mode: str, weights: str = "fp32", backend: str | None = None) -> 
     if weights == "int4" and backend is not None and backend not in INT4_BACKENDS:
         raise HwcError(f"int4 weights: backend {backend!r} has no native 4-bit weight path here "
                        f"(only {', '.join(INT4_BACKENDS)}); use int8")
+    if weights == "mixed" and backend is not None and backend not in MIXED_BACKENDS:
+        raise HwcError(f"mixed weights: backend {backend!r} exports no per-layer 4/8-bit weights here "
+                       f"(only {', '.join(MIXED_BACKENDS)}); use int8"
+                       + (" or int4 (every layer)" if backend in INT4_BACKENDS else ""))
 
 
 def run_stream(

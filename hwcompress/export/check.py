@@ -159,6 +159,8 @@ def check_parity(model: torch.nn.Module, path: str | Path, *, weights: str | Non
                        f"{[list(s) for s in want_states]}: the artifact was exported from another architecture")
     if weights is None:
         weights = stored_weights(path) or "fp32"
+    if weights == "mixed":  # held to the narrowest width the file stores (int4 when any layer has it)
+        weights = stored_weights(path) or "int8"
     if weights not in MIN_SNR_DB:
         raise HwcError(f"unknown weight format {weights!r}: choose one of {', '.join(MIN_SNR_DB)}")
     if mode is None:

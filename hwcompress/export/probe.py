@@ -74,6 +74,11 @@ def stored_weights(path: Path) -> str | None:
         if suffix == ".tflite":
             from ai_edge_litert.interpreter import Interpreter
 
+            from hwcompress.export.tflite import weight_ops
+
+            # the interpreter reports int4 tensors as int8: the flatbuffer's own types tell
+            if any(r["type"] == "INT4" for r in weight_ops(path)):
+                return "int4"
             details = Interpreter(model_path=str(path)).get_tensor_details()
             dtypes = {np.dtype(d["dtype"]) for d in details}
             if dtypes & {np.dtype(np.int8), np.dtype(np.uint8)}:

@@ -85,22 +85,109 @@ def _convert_in_subprocess(python: str, program: torch.export.ExportedProgram,
     raise HwcError(f"LiteRT converter ({python}) failed: {last.strip()[:200]}")
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    """LiteRT dynamic-range quantization (int8 per-channel weights, float activations;
+#: the op whose weights LiteRT stores and runs at 4 bits here: FULLY_CONNECTED, which is every
+#: LSTM/GRU gate matmul and Linear as litert-torch lowers them (XNNPACK has dynamic-range int4
+#: fully-connected kernels; ai-edge-quantizer's int4 recipes also take CONV_2D, but these models'
+#: convolutions hold under 3% of their weights, so they stay int8)
+INT4_OP = "FULLY_CONNECTED"
+#: `weights="mixed"`: a layer whose weight matrices hold at most this many distinct values (a
+#: codebook of K <= 16, as `.hwc` clustering leaves it) gets 4-bit weights, the others 8-bit
+MIXED_MAX_K = 16
+
+
+def quantize(src: Path, dst: Path, weights: str = "int8", int4_scopes: list[str] | None = None) -> None:
+    """LiteRT dynamic-range quantization (per-channel integer weights, float activations;
     XNNPACK runs the FULLY_CONNECTED/CONV ops with dynamically quantized inputs) by
-    ai-edge-quantizer, Google's post-training quantizer for .tflite files."""
+    ai-edge-quantizer, Google's post-training quantizer for .tflite files. int8: every weight
+    op 8-bit; int4: FULLY_CONNECTED ops 4-bit (symmetric per output channel), the rest 8-bit;
+    mixed: 4-bit only for the FULLY_CONNECTED ops whose output tensor is in `int4_scopes`."""
     try:
         from ai_edge_quantizer import quantizer, recipe
+        from ai_edge_quantizer.qtyping import TFLOperationName
     except ImportError:
         raise HwcError("LiteRT int8 export needs ai-edge-quantizer: pip install 'hwcompress[tflite]'") from None
+    import re
+
+    fc = TFLOperationName(INT4_OP)
+    chosen = recipe.dynamic_wi8_afp32()  # the quantizer lets the last matching entry win
+    if weights == "int4":
+        chosen = chosen + recipe.dynamic_wi4c_afp32(operation_name=fc)
+    for scope in (int4_scopes or []) if weights == "mixed" else []:
+        # the quantizer matches an op by its output tensor names joined and closed with ";"
+        chosen = chosen + recipe.dynamic_wi4c_afp32(regex=f"^{re.escape(scope)};$", operation_name=fc)
     try:
         # it prints a size summary on stdout and tqdm bars on stderr: ours carry tables/JSON
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             q = quantizer.Quantizer(str(src))
-            q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+            q.load_quantization_recipe(chosen)
             q.quantize().export_model(str(dst), overwrite=True)
     except Exception as exc:  # the quantizer raises many types
         raise g.unsupported("ai-edge-quantizer", exc) from None
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    quantize(src, dst, "int8")
+
+
+def weight_ops(path: Path) -> list[dict]:
+    """Every weight-carrying op of a .tflite (FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D,
+    TRANSPOSE_CONV, BATCH_MATMUL with a constant operand): op, output tensor name, weight shape
+    and stored element type ("FLOAT32", "INT8", "INT4", ...), read from the flatbuffer (the
+    interpreter reports int4 tensors as int8)."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    ops = {getattr(fb.BuiltinOperator, n): n for n in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D",
+                                                        "TRANSPOSE_CONV", "BATCH_MATMUL")}
+    types = {v: k for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
+    model = fb.Model.GetRootAsModel(Path(path).read_bytes(), 0)
+    sub = model.Subgraphs(0)
+    rows = []
+    for i in range(sub.OperatorsLength()):
+        op = sub.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        name = ops.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
+        if name is None:
+            continue
+        # the weights are input 1 of each (TRANSPOSE_CONV: output shape, weights, input)
+        if op.InputsLength() < 2 or op.Inputs(1) < 0:
+            continue
+        w = sub.Tensors(op.Inputs(1))
+        if model.Buffers(w.Buffer()).DataLength() == 0 and w.Type() not in (fb.TensorType.INT8, fb.TensorType.INT4):
+            continue  # an activation operand (a BATCH_MATMUL of two activations); float weights behind a
+            # DEQUANTIZE are read at that op's input
+        rows.append({"op": name, "output": sub.Tensors(op.Outputs(0)).Name().decode(),
+                     "shape": [int(w.Shape(j)) for j in range(w.ShapeLength())], "type": types.get(w.Type(), str(w.Type()))})
+    return rows
+
+
+def distinct_weights(model: torch.nn.Module) -> dict[str, int]:
+    """Per layer (models.cost.layer_paths), the most distinct nonzero values any of its weight
+    matrices holds: the codebook size K of a clustered layer, thousands for a dense one. Zero is
+    left out: a pruned weight is 0 on every symmetric integer grid, so it costs no codebook entry."""
+    import torch
+
+    from hwcompress.models.cost import layer_paths
+
+    params = dict(model.named_parameters())
+    out = {}
+    for layer, path in layer_paths(model).items():
+        counts = [int(torch.unique(p.detach()[p.detach() != 0]).numel()) for n, p in params.items()
+                  if n.startswith(path + ".") and p.dim() >= 2]
+        if counts:
+            out[layer] = max(counts)
+    return out
+
+
+def mixed_scopes(staged: Path, model: torch.nn.Module) -> list[str]:
+    """Output tensor names of the FULLY_CONNECTED ops of `staged` (an fp32 .tflite of `model`)
+    whose layer holds at most MIXED_MAX_K distinct weight values."""
+    from hwcompress.export._litert_convert import tensor_layers
+    from hwcompress.models.cost import layer_paths
+
+    outputs = [r["output"] for r in weight_ops(staged) if r["op"] == INT4_OP]
+    layer_of = tensor_layers([o.split(";")[0] for o in outputs], model, layer_paths(model))
+    ks = distinct_weights(model)
+    return [o for o in outputs if ks.get(layer_of.get(o.split(";")[0], ""), MIXED_MAX_K + 1) <= MIXED_MAX_K]
 
 
 class LiteRtSession(g.SessionBase):
@@ -180,7 +267,8 @@ class LiteRtBackend:
                     _convert_in_subprocess(python, program, kwargs, staged, tmp)
             except HwcError as exc:
                 raise HwcError(conv.locate(str(exc), program)) from None
-            g.publish([(g.with_weights(staged, weights, quantize_int8), dst)])
+            scopes = mixed_scopes(staged, model) if weights == "mixed" else None
+            g.publish([(g.with_weights(staged, weights, lambda a, b: quantize(a, b, weights, scopes)), dst)])
         return dst
 
     def load(self, path: Path, threads: int = 1) -> LiteRtSession:

@@ -824,40 +824,11 @@ def weight_tensors(data: bytes) -> list[dict]:
 
 
 def tensor_layers(names: list[str], model: torch.nn.Module, layers: dict[str, str]) -> dict[str, str]:
-    """Tensor name -> layer name (a key of `layers`: layer name -> module path, as
-    models.cost.layer_paths gives) where a tensor's name shows the module it came from.
-    litert-torch names a weight after the module scope it was traced in, one
-    `<module class>_<attribute>` segment per module on the path (containers such as
-    nn.ModuleList add no segment of their own, their index is the attribute), so the module
-    path's chain of segments must end the name (before its ';N' suffix). Modules that trace
-    without a segment of their own (a torch.fx GraphModule, as imported ONNX models are) break the
-    full chain: a tensor no full chain ends is matched on the longest tail of segments that
-    exactly one layer's chain ends with. Tensors still unmatched, or matched by two layers, are
-    left out."""
-    import torch
+    """`_litert_convert.tensor_layers` (litert-torch's tensor naming, shared with the LiteRT
+    mixed-width export), imported on use: this module loads without torch."""
+    from hwcompress.export._litert_convert import tensor_layers as by_name
 
-    chains = {}
-    for layer, path in layers.items():
-        parts, module, chain = path.split("."), model, []
-        for i, attr in enumerate(parts):
-            module = module.get_submodule(attr)
-            container = i + 1 < len(parts) and isinstance(module, (torch.nn.ModuleList, torch.nn.Sequential,
-                                                                   torch.nn.ModuleDict))
-            if container:  # the next attribute (the index) is written with the item's class
-                continue
-            chain.append(f"{type(module).__module__}.{type(module).__qualname__}_{attr}")
-        chains[layer] = chain
-    out = {}
-    for name in names:
-        scope = name.split(";")[0]
-        for drop in range(max((len(c) for c in chains.values()), default=0)):
-            hits = [layer for layer, chain in chains.items()
-                    if len(chain) > drop and scope.endswith("/" + "/".join(chain[drop:]))]
-            if len(hits) == 1:
-                out[name] = hits[0]
-            if hits:
-                break
-    return out
+    return by_name(names, model, layers)
 
 
 def _bounded_elu_forward(alpha: float):

@@ -80,7 +80,7 @@ class FitConfig:
     emulate: bool = True
     allocation: str = "search"  # or "uniform": one ratio for all groups, one K for all layers (the baseline)
     uniform_codebook: int = 16
-    weights: str = "int8"  # runtime weight format: int8 everywhere, or int4 where the backend has it (OpenVINO)
+    weights: str = "int8"  # runtime weight format: int8 everywhere, or int4 where the backend has it (OpenVINO, LiteRT)
     dnsmos: bool = True  # DNSMOS P.835 in the quality rows (1-2 s per test mixture and condition)
     finetune_target: str = "teacher"  # compression fine-tuning target: teacher (dense model), clean or mix
 
