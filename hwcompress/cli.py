@@ -463,7 +463,7 @@ def fit(
     emulate: Annotated[bool, typer.Option(help="Functional run on the emulated target CPU when it cannot be measured here.")] = True,
     measure_runs: Annotated[int, typer.Option(min=10, help="Timed hops per latency measurement (the final one takes at least 500).")] = 300,
     allocation: Annotated[str, typer.Option(help="search (per layer), or uniform (one ratio and K=16 everywhere: the baseline).")] = "search",
-    weights: Annotated[str, typer.Option(help="Runtime weights: int8 (every backend) or int4 (OpenVINO: nncf INT4_ASYM; LiteRT: 4-bit fully-connected, int8 convolutions).")] = "int8",
+    weights: Annotated[str, typer.Option(help="Runtime weights: int8 (every backend), int4 (OpenVINO: nncf INT4_ASYM; LiteRT: 4-bit fully-connected, int8 convolutions) or mixed (LiteRT: 4 bits for the recurrent and linear layers the search clusters to K <= 16, 8 for the rest).")] = "int8",
     finetune_target: Annotated[str, typer.Option(help="Fine-tuning target: teacher (distil from the dense model), clean, or mix (0.5/0.5).")] = "teacher",
     dnsmos: Annotated[bool, typer.Option(help="Score DNSMOS P.835 in the report (about 2 s per clip and condition here).")] = True,
     codebook_tolerance: Annotated[float, typer.Option(min=0.0, help="What the per-layer codebooks may cost, summed over layers: the fine-tuning objective's increase (distance to the dense model's output by default) relative to the dense model's clean validation loss.")] = 0.01,

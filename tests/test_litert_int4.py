@@ -95,3 +95,28 @@ def test_mixed_on_a_backend_without_it_is_one_line(capsys, tmp_path) -> None:
                str(tmp_path / "x"), "--mode", "stream")
     user_error(proc, "mixed weights", "onnxruntime", "litert")
     assert not (tmp_path / "x").exists() or not list((tmp_path / "x").iterdir())
+
+
+def test_fit_mixed_ships_4_bit_layers_where_the_search_chose_k_up_to_16(converter, small_corpus, tmp_path) -> None:
+    """`fit --weights mixed` on a LiteRT target: the recurrent and linear layers clustered to
+    K <= 16 are 4-bit in the shipped file (read back from it), the convolutions 8-bit, and the
+    file is checked against the .hwc at int4's tolerance. Uniform allocation gives every layer
+    K=16, so which layers get 4 bits is fixed by their kinds alone."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "hwcompress", "fit", "--target", "raspberrypi4", "--model", "tiny-crn",
+                           "--budget-ms", "50", "--weights", "mixed", "--allocation", "uniform", "--data",
+                           str(small_corpus), "--out", str(tmp_path / "fit"), "--prune-steps", "4", "--cluster-steps",
+                           "2", "--eval-items", "2", "--no-dnsmos", "--no-emulate", "--json"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    r = report["results"][0]
+    assert set(report["codebooks"].values()) == {16}
+    assert r["layer_widths"]["rnn.0"] == "int4" and r["layer_widths"]["proj"] == "int4", r["layer_widths"]
+    assert all(w == "int8" for layer, w in r["layer_widths"].items() if layer not in ("rnn.0", "proj")), r["layer_widths"]
+    assert r["parity_vs_torch"]["ok"] and r["parity_vs_torch"]["weights"] == "int4"
+    assert stored_weights(r["runtime_artifact"]["path"]) == "int4"
+    assert "LiteRT weight widths per layer" in (tmp_path / "fit" / "report.md").read_text()

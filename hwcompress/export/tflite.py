@@ -178,16 +178,26 @@ def distinct_weights(model: torch.nn.Module) -> dict[str, int]:
     return out
 
 
-def mixed_scopes(staged: Path, model: torch.nn.Module) -> list[str]:
+#: layer kinds litert-torch lowers to FULLY_CONNECTED ops (the ones `mixed` can give 4 bits)
+INT4_KINDS = ("LSTM", "GRU", "Linear")
+
+
+def mixed_layers(model: torch.nn.Module) -> list[str]:
+    """The layers `weights="mixed"` stores at 4 bits when not told: those whose weight matrices
+    hold at most MIXED_MAX_K distinct values."""
+    return [layer for layer, k in distinct_weights(model).items() if k <= MIXED_MAX_K]
+
+
+def mixed_scopes(staged: Path, model: torch.nn.Module, int4_layers: list[str] | None = None) -> list[str]:
     """Output tensor names of the FULLY_CONNECTED ops of `staged` (an fp32 .tflite of `model`)
-    whose layer holds at most MIXED_MAX_K distinct weight values."""
+    that belong to `int4_layers` (default: `mixed_layers(model)`)."""
     from hwcompress.export._litert_convert import tensor_layers
     from hwcompress.models.cost import layer_paths
 
+    chosen = set(mixed_layers(model) if int4_layers is None else int4_layers)
     outputs = [r["output"] for r in weight_ops(staged) if r["op"] == INT4_OP]
     layer_of = tensor_layers([o.split(";")[0] for o in outputs], model, layer_paths(model))
-    ks = distinct_weights(model)
-    return [o for o in outputs if ks.get(layer_of.get(o.split(";")[0], ""), MIXED_MAX_K + 1) <= MIXED_MAX_K]
+    return [o for o in outputs if layer_of.get(o.split(";")[0]) in chosen]
 
 
 class LiteRtSession(g.SessionBase):
@@ -250,7 +260,11 @@ class LiteRtBackend:
     suffix = ".tflite"
 
     def export(self, model: torch.nn.Module, out_dir: Path, mode: str = "stream", *,
-               frames: int | None = None, stem: str | None = None, weights: str = "fp32") -> Path:
+               frames: int | None = None, stem: str | None = None, weights: str = "fp32",
+               int4_layers: list[str] | None = None) -> Path:
+        """`int4_layers` (weights="mixed"): the layers to store at 4 bits (the fit passes the ones it
+        chose K <= 16 for, also for its unclustered probes); default: those whose weights hold at
+        most MIXED_MAX_K distinct values."""
         check_mode(mode, weights, self.name)
         t = 1 if mode == "stream" else int(frames or WHOLE_FRAMES)
         dst = Path(out_dir) / (g.artifact_stem(stem, mode, t if mode == "whole" else None, weights) + self.suffix)
@@ -267,7 +281,7 @@ class LiteRtBackend:
                     _convert_in_subprocess(python, program, kwargs, staged, tmp)
             except HwcError as exc:
                 raise HwcError(conv.locate(str(exc), program)) from None
-            scopes = mixed_scopes(staged, model) if weights == "mixed" else None
+            scopes = mixed_scopes(staged, model, int4_layers) if weights == "mixed" else None
             g.publish([(g.with_weights(staged, weights, lambda a, b: quantize(a, b, weights, scopes)), dst)])
         return dst
 

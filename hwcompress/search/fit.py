@@ -139,8 +139,11 @@ class Fitter:
                     "weights": cfg.weights, "backend": self.backend}
         from hwcompress.export import WEIGHT_BITS, check_mode
 
-        if cfg.weights not in ("int8", "int4"):
-            raise HwcError(f"fit exports int8 or int4 runtime weights, not {cfg.weights!r}")
+        if cfg.weights not in ("int8", "int4", "mixed"):
+            raise HwcError(f"fit exports int8, int4 or mixed runtime weights, not {cfg.weights!r}")
+        #: weights="mixed": the layers exported at 4 bits (set once the codebooks are chosen; until
+        #: then every layer is int8, as the dense calibration export is)
+        self.int4_layers: list[str] = []
         check_mode("stream", cfg.weights, self.backend)
         self.weight_bits = WEIGHT_BITS[cfg.weights]
         self.oracle = alloc.CostOracle(self.model, self.target, weight_bits=self.weight_bits)
@@ -163,6 +166,8 @@ class Fitter:
             # (NSNet2 fitted for cortex-m7, TFLM file on the test split: SI-SDR 7.97 dB -> 9.43 dB)
             options = {"calibration_audio": self.calibration_audio(), **options}
 
+        if self.cfg.weights == "mixed":  # the same layers at 4 bits in every export, probes included
+            options = {"int4_layers": list(self.int4_layers), **options}
         # parity is recorded, not raised: a failed check marks the budget not met in the report
         return export_checked(model, self.backend, out_dir, ["stream"], weights=self.cfg.weights, stem="model",
                               check=check, enforce=False, options=options)[0]
@@ -419,6 +424,35 @@ class Fitter:
         raise HwcError(f"budget {budget_ms:g} ms: after {self.cfg.retries + 1} measured allocations the pruned model "
                        f"still measures {trials[-1]['measured_ms']:.3g} ms on {self.target.name}")
 
+    def use_widths(self, ks: dict[str, int]) -> None:
+        """weights="mixed": the layers the runtime stores at 4 bits are those the search clustered
+        to K <= 16 whose kind the backend runs at 4 bits (LiteRT: the kinds lowered to
+        FULLY_CONNECTED); the latency model prices each layer at its width from here on."""
+        if self.cfg.weights != "mixed":
+            return
+        from hwcompress.export.tflite import INT4_KINDS, MIXED_MAX_K
+        from hwcompress.models.cost import layer_costs
+
+        kinds = {r["name"]: r["kind"] for r in layer_costs(self.model)}
+        self.int4_layers = [layer for layer, k in ks.items() if k <= MIXED_MAX_K and kinds.get(layer) in INT4_KINDS]
+        self.weight_bits = {layer: 4 if layer in self.int4_layers else 8 for layer in kinds}
+        self.oracle.bits = self.weight_bits
+        self.oracle._cache.clear()
+        self.log(f"mixed weights: 4-bit {', '.join(self.int4_layers) or 'none'} (K <= {MIXED_MAX_K}); 8-bit the rest")
+
+    def layer_widths(self, compressed: SEModel, path: str) -> dict[str, str]:
+        """Per layer, the width(s) a LiteRT file stores its weights at, read back from the file."""
+        from hwcompress.export._litert_convert import tensor_layers
+        from hwcompress.export.tflite import weight_ops
+        from hwcompress.models.cost import layer_paths
+
+        ops = weight_ops(Path(path))
+        layer_of = tensor_layers([o["output"] for o in ops], compressed, layer_paths(compressed))
+        out: dict[str, set] = {}
+        for o in ops:
+            out.setdefault(layer_of.get(o["output"], "?"), set()).add(o["type"].lower())
+        return {layer: "/".join(sorted(t)) for layer, t in out.items()}
+
     def codebooks(self, k_sens: dict) -> dict[str, int]:
         from hwcompress.models.cost import layer_paths
 
@@ -572,6 +606,8 @@ class Fitter:
                                             f"{session.arena_recorded_bytes} B); weights stay in the "
                                             f"{session.model_bytes} B model file (flash)",
                          lut_layers=session.lut_layers, tflm_weights=self.tflm_weights(compressed, art["path"], ks))
+        if self.backend == "litert":
+            v["layer_widths"] = self.layer_widths(compressed, art["path"])
         return v
 
     def tflm_weights(self, compressed: SEModel, path: str, ks: dict[str, int]) -> list[dict]:
@@ -722,6 +758,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
     s_sens, k_sens = f.sensitivities(data)
     curves = alloc.loss_curves(s_sens)
     ks = f.codebooks(k_sens)
+    f.use_widths(ks)
     f.check_lut_size(ks)
     baseline_q = f.quality(f.model, data, f.out / "baseline-quality.json")
     results = []
@@ -781,6 +818,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
             "lut_layers": v.get("lut_layers"),  # tflite-micro: LUT-encoded weights, read back from the file
             "tflm_weights": v.get("tflm_weights"),  # tflite-micro: every weight tensor, its layer, K and storage
             "per_op": v.get("per_op"),  # tflite-micro: every operator of the file priced in cycles (predicted)
+            "layer_widths": v.get("layer_widths"),  # litert: each layer's stored weight width, read back
             "tflm_storage": v.get("tflm_storage"),  # tflite-micro: LUT vs int8 file, when LUT decoding missed latency
             "parity_ok": parity_ok,
             "budget_met": bool(v["latency_ms"] <= budget and runtime_bytes <= f.budget_bytes and memory_ok

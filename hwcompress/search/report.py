@@ -117,6 +117,9 @@ def markdown(report: dict) -> str:
                          f"{layer['macs_per_frame']} | {layer['structured_sparsity']:.3f} | {layer['unstructured_sparsity']:.1f} | "
                          f"{layer['k'] or '-'} | {layer['hwc_bytes'] or '-'} |")
         lines.append("")
+        if r.get("layer_widths"):
+            lines += ["LiteRT weight widths per layer (read back from the file): " + ", ".join(
+                f"{layer} {w}" for layer, w in r["layer_widths"].items()) + ".", ""]
         if r.get("tflm_weights"):
             lines += tflm_lines(r)
         st = r.get("tflm_storage")
