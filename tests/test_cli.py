@@ -97,7 +97,8 @@ def test_export_reports_bytes_and_parity(tmp_path, tiny_model) -> None:
     [
         (["--format", "caffe"], "unknown backend 'caffe'"),
         (["--format", "onnx", "--weights", "int2"], "unknown weight format 'int2'"),
-        (["--format", "onnx", "--weights", "int4"], "backend 'onnxruntime' has no native 4-bit"),
+        (["--format", "tflm", "--weights", "int4"], "backend 'tflite-micro' has no native 4-bit"),
+        (["--format", "openvino", "--weights", "mixed"], "backend 'openvino' exports no per-layer 4/8-bit"),
         (["--format", "onnx", "--mode", "chunk"], "unknown export mode 'chunk'"),
     ],
 )

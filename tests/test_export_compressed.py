@@ -100,8 +100,10 @@ def test_unknown_weight_format_is_one_line_error(tmp_path) -> None:
     be = _require("onnxruntime")
     with pytest.raises(HwcError, match="unknown weight format 'int2'"):
         be.export(load_model("tiny-lstm"), tmp_path, "stream", weights="int2")
-    with pytest.raises(HwcError, match="int4 weights: backend 'onnxruntime' has no native 4-bit"):
-        be.export(load_model("tiny-lstm"), tmp_path, "stream", weights="int4")
+    from hwcompress.export import check_mode
+
+    with pytest.raises(HwcError, match="int4 weights: backend 'tflite-micro' has no native 4-bit"):
+        check_mode("stream", "int4", "tflite-micro")
 
 
 @pytest.mark.parametrize("name", ["crn-small", "lstm-small"])

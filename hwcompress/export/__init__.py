@@ -22,7 +22,9 @@ compression, LiteRT dynamic-range quantization with ai-edge-quantizer): the arti
 INT4_ASYM, groups of 128 input weights sharing a scale and zero point) halves that again; it
 is what a layer clustered to K <= 16 can use at run time. On LiteRT, int4 stores the
 FULLY_CONNECTED weights (every recurrent gate matmul and Linear) as 4-bit per-channel integers
-and the convolutions as int8; `weights="mixed"` (LiteRT) gives 4 bits only to the layers whose
+and the convolutions as int8; onnxruntime int4 stores every constant-weight MatMul (the
+recurrent cells exported as matmuls) as MatMulNBits (4-bit, blocks of 32) and the rest int8;
+`weights="mixed"` (LiteRT, onnxruntime) gives 4 bits only to the layers whose
 weight matrices hold at most 16 distinct values (a `.hwc` codebook of K <= 16) and 8 bits to the
 rest. `weights="fp32"` keeps float weights.
 """
@@ -46,10 +48,23 @@ WEIGHTS = ("fp32", "int8", "int4", "mixed")
 #: bound (which layers get 4 bits depends on the model's codebooks)
 WEIGHT_BITS = {"fp32": 32, "int8": 8, "int4": 4, "mixed": 8}
 #: backends with a native 4-bit weight path (OpenVINO: nncf INT4_ASYM on every MatMul, the
-#: recurrent cells included; LiteRT: XNNPACK's dynamic-range int4 FULLY_CONNECTED kernels)
-INT4_BACKENDS = ("openvino", "litert")
+#: recurrent cells included; LiteRT: XNNPACK's dynamic-range int4 FULLY_CONNECTED kernels;
+#: onnxruntime: MatMulNBits)
+INT4_BACKENDS = ("openvino", "litert", "onnxruntime")
 #: backends that export per-layer 4/8-bit weights (`weights="mixed"`)
-MIXED_BACKENDS = ("litert",)
+MIXED_BACKENDS = ("litert", "onnxruntime")
+#: the layer kinds each backend stores at 4 bits under int4/mixed (the rest keep int8): LiteRT's
+#: FULLY_CONNECTED ops (litert-torch lowers LSTM/GRU gates and Linear to them); onnxruntime's
+#: MatMulNBits, which replaces MatMul only (the recurrent cells are exported as matmuls for it);
+#: OpenVINO's nncf INT4_ASYM takes every MatMul and convolution ("all layers")
+INT4_KINDS: dict[str, tuple[str, ...]] = {
+    "litert": ("LSTM", "GRU", "Linear"),
+    "onnxruntime": ("LSTM", "GRU", "Linear"),
+    "openvino": ("LSTM", "GRU", "Linear", "Conv2d", "ConvTranspose2d", "Conv1d"),
+}
+#: `weights="mixed"`: a layer whose weight matrices hold at most this many distinct values (a
+#: codebook of K <= 16, as `.hwc` clustering leaves it) gets 4-bit weights, the others 8-bit
+MIXED_MAX_K = 16
 #: layer kinds a backend's weight quantization leaves in float: onnxruntime's quantize_dynamic
 #: has an integer LSTM (DynamicQuantizeLSTM) but no integer GRU, so GRU weights stay fp32 in
 #: its int8 artifact and run at fp32 speed (measured: GRU models' int8/fp32 latency ratio 1.0)
@@ -179,6 +194,30 @@ def check_mode(mode: str, weights: str = "fp32", backend: str | None = None) -> 
         raise HwcError(f"mixed weights: backend {backend!r} exports no per-layer 4/8-bit weights here "
                        f"(only {', '.join(MIXED_BACKENDS)}); use int8"
                        + (" or int4 (every layer)" if backend in INT4_BACKENDS else ""))
+
+
+def distinct_weights(model: torch.nn.Module) -> dict[str, int]:
+    """Per layer (models.cost.layer_paths), the most distinct nonzero values any of its weight
+    matrices holds: the codebook size K of a clustered layer, thousands for a dense one. Zero is
+    left out: a pruned weight is 0 on every symmetric integer grid, so it costs no codebook entry."""
+    import torch
+
+    from hwcompress.models.cost import layer_paths
+
+    params = dict(model.named_parameters())
+    out = {}
+    for layer, path in layer_paths(model).items():
+        counts = [int(torch.unique(p.detach()[p.detach() != 0]).numel()) for n, p in params.items()
+                  if n.startswith(path + ".") and p.dim() >= 2]
+        if counts:
+            out[layer] = max(counts)
+    return out
+
+
+def mixed_layers(model: torch.nn.Module) -> list[str]:
+    """The layers `weights="mixed"` stores at 4 bits when not told: those whose weight matrices
+    hold at most MIXED_MAX_K distinct values."""
+    return [layer for layer, k in distinct_weights(model).items() if k <= MIXED_MAX_K]
 
 
 def run_stream(

@@ -16,6 +16,7 @@ specialised).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from pathlib import Path
@@ -84,9 +85,10 @@ def export_onnx(model: torch.nn.Module, path: Path, mode: str, exporter: str = "
     onnx.checker.check_model(str(path))
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
+def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None) -> None:
     """onnxruntime dynamic quantization: int8 per-channel weights (MatMulInteger,
-    DynamicQuantizeLSTM, ConvInteger), activations quantized on the fly per call."""
+    DynamicQuantizeLSTM, ConvInteger), activations quantized on the fly per call; the nodes
+    named in `exclude` keep their float weights."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -94,9 +96,145 @@ def quantize_int8(src: Path, dst: Path) -> None:
     # its "consider pre-processing" advice is logged at WARNING on every call
     logging.getLogger().setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=list(exclude or []))
     except Exception as exc:  # quantizer failures come as many types
         raise g.unsupported("onnxruntime int8 quantization", exc) from None
+
+
+#: MatMulNBits block: 128 input weights share one fp32 scale (0.25 bit per weight on top of the 4;
+#: symmetric, so a pruned 0 stays 0), the group nncf INT4_ASYM uses on OpenVINO; a matmul with
+#: fewer inputs gets a smaller block (see `quantize`)
+INT4_BLOCK = 128
+#: model metadata naming the layers whose matmuls an int4/mixed file stores at 4 bits
+INT4_LAYERS_KEY = "hwcompress.int4_layers"
+
+
+def layer_widths(path: Path) -> dict[str, str]:
+    """Per layer, "int4" for those whose matmuls the file's MatMulNBits nodes hold (named in its
+    metadata when it was quantized); {} for a file without 4-bit nodes."""
+    model = onnx.load(str(path), load_external_data=False)
+    if not any(n.op_type == "MatMulNBits" for n in model.graph.node):
+        return {}
+    props = {p.key: p.value for p in model.metadata_props}
+    return {layer: "int4" for layer in props.get(INT4_LAYERS_KEY, "").split(",") if layer}
+
+
+def _gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Gemm nodes with a constant weight (B) rewritten as MatMul (+ Add of the bias): the
+    explicit recurrent cells trace each gate matmul as Gemm(transB=1), and onnxruntime's 4-bit
+    weight op (MatMulNBits) replaces MatMul nodes only. Exact: B is transposed once, offline."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        if node.op_type != "Gemm" or not plain or node.input[1] not in inits:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        name = node.input[1] + ("_t" if attrs.get("transB", 0) else "_mm")
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T if attrs.get("transB", 0) else w), name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = node.output[0] + ("_mm" if has_bias else "")
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], [mm_out], name=node.name + "_mm"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=node.name + "_bias"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return model
+
+
+def weight_matmuls(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Node name -> constant weight of every MatMul whose second input is an initializer."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    return {n.name: numpy_helper.to_array(inits[n.input[1]]) for n in model.graph.node
+            if n.op_type == "MatMul" and n.input[1] in inits}
+
+
+def matmul_layers(model: onnx.ModelProto, net: torch.nn.Module) -> dict[str, str]:
+    """MatMul node -> layer (models.cost.layer_paths) whose weight matrix it holds, matched by
+    value: the exporter's node names keep only the module that ran the matmul (a stacked
+    recurrent layer's cells all trace inside it), while the weights are the parameters
+    themselves, transposed. A matrix two layers share, or none holds, is left out."""
+    from hwcompress.models.cost import layer_paths
+
+    params = {n: p.detach().numpy() for n, p in net.named_parameters() if p.dim() == 2}
+    owner = {n: layer for n in params for layer, path in layer_paths(net).items() if n.startswith(path + ".")}
+    out = {}
+    for node, w in weight_matmuls(model).items():
+        hits = {owner[n] for n, p in params.items() if n in owner and p.shape == w.T.shape and np.array_equal(p, w.T)}
+        if len(hits) == 1:
+            out[node] = hits.pop()
+    return out
+
+
+def quantize(src: Path, dst: Path, weights: str, net: torch.nn.Module | None = None,
+             int4_layers: list[str] | None = None) -> None:
+    """int8: `quantize_int8`. int4: every constant-weight MatMul (the explicit recurrent cells'
+    gate matmuls and the Linear layers) as MatMulNBits, 4-bit symmetric in blocks of INT4_BLOCK,
+    then the rest (convolutions) int8 by quantize_dynamic. mixed: 4 bits only for the MatMuls of
+    `int4_layers` (default: the layers of `net` with at most 16 distinct weight values)."""
+    if weights == "int8":
+        return quantize_int8(src, dst)
+    import logging
+
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as exc:
+        raise HwcError(f"onnxruntime 4-bit export needs {exc.name}: pip install onnx-ir") from None
+    logging.getLogger().setLevel(logging.ERROR)
+    model = _gemm_to_matmul(onnx.load(str(src)))
+    layer_of = matmul_layers(model, net) if net is not None else {}
+    if weights == "mixed":
+        from hwcompress.export import mixed_layers
+
+        chosen = set(mixed_layers(net) if int4_layers is None else int4_layers)
+        nodes = [n for n, layer in layer_of.items() if layer in chosen]
+    else:
+        nodes = list(weight_matmuls(model))
+    staged = Path(dst).with_name("matmul-" + Path(dst).name)
+    onnx.save(model, str(staged))
+    # the other weights (convolutions, unchosen matmuls) int8 first: quantize_dynamic cannot
+    # type the outputs of MatMulNBits (a com.microsoft op), so those come second
+    int8 = staged.with_name("int8-" + Path(dst).name)
+    quantize_int8(staged, int8, exclude=nodes)
+    model = onnx.load(str(int8))
+    staged.unlink()
+    int8.unlink()
+    # blocks pad the input dimension to a multiple of their size, and each block adds a 32-bit
+    # scale: per matmul, the power-of-two block (16, MatMulNBits' least, to INT4_BLOCK) that
+    # stores its column in the fewest bits (161 inputs: 64; 256: 128)
+    shapes = weight_matmuls(model)
+    by_block: dict[int, list[str]] = {}
+    for n in nodes:
+        k = shapes[n].shape[0]
+        block = min((16, 32, 64, 128)[: (16, 32, 64, 128).index(INT4_BLOCK) + 1],
+                    key=lambda b: (-(-k // b) * (4 * b + 32), -b))
+        by_block.setdefault(block, []).append(n)
+    for block, group in sorted(by_block.items()):
+        try:
+            # it quantizes every MatMul it is not told to exclude (nodes_to_include only adds to that)
+            others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in group]
+            q = MatMulNBitsQuantizer(model, bits=4, block_size=block, is_symmetric=True, nodes_to_exclude=others)
+            q.process()
+            model = q.model.model
+        except Exception as exc:  # quantizer failures come as many types
+            raise g.unsupported("onnxruntime MatMulNBits quantization", exc) from None
+    # what the 4-bit nodes hold, for the report (the packed weights no longer match by value)
+    layers = sorted({layer_of.get(n, "?") for n in nodes})
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        INT4_LAYERS_KEY: ",".join(layers)})
+    onnx.save(model, str(dst))
 
 
 class OnnxSession(g.SessionBase):
@@ -133,14 +271,20 @@ class OnnxBackend:
     suffix = ".onnx"
 
     def export(self, model: torch.nn.Module, out_dir: Path, mode: str = "stream", *,
-               frames: int | None = None, stem: str | None = None, weights: str = "fp32") -> Path:
-        """`frames` is ignored: the whole-utterance graph has a dynamic T."""
+               frames: int | None = None, stem: str | None = None, weights: str = "fp32",
+               int4_layers: list[str] | None = None) -> Path:
+        """`frames` is ignored: the whole-utterance graph has a dynamic T. `int4_layers`
+        (weights="mixed"): the layers to store at 4 bits (default: those with K <= 16)."""
         check_mode(mode, weights, self.name)
         dst = Path(out_dir) / (g.artifact_stem(stem, mode, weights=weights) + self.suffix)
         with g.staging(Path(out_dir)) as tmp:
             staged = tmp / dst.name
-            export_onnx(model, staged, mode)
-            g.publish([(g.with_weights(staged, weights, quantize_int8), dst)])
+            from hwcompress.export._trace import explicit_cells
+
+            # 4-bit weights exist for MatMul only: the recurrent cells are traced as matmuls
+            with explicit_cells(model) if weights in ("int4", "mixed") else contextlib.nullcontext():
+                export_onnx(model, staged, mode)
+            g.publish([(g.with_weights(staged, weights, lambda a, b: quantize(a, b, weights, model, int4_layers)), dst)])
         return dst
 
     def load(self, path: Path, threads: int = 1) -> OnnxSession:

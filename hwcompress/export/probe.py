@@ -60,7 +60,9 @@ def stored_weights(path: Path) -> str | None:
 
             graph = onnx.load(str(path), load_external_data=False).graph  # protobuf, no code runs
             ints = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
-            if any(t.data_type in ints for t in graph.initializer):
+            if any(t.data_type in ints for t in graph.initializer) or any(
+                    n.op_type == "MatMulNBits" and next((a.i for a in n.attribute if a.name == "bits"), 4) == 4
+                    for n in graph.node):
                 return "int4"
             return "int8" if any(n.op_type in _ONNX_INT8_OPS for n in graph.node) else "fp32"
         if suffix == ".xml":

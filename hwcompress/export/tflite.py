@@ -90,11 +90,6 @@ def _convert_in_subprocess(python: str, program: torch.export.ExportedProgram,
 #: fully-connected kernels; ai-edge-quantizer's int4 recipes also take CONV_2D, but these models'
 #: convolutions hold under 3% of their weights, so they stay int8)
 INT4_OP = "FULLY_CONNECTED"
-#: `weights="mixed"`: a layer whose weight matrices hold at most this many distinct values (a
-#: codebook of K <= 16, as `.hwc` clustering leaves it) gets 4-bit weights, the others 8-bit
-MIXED_MAX_K = 16
-
-
 def quantize(src: Path, dst: Path, weights: str = "int8", int4_scopes: list[str] | None = None) -> None:
     """LiteRT dynamic-range quantization (per-channel integer weights, float activations;
     XNNPACK runs the FULLY_CONNECTED/CONV ops with dynamically quantized inputs) by
@@ -160,39 +155,13 @@ def weight_ops(path: Path) -> list[dict]:
     return rows
 
 
-def distinct_weights(model: torch.nn.Module) -> dict[str, int]:
-    """Per layer (models.cost.layer_paths), the most distinct nonzero values any of its weight
-    matrices holds: the codebook size K of a clustered layer, thousands for a dense one. Zero is
-    left out: a pruned weight is 0 on every symmetric integer grid, so it costs no codebook entry."""
-    import torch
-
-    from hwcompress.models.cost import layer_paths
-
-    params = dict(model.named_parameters())
-    out = {}
-    for layer, path in layer_paths(model).items():
-        counts = [int(torch.unique(p.detach()[p.detach() != 0]).numel()) for n, p in params.items()
-                  if n.startswith(path + ".") and p.dim() >= 2]
-        if counts:
-            out[layer] = max(counts)
-    return out
-
-
-#: layer kinds litert-torch lowers to FULLY_CONNECTED ops (the ones `mixed` can give 4 bits)
-INT4_KINDS = ("LSTM", "GRU", "Linear")
-
-
-def mixed_layers(model: torch.nn.Module) -> list[str]:
-    """The layers `weights="mixed"` stores at 4 bits when not told: those whose weight matrices
-    hold at most MIXED_MAX_K distinct values."""
-    return [layer for layer, k in distinct_weights(model).items() if k <= MIXED_MAX_K]
-
-
 def mixed_scopes(staged: Path, model: torch.nn.Module, int4_layers: list[str] | None = None) -> list[str]:
     """Output tensor names of the FULLY_CONNECTED ops of `staged` (an fp32 .tflite of `model`)
     that belong to `int4_layers` (default: `mixed_layers(model)`)."""
     from hwcompress.export._litert_convert import tensor_layers
     from hwcompress.models.cost import layer_paths
+
+    from hwcompress.export import mixed_layers
 
     chosen = set(mixed_layers(model) if int4_layers is None else int4_layers)
     outputs = [r["output"] for r in weight_ops(staged) if r["op"] == INT4_OP]
@@ -263,8 +232,7 @@ class LiteRtBackend:
                frames: int | None = None, stem: str | None = None, weights: str = "fp32",
                int4_layers: list[str] | None = None) -> Path:
         """`int4_layers` (weights="mixed"): the layers to store at 4 bits (the fit passes the ones it
-        chose K <= 16 for, also for its unclustered probes); default: those whose weights hold at
-        most MIXED_MAX_K distinct values."""
+        chose K <= 16 for, also for its unclustered probes); default: `export.mixed_layers`."""
         check_mode(mode, weights, self.name)
         t = 1 if mode == "stream" else int(frames or WHOLE_FRAMES)
         dst = Path(out_dir) / (g.artifact_stem(stem, mode, t if mode == "whole" else None, weights) + self.suffix)

@@ -430,11 +430,11 @@ class Fitter:
         FULLY_CONNECTED); the latency model prices each layer at its width from here on."""
         if self.cfg.weights != "mixed":
             return
-        from hwcompress.export.tflite import INT4_KINDS, MIXED_MAX_K
+        from hwcompress.export import INT4_KINDS, MIXED_MAX_K
         from hwcompress.models.cost import layer_costs
 
         kinds = {r["name"]: r["kind"] for r in layer_costs(self.model)}
-        self.int4_layers = [layer for layer, k in ks.items() if k <= MIXED_MAX_K and kinds.get(layer) in INT4_KINDS]
+        self.int4_layers = [layer for layer, k in ks.items() if k <= MIXED_MAX_K and kinds.get(layer) in INT4_KINDS[self.backend]]
         self.weight_bits = {layer: 4 if layer in self.int4_layers else 8 for layer in kinds}
         self.oracle.bits = self.weight_bits
         self.oracle._cache.clear()
@@ -608,6 +608,11 @@ class Fitter:
                          lut_layers=session.lut_layers, tflm_weights=self.tflm_weights(compressed, art["path"], ks))
         if self.backend == "litert":
             v["layer_widths"] = self.layer_widths(compressed, art["path"])
+        elif self.backend == "onnxruntime" and self.cfg.weights != "int8":
+            from hwcompress.export.onnx import layer_widths
+
+            four = layer_widths(Path(art["path"]))
+            v["layer_widths"] = {layer: four.get(layer, "int8") for layer in self.layer_weights()}
         return v
 
     def tflm_weights(self, compressed: SEModel, path: str, ks: dict[str, int]) -> list[dict]:

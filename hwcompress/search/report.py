@@ -118,7 +118,7 @@ def markdown(report: dict) -> str:
                          f"{layer['k'] or '-'} | {layer['hwc_bytes'] or '-'} |")
         lines.append("")
         if r.get("layer_widths"):
-            lines += ["LiteRT weight widths per layer (read back from the file): " + ", ".join(
+            lines += ["Runtime weight widths per layer (read back from the file): " + ", ".join(
                 f"{layer} {w}" for layer, w in r["layer_widths"].items()) + ".", ""]
         if r.get("tflm_weights"):
             lines += tflm_lines(r)

@@ -1,7 +1,9 @@
-"""LiteRT 4-bit weights (issue 15): `--weights int4` stores every FULLY_CONNECTED weight (the
-recurrent gate matmuls and Linear layers, as litert-torch lowers them) at 4 bits and the
-convolutions at 8; `--weights mixed` gives 4 bits only to the layers clustered to K <= 16. The
-files are read back from their flatbuffers and run in the real LiteRT interpreter."""
+"""4-bit runtime weights (issue 15) on two backends. LiteRT: `--weights int4` stores every
+FULLY_CONNECTED weight (the recurrent gate matmuls and Linear layers, as litert-torch lowers
+them) at 4 bits and the convolutions at 8. onnxruntime: every constant-weight MatMul (the
+recurrent cells exported as matmuls) as MatMulNBits, the rest int8. `--weights mixed` gives 4
+bits only to the layers clustered to K <= 16. The files are read back (flatbuffer, ONNX graph)
+and run in the real runtimes."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from hwcompress.errors import HwcError
 
 pytest.importorskip("ai_edge_litert", reason="LiteRT runtime is not installed")
 pytest.importorskip("ai_edge_quantizer", reason="ai-edge-quantizer is not installed")
+pytest.importorskip("onnx_ir", reason="onnx-ir (onnxruntime's 4-bit quantizer needs it) is not installed")
 
-from hwcompress.export import tflite  # noqa: E402
+from hwcompress.export import distinct_weights, tflite  # noqa: E402
 from hwcompress.export.check import export_checked  # noqa: E402
 from hwcompress.export.probe import stored_weights  # noqa: E402
 from hwcompress.models import zoo  # noqa: E402
@@ -74,7 +77,7 @@ def test_mixed_gives_4_bits_to_layers_with_k_up_to_16_only(converter, tmp_path) 
 
     # rnn.0 clustered to K=16 (4 bits), proj to K=32 (more than 4 bits can index: stays int8)
     model = _clustered({"rnn.0": 16, "proj": 32})
-    ks = tflite.distinct_weights(model)
+    ks = distinct_weights(model)
     assert ks["rnn.0"] <= 16 and 16 < ks["proj"] <= 32 and ks["enc.1"] > 16
     (row,) = export_checked(model, "litert", tmp_path, ["stream"], weights="mixed")
     ops = tflite.weight_ops(row["path"])
@@ -91,9 +94,9 @@ def test_mixed_gives_4_bits_to_layers_with_k_up_to_16_only(converter, tmp_path) 
 def test_mixed_on_a_backend_without_it_is_one_line(capsys, tmp_path) -> None:
     from conftest import cli, user_error
 
-    proc = cli(capsys, "export", "--model", "tiny-crn", "--format", "onnx", "--weights", "mixed", "--out",
+    proc = cli(capsys, "export", "--model", "tiny-crn", "--format", "openvino", "--weights", "mixed", "--out",
                str(tmp_path / "x"), "--mode", "stream")
-    user_error(proc, "mixed weights", "onnxruntime", "litert")
+    user_error(proc, "mixed weights", "openvino", "litert", "int4 (every layer)")
     assert not (tmp_path / "x").exists() or not list((tmp_path / "x").iterdir())
 
 
@@ -119,4 +122,59 @@ def test_fit_mixed_ships_4_bit_layers_where_the_search_chose_k_up_to_16(converte
     assert all(w == "int8" for layer, w in r["layer_widths"].items() if layer not in ("rnn.0", "proj")), r["layer_widths"]
     assert r["parity_vs_torch"]["ok"] and r["parity_vs_torch"]["weights"] == "int4"
     assert stored_weights(r["runtime_artifact"]["path"]) == "int4"
-    assert "LiteRT weight widths per layer" in (tmp_path / "fit" / "report.md").read_text()
+    assert "Runtime weight widths per layer" in (tmp_path / "fit" / "report.md").read_text()
+
+
+def _onnx_ops(path) -> dict[str, int]:
+    import onnx
+
+    ops: dict[str, int] = {}
+    for n in onnx.load(str(path)).graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return ops
+
+
+def test_onnxruntime_int4_stores_the_matmuls_in_4_bits_and_runs(tmp_path) -> None:
+    from hwcompress.export.onnx import layer_widths
+
+    model = zoo.build("rnn", {"cell": "lstm", "hidden": [256, 256]}).eval()
+    (i8,) = export_checked(model, "onnxruntime", tmp_path, ["stream"], weights="int8")
+    (i4,) = export_checked(model, "onnxruntime", tmp_path, ["stream"], weights="int4")
+    ops = _onnx_ops(i4["path"])
+    # both LSTMs' gate matmuls (input and recurrent, per layer) and the output Linear
+    assert ops.get("MatMulNBits") == 5 and "DynamicQuantizeLSTM" not in ops and "LSTM" not in ops, ops
+    assert stored_weights(i4["path"]) == "int4" and stored_weights(i8["path"]) == "int8"
+    assert layer_widths(i4["path"]) == {layer: "int4" for layer in ("rnn.0", "rnn.1", "out")}
+    assert i4["bytes"] < 0.6 * i8["bytes"], (i4["bytes"], i8["bytes"])
+    assert i4["parity"]["ok"] and i4["parity"]["weights"] == "int4", i4["parity"]
+
+
+def test_onnxruntime_mixed_follows_k(tmp_path) -> None:
+    from hwcompress.export.onnx import layer_widths
+
+    model = _clustered({"rnn.0": 16, "proj": 32})
+    (row,) = export_checked(model, "onnxruntime", tmp_path, ["stream"], weights="mixed")
+    ops = _onnx_ops(row["path"])
+    assert ops.get("MatMulNBits") == 2, ops  # rnn.0's input and recurrent matmuls; proj (K=32) stays int8
+    assert layer_widths(row["path"]) == {"rnn.0": "int4"}
+    assert row["parity"]["ok"] and row["parity"]["weights"] == "int4", row["parity"]
+
+
+def test_fit_mixed_on_onnxruntime_is_measured_with_its_4_bit_layers(small_corpus, tmp_path) -> None:
+    """generic-onnx is timed here: the allocation probes and the verification measure the
+    mixed file itself (4-bit matmuls where the search chose K <= 16)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "hwcompress", "fit", "--target", "generic-onnx", "--model", "tiny-crn",
+                           "--budget-ms", "50", "--weights", "mixed", "--allocation", "uniform", "--data",
+                           str(small_corpus), "--out", str(tmp_path / "fit"), "--prune-steps", "4", "--cluster-steps",
+                           "2", "--eval-items", "2", "--no-dnsmos", "--measure-runs", "30", "--json"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)["results"][0]
+    assert r["latency_source"] == "measured" and r["runtime"] == "onnxruntime"
+    assert r["layer_widths"]["rnn.0"] == "int4" and r["layer_widths"]["proj"] == "int4", r["layer_widths"]
+    assert r["layer_widths"]["enc.1"] == "int8"
+    assert stored_weights(r["runtime_artifact"]["path"]) == "int4" and r["parity_ok"]
