@@ -225,7 +225,11 @@ def quantize(src: Path, dst: Path, weights: str, net: torch.nn.Module | None = N
         try:
             # it quantizes every MatMul it is not told to exclude (nodes_to_include only adds to that)
             others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in group]
-            q = MatMulNBitsQuantizer(model, bits=4, block_size=block, is_symmetric=True, nodes_to_exclude=others)
+            # accuracy_level 4: activations quantized to int8 on the fly, as the int8 path does;
+            # its int8 kernels ran the cortex-m7-fitted default CRN in 0.335 ms per hop vs 0.404 ms
+            # with the default fp32 compute (int8 file 0.356 ms; one process, side by side)
+            q = MatMulNBitsQuantizer(model, bits=4, block_size=block, is_symmetric=True, nodes_to_exclude=others,
+                                     accuracy_level=4)
             q.process()
             model = q.model.model
         except Exception as exc:  # quantizer failures come as many types
