@@ -55,26 +55,6 @@ def _timed(sessions: dict, rounds: int, hops: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in per_round.items()}
 
 
-def _widths(backend: str, path: Path, model) -> dict[str, str]:
-    from hwcompress.export import distinct_weights
-
-    if backend == "onnxruntime":
-        from hwcompress.export.onnx import layer_widths
-
-        four = layer_widths(path)
-        return {layer: four.get(layer, "int8") for layer in distinct_weights(model)}
-    from hwcompress.export import tflite
-    from hwcompress.export._litert_convert import tensor_layers
-    from hwcompress.models.cost import layer_paths
-
-    ops = tflite.weight_ops(path)
-    layer_of = tensor_layers([o["output"] for o in ops], model, layer_paths(model))
-    out: dict[str, set] = {}
-    for o in ops:
-        out.setdefault(layer_of.get(o["output"], "?"), set()).add(o["type"].lower())
-    return {layer: "/".join(sorted(t)) for layer, t in out.items()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hwc", type=Path, required=True, help="a compressed model (.hwc)")
@@ -87,7 +67,7 @@ def main() -> None:
 
     from hwcompress.data.corpus import ensure_default_corpus
     from hwcompress.evaluate import evaluate_artifact
-    from hwcompress.export import distinct_weights, get_backend, tflite
+    from hwcompress.export import distinct_weights, get_backend, layer_widths, tflite
     from hwcompress.export.check import check_parity
     from hwcompress.export.probe import runtime_version
     from hwcompress.models.cost import layer_paths
@@ -113,7 +93,7 @@ def main() -> None:
         ms = _timed(sessions, args.rounds, args.hops)
         for key, r in rows.items():
             backend, form = key
-            r.update(bytes=Path(r["path"]).stat().st_size, ms=ms[key], widths=_widths(backend, Path(r["path"]), model))
+            r.update(bytes=Path(r["path"]).stat().st_size, ms=ms[key], widths=layer_widths(backend, Path(r["path"]), model))
             parity = check_parity(model, r["path"], weights="mixed" if form == "mixed" else form, mode="stream",
                                   enforce=False, backend=backend, session=get_backend(backend).load(r["path"], threads=1))
             r["snr"] = parity.snr_db

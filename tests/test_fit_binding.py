@@ -87,6 +87,16 @@ def test_optimistic_calibration_is_tightened_by_measurement(dense_ms, small_corp
     assert fitting and fitting[-1]["measured_ms"] <= budget * MEASURE_MARGIN  # ...and was tightened
 
 
+def _assert_allocates_on_the_floor(f: Fitter, curves: dict, budget: float) -> None:
+    """`allocate` keeps a measured fit, trusting the floor's measurement (it says so)."""
+    logged: list[str] = []
+    f.log = logged.append
+    chosen, trials = f.allocate(curves, budget)
+    kept = [t for t in trials if t["ratios"] == chosen.ratios][-1]
+    assert kept["measured_ms"] <= budget * MEASURE_MARGIN
+    assert any("re-anchored" in m or "most pruned model" in m for m in logged), logged
+
+
 def test_rescale_that_contradicts_the_floor_is_reanchored(dense_ms, small_corpus) -> None:
     """A re-scale from one measured allocation can make the latency model call even the
     floor over budget although the floor measured within it (CI once saw: 'budget 0.197 ms
@@ -111,12 +121,7 @@ def test_rescale_that_contradicts_the_floor_is_reanchored(dense_ms, small_corpus
         return result
 
     f._probe = rescale_overshoots
-    logged: list[str] = []
-    f.log = logged.append
-    chosen, trials = f.allocate(curves, budget)
-    kept = [t for t in trials if t["ratios"] == chosen.ratios][-1]
-    assert kept["measured_ms"] <= budget * MEASURE_MARGIN
-    assert any("re-anchored" in m or "most pruned model" in m for m in logged), logged
+    _assert_allocates_on_the_floor(f, curves, budget)
 
 
 def test_allocation_that_starts_contradicting_the_floor_is_reanchored(dense_ms, small_corpus) -> None:
@@ -129,12 +134,7 @@ def test_allocation_that_starts_contradicting_the_floor_is_reanchored(dense_ms, 
     budget = 0.6 * dense
     assert f.floor_ms <= budget * MEASURE_MARGIN, "the floor must fit for this test to mean anything"
     f.oracle.calibration *= 1e6  # what an over-correcting verified miss leaves behind
-    logged: list[str] = []
-    f.log = logged.append
-    chosen, trials = f.allocate(curves, budget)
-    kept = [t for t in trials if t["ratios"] == chosen.ratios][-1]
-    assert kept["measured_ms"] <= budget * MEASURE_MARGIN
-    assert any("re-anchored" in m or "most pruned model" in m for m in logged), logged
+    _assert_allocates_on_the_floor(f, curves, budget)
 
 
 def test_pessimistic_calibration_is_loosened_by_measurement(dense_ms, small_corpus) -> None:

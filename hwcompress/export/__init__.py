@@ -18,12 +18,12 @@ Whole-utterance graphs take the initial state as inputs too: pass zeros (or `Non
 `weights="int8"` stores the weight layers as 8-bit integers in the form each runtime
 executes natively (onnxruntime dynamic quantization, OpenVINO nncf int8 weight
 compression, LiteRT dynamic-range quantization with ai-edge-quantizer): the artifact is
-~4x smaller and memory-bound layers run faster. `weights="int4"` (OpenVINO only: nncf
-INT4_ASYM, groups of 128 input weights sharing a scale and zero point) halves that again; it
+~4x smaller and memory-bound layers run faster. `weights="int4"` (OpenVINO: nncf INT4_ASYM,
+groups of 128 input weights sharing a scale and zero point) halves that again; it
 is what a layer clustered to K <= 16 can use at run time. On LiteRT, int4 stores the
 FULLY_CONNECTED weights (every recurrent gate matmul and Linear) as 4-bit per-channel integers
 and the convolutions as int8; onnxruntime int4 stores every constant-weight MatMul (the
-recurrent cells exported as matmuls) as MatMulNBits (4-bit, blocks of 32) and the rest int8;
+recurrent cells exported as matmuls) as MatMulNBits (4-bit, blocks of up to 128) and the rest int8;
 `weights="mixed"` (LiteRT, onnxruntime) gives 4 bits only to the layers whose
 weight matrices hold at most 16 distinct values (a `.hwc` codebook of K <= 16) and 8 bits to the
 rest. `weights="fp32"` keeps float weights.
@@ -212,6 +212,22 @@ def distinct_weights(model: torch.nn.Module) -> dict[str, int]:
         if counts:
             out[layer] = max(counts)
     return out
+
+
+def layer_widths(backend: str, path: Path, model: torch.nn.Module) -> dict[str, str]:
+    """Per layer, the weight width an exported file stores, read back from the file: LiteRT from
+    the flatbuffer's tensor types, onnxruntime from its MatMulNBits nodes ("int4" for the layers
+    they hold, "int8" for the rest); {} for other backends."""
+    if canonical_name(backend) == "litert":
+        from hwcompress.export.tflite import layer_widths as litert_widths
+
+        return litert_widths(Path(path), model)
+    if canonical_name(backend) == "onnxruntime":
+        from hwcompress.export.onnx import layer_widths as onnx_widths
+
+        four = onnx_widths(Path(path))
+        return {layer: four.get(layer, "int8") for layer in distinct_weights(model)}
+    return {}
 
 
 def mixed_layers(model: torch.nn.Module) -> list[str]:

@@ -194,6 +194,7 @@ def quantize(src: Path, dst: Path, weights: str, net: torch.nn.Module | None = N
         raise HwcError(f"onnxruntime 4-bit export needs {exc.name}: pip install onnx-ir") from None
     logging.getLogger().setLevel(logging.ERROR)
     model = _gemm_to_matmul(onnx.load(str(src)))
+    shapes = {n: w.shape for n, w in weight_matmuls(model).items()}
     layer_of = matmul_layers(model, net) if net is not None else {}
     if weights == "mixed":
         from hwcompress.export import mixed_layers
@@ -201,7 +202,7 @@ def quantize(src: Path, dst: Path, weights: str, net: torch.nn.Module | None = N
         chosen = set(mixed_layers(net) if int4_layers is None else int4_layers)
         nodes = [n for n, layer in layer_of.items() if layer in chosen]
     else:
-        nodes = list(weight_matmuls(model))
+        nodes = list(shapes)
     staged = Path(dst).with_name("matmul-" + Path(dst).name)
     onnx.save(model, str(staged))
     # the other weights (convolutions, unchosen matmuls) int8 first: quantize_dynamic cannot
@@ -214,12 +215,10 @@ def quantize(src: Path, dst: Path, weights: str, net: torch.nn.Module | None = N
     # blocks pad the input dimension to a multiple of their size, and each block adds a 32-bit
     # scale: per matmul, the power-of-two block (16, MatMulNBits' least, to INT4_BLOCK) that
     # stores its column in the fewest bits (161 inputs: 64; 256: 128)
-    shapes = weight_matmuls(model)
     by_block: dict[int, list[str]] = {}
     for n in nodes:
-        k = shapes[n].shape[0]
-        block = min((16, 32, 64, 128)[: (16, 32, 64, 128).index(INT4_BLOCK) + 1],
-                    key=lambda b: (-(-k // b) * (4 * b + 32), -b))
+        k = shapes[n][0]
+        block = min((b for b in (16, 32, 64, 128) if b <= INT4_BLOCK), key=lambda b: (-(-k // b) * (4 * b + 32), -b))
         by_block.setdefault(block, []).append(n)
     for block, group in sorted(by_block.items()):
         try:

@@ -155,13 +155,26 @@ def weight_ops(path: Path) -> list[dict]:
     return rows
 
 
-def mixed_scopes(staged: Path, model: torch.nn.Module, int4_layers: list[str] | None = None) -> list[str]:
-    """Output tensor names of the FULLY_CONNECTED ops of `staged` (an fp32 .tflite of `model`)
-    that belong to `int4_layers` (default: `mixed_layers(model)`)."""
+def layer_widths(path: Path, model: torch.nn.Module) -> dict[str, str]:
+    """Per layer of `model`, the width(s) the .tflite stores its weights at ("int8", "int4",
+    "float32", or several joined by "/"), read back from the flatbuffer."""
     from hwcompress.export._litert_convert import tensor_layers
     from hwcompress.models.cost import layer_paths
 
+    ops = weight_ops(path)
+    layer_of = tensor_layers([o["output"] for o in ops], model, layer_paths(model))
+    out: dict[str, set] = {}
+    for o in ops:
+        out.setdefault(layer_of.get(o["output"], "?"), set()).add(o["type"].lower())
+    return {layer: "/".join(sorted(t)) for layer, t in out.items()}
+
+
+def mixed_scopes(staged: Path, model: torch.nn.Module, int4_layers: list[str] | None = None) -> list[str]:
+    """Output tensor names of the FULLY_CONNECTED ops of `staged` (an fp32 .tflite of `model`)
+    that belong to `int4_layers` (default: `mixed_layers(model)`)."""
     from hwcompress.export import mixed_layers
+    from hwcompress.export._litert_convert import tensor_layers
+    from hwcompress.models.cost import layer_paths
 
     chosen = set(mixed_layers(model) if int4_layers is None else int4_layers)
     outputs = [r["output"] for r in weight_ops(staged) if r["op"] == INT4_OP]

@@ -80,7 +80,8 @@ class FitConfig:
     emulate: bool = True
     allocation: str = "search"  # or "uniform": one ratio for all groups, one K for all layers (the baseline)
     uniform_codebook: int = 16
-    weights: str = "int8"  # runtime weight format: int8 everywhere, or int4 where the backend has it (OpenVINO, LiteRT)
+    weights: str = "int8"  # runtime weight format: int8 everywhere, int4 where the backend has it (OpenVINO, LiteRT,
+    # onnxruntime), or mixed (LiteRT, onnxruntime: 4 bits for the layers clustered to K <= 16)
     dnsmos: bool = True  # DNSMOS P.835 in the quality rows (1-2 s per test mixture and condition)
     finetune_target: str = "teacher"  # compression fine-tuning target: teacher (dense model), clean or mix
 
@@ -426,8 +427,7 @@ class Fitter:
 
     def use_widths(self, ks: dict[str, int]) -> None:
         """weights="mixed": the layers the runtime stores at 4 bits are those the search clustered
-        to K <= 16 whose kind the backend runs at 4 bits (LiteRT: the kinds lowered to
-        FULLY_CONNECTED); the latency model prices each layer at its width from here on."""
+        to K <= 16 whose kind the backend runs at 4 bits (`export.INT4_KINDS`); the latency model prices each layer at its width from here on."""
         if self.cfg.weights != "mixed":
             return
         from hwcompress.export import INT4_KINDS, MIXED_MAX_K
@@ -439,19 +439,6 @@ class Fitter:
         self.oracle.bits = self.weight_bits
         self.oracle._cache.clear()
         self.log(f"mixed weights: 4-bit {', '.join(self.int4_layers) or 'none'} (K <= {MIXED_MAX_K}); 8-bit the rest")
-
-    def layer_widths(self, compressed: SEModel, path: str) -> dict[str, str]:
-        """Per layer, the width(s) a LiteRT file stores its weights at, read back from the file."""
-        from hwcompress.export._litert_convert import tensor_layers
-        from hwcompress.export.tflite import weight_ops
-        from hwcompress.models.cost import layer_paths
-
-        ops = weight_ops(Path(path))
-        layer_of = tensor_layers([o["output"] for o in ops], compressed, layer_paths(compressed))
-        out: dict[str, set] = {}
-        for o in ops:
-            out.setdefault(layer_of.get(o["output"], "?"), set()).add(o["type"].lower())
-        return {layer: "/".join(sorted(t)) for layer, t in out.items()}
 
     def codebooks(self, k_sens: dict) -> dict[str, int]:
         from hwcompress.models.cost import layer_paths
@@ -606,13 +593,10 @@ class Fitter:
                                             f"{session.arena_recorded_bytes} B); weights stay in the "
                                             f"{session.model_bytes} B model file (flash)",
                          lut_layers=session.lut_layers, tflm_weights=self.tflm_weights(compressed, art["path"], ks))
-        if self.backend == "litert":
-            v["layer_widths"] = self.layer_widths(compressed, art["path"])
-        elif self.backend == "onnxruntime" and self.cfg.weights != "int8":
-            from hwcompress.export.onnx import layer_widths
+        if self.backend == "litert" or (self.backend == "onnxruntime" and self.cfg.weights != "int8"):
+            from hwcompress.export import layer_widths
 
-            four = layer_widths(Path(art["path"]))
-            v["layer_widths"] = {layer: four.get(layer, "int8") for layer in self.layer_weights()}
+            v["layer_widths"] = layer_widths(self.backend, Path(art["path"]), compressed)
         return v
 
     def tflm_weights(self, compressed: SEModel, path: str, ks: dict[str, int]) -> list[dict]:
