@@ -1,8 +1,10 @@
 """`fit` under budgets that bind (issue 16, point 10), measured on this machine's onnxruntime.
 
-The model (two 512-unit LSTMs, 3.6 M weights, untrained) runs well above the Python
-harness's per-hop floor (~0.1 ms here: two 256-unit LSTMs pruned by 75% were already at it),
-so a budget of 60% of its measured dense latency can only be met by pruning. Everything runs for real: export, the timed subprocess, fine-tuning, the .hwc, the
+The model (two 1024-unit LSTMs, 13.6 M weights, untrained; its int8 weights outgrow the cache)
+measured ~0.6 ms per hop here and its 75%-pruned floor ~0.07 ms, near the Python harness's own
+per-hop cost. Two 512-unit LSTMs were too close to that cost (dense 0.10-0.16 ms, floor 0.07-0.09:
+CI found the floor over 60% of dense), so a budget of 60% of the dense latency here can only be
+met by pruning and is met with room. Everything runs for real: export, the timed subprocess, fine-tuning, the .hwc, the
 final measured verification. Where a test steers the loop into a branch (an optimistic
 calibration, a first allocation that misjudges), it changes the search's own state; the
 runtime and its timings are never replaced.
@@ -39,9 +41,9 @@ def _cfg(out, data, budget_ms=None, **kw) -> FitConfig:
 @pytest.fixture(scope="module")
 def dense_ms(small_corpus, tmp_path_factory) -> tuple[float, object]:
     out = tmp_path_factory.mktemp("fit-binding")
-    MODEL["path"] = str(out / "lstm512.pt")
+    MODEL["path"] = str(out / "lstm1024.pt")
     torch.manual_seed(0)
-    save_model(MODEL["path"], zoo.build("rnn", {"cell": "lstm", "hidden": [512, 512]}))
+    save_model(MODEL["path"], zoo.build("rnn", {"cell": "lstm", "hidden": [1024, 1024]}))
     f = Fitter(_cfg(out, small_corpus), log=print)
     f.calibrate()
     return f.calibration_log[0]["measured_ms"], out

@@ -194,13 +194,14 @@ def test_agrees_with_openvino_benchmark_app(tmp_path) -> None:
 
     Rounds alternate ours / benchmark_app and the ratio is taken per round, so slow
     drifts in host load (this test may share the CPU) hit both sides of a ratio alike;
-    the median of the round ratios then drops a round that one burst hit.
+    the median of the round ratios then drops the rounds that bursts hit (five rounds: CI once
+    saw two of three rounds hit, 1.21 and 1.24 around 0.69).
     """
     net = load_model("crn")
     ratios, runtime_ratios, pairs = [], [], []
-    for _ in range(3):
-        ours = measure_local(net, "x86-openvino", runs=300, warmup=30, out_dir=tmp_path, top=1)
-        theirs = benchmark_app_latency(ours["artifact"]["path"], threads=2, niter=300)
+    for _ in range(5):
+        ours = measure_local(net, "x86-openvino", runs=200, warmup=30, out_dir=tmp_path, top=1)
+        theirs = benchmark_app_latency(ours["artifact"]["path"], threads=2, niter=200)
         assert theirs["threads_reported"] == 2 and "float32" in theirs["precision_reported"]
         pairs.append((ours["median_ms"], ours["runtime_median_ms"], theirs["median_ms"]))
         ratios.append(ours["median_ms"] / theirs["median_ms"])
@@ -209,5 +210,5 @@ def test_agrees_with_openvino_benchmark_app(tmp_path) -> None:
     # hops it wall-times (runtime_median_ms); the headline adds the Python call and copies
     print(f"\nours/benchmark_app median ratios {ratios}; runtime's own/benchmark_app {runtime_ratios}; "
           f"ms (Session.run, InferRequest.latency, benchmark_app) {pairs}; load {os.getloadavg()}")
-    assert 1 / 1.2 <= sorted(runtime_ratios)[1] <= 1.2, (runtime_ratios, ratios, pairs)
-    assert 1 / 1.2 <= sorted(ratios)[1] <= 1.2, (runtime_ratios, ratios, pairs)
+    assert 1 / 1.2 <= sorted(runtime_ratios)[2] <= 1.2, (runtime_ratios, ratios, pairs)
+    assert 1 / 1.2 <= sorted(ratios)[2] <= 1.2, (runtime_ratios, ratios, pairs)
