@@ -374,7 +374,8 @@ def compress(
     sparsity: Annotated[float, typer.Option(help="Fraction of weights (or of units with --structured) to prune.")] = 0.5,
     codebook: Annotated[int, typer.Option(help="Codebook size K per layer (2..256).")] = 16,
     structured: Annotated[bool, typer.Option(help="Remove whole units/channels (physically shrinks the model).")] = False,
-    config: Annotated[Optional[Path], typer.Option(help="TOML of per-layer overrides: [layers.\"rnn.0\"] sparsity/codebook/structured.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML of per-layer overrides: [layers.\"rnn.0\"] sparsity/codebook/structured/grid.")] = None,
+    grid: Annotated[int, typer.Option(help="Hold every codebook on the symmetric integer grid of this runtime weight width (4: at most 15 nonzero centroids; 8: at most 254), one step per layer, so that LiteRT and onnxruntime exports reproduce the .hwc exactly; 0: free k-means centroids (the paper's).")] = 0,
     data: DataOpt = None,
     l1: Annotated[float, typer.Option(help="L1 weight during the regularisation stage.")] = 0.0,
     group_lasso: Annotated[float, typer.Option(help="Group-lasso weight during the regularisation stage.")] = 0.0,
@@ -395,7 +396,7 @@ def compress(
     cfg = CompressConfig(sparsity=sparsity, codebook=codebook, structured=structured,
                          layers=read_layer_config(config) if config else {}, regularize_steps=regularize_steps,
                          l1=l1, group_lasso=group_lasso, prune_steps=prune_steps, cluster_steps=cluster_steps,
-                         init=init, batch=batch, lr=lr, finetune_target=finetune_target)
+                         init=init, batch=batch, lr=lr, finetune_target=finetune_target, grid=grid)
     check_global(cfg)
     if out.suffix != ".hwc":
         raise HwcError(f"{out}: the output must be a .hwc file")
@@ -463,7 +464,7 @@ def fit(
     emulate: Annotated[bool, typer.Option(help="Functional run on the emulated target CPU when it cannot be measured here.")] = True,
     measure_runs: Annotated[int, typer.Option(min=10, help="Timed hops per latency measurement (the final one takes at least 500).")] = 300,
     allocation: Annotated[str, typer.Option(help="search (per layer), or uniform (one ratio and K=16 everywhere: the baseline).")] = "search",
-    weights: Annotated[str, typer.Option(help="Runtime weights: int8 (every backend), int4 (OpenVINO: nncf INT4_ASYM; LiteRT: 4-bit fully-connected; onnxruntime: MatMulNBits; convolutions int8 on both) or mixed (LiteRT, onnxruntime: 4 bits for the recurrent and linear layers the search clusters to K <= 16, 8 for the rest).")] = "int8",
+    weights: Annotated[str, typer.Option(help="Runtime weights: int8 (every backend), int4 (OpenVINO: nncf INT4_ASYM; LiteRT: 4-bit fully-connected; onnxruntime: MatMulNBits; convolutions int8 on both) or mixed (LiteRT, onnxruntime: 4 bits for the recurrent and linear layers the search clusters to K <= 16, held on the 4-bit grid; 8 for the rest). On LiteRT and onnxruntime every codebook is held on its runtime width's integer grid, so the shipped file holds the .hwc weights exactly.")] = "int8",
     finetune_target: Annotated[str, typer.Option(help="Fine-tuning target: teacher (distil from the dense model), clean, or mix (0.5/0.5).")] = "teacher",
     dnsmos: Annotated[bool, typer.Option(help="Score DNSMOS P.835 in the report (about 2 s per clip and condition here).")] = True,
     codebook_tolerance: Annotated[float, typer.Option(min=0.0, help="What the per-layer codebooks may cost, summed over layers: the fine-tuning objective's increase (distance to the dense model's output by default) relative to the dense model's clean validation loss.")] = 0.01,
@@ -514,7 +515,7 @@ def export_cmd(
     model: ModelOpt = "default",
     model_weights: ModelWeightsOpt = None,
     mode: Annotated[Optional[str], typer.Option(help="stream (one hop, state in/out), whole (utterance) or both [default: both; stream for tflm, which runs hop by hop only].")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="fp32; int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128; LiteRT: 4-bit fully-connected; onnxruntime: MatMulNBits; convolutions int8 on both); mixed (LiteRT, onnxruntime: 4 bits for the layers clustered to K <= 16, 8 for the rest) [default: fp32; int8 for tflm, whose 16x8 form is its only one].")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="fp32; int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128; LiteRT: 4-bit fully-connected; onnxruntime: MatMulNBits; convolutions int8 on both); mixed (LiteRT, onnxruntime: 4 bits for the layers whose weights lie on the 4-bit integer grid, as compress --grid 4 and the fit leave them, stored exactly; 8 for the rest) [default: fp32; int8 for tflm, whose 16x8 form is its only one].")] = None,
     frames: Annotated[int, typer.Option(min=1, help="T of a whole-utterance .tflite (LiteRT fixes T).")] = 100,
     check: Annotated[bool, typer.Option(help="Run each artifact against torch; one beyond its tolerance fails the export.")] = True,
     min_snr_db: Annotated[Optional[float], typer.Option(help="Parity tolerance: least SNR (dB) of the runtime output vs torch (default per weights: fp32 60, int8 25, int4 20).")] = None,

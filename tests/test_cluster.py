@@ -286,3 +286,48 @@ def test_clustered_dense_uses_exact_codebook_values() -> None:
     c = Clustered(torch.tensor([-0.5, 0.25]), torch.tensor([[0, -1], [1, 1]], dtype=torch.int16), (2, 2))
     assert torch.equal(c.dense(), torch.tensor([[-0.5, 0.0], [0.25, 0.25]]))
     assert c.k == 2 and c.nnz == 3
+
+
+# ------------------------------------------------------------------ runtime integer grids
+
+
+@pytest.mark.parametrize("bits, k", [(4, 16), (4, 6), (8, 256), (8, 40)])
+def test_snap_to_grid_puts_every_centroid_on_one_step_and_keeps_pruning(bits: int, k: int) -> None:
+    from hwcompress.compress.cluster import GRID_Q, grid_step, snap_to_grid
+
+    torch.manual_seed(0)
+    w = torch.randn(48, 70) * 0.1
+    w[w.abs() < 0.02] = 0
+    free = cluster_tensor(w, k)
+    snapped = snap_to_grid(free, bits)
+    qmin, qmax = GRID_Q[bits]
+    assert grid_step(free.codebook, bits) is None  # k-means centroids lie on no grid...
+    d = grid_step(snapped.codebook, bits)  # ...the snapped ones on one step's
+    assert d is not None and d > 0
+    q = snapped.codebook.numpy().astype(np.float64) / d
+    assert np.abs(q - np.rint(q)).max() < 1e-5 and q.min() >= qmin - 1e-5 and q.max() <= qmax + 1e-5
+    assert 0 not in np.rint(q)
+    # exactly what a runtime computes from (q, step) in float32
+    assert np.array_equal(np.rint(q).astype(np.float32) * np.float32(d), snapped.codebook.numpy())
+    assert snapped.k <= min(k, qmax - qmin)
+    assert torch.equal(snapped.indices < 0, free.indices < 0)  # kept weights stay kept, pruned stay 0
+    # the step is fitted (least squares over the weights each centroid holds): no worse than the
+    # absmax step a runtime would take, rounding the same centroids
+    absmax = float(free.codebook.abs().max()) / max(-qmin, qmax)
+    naive = torch.clamp(torch.round(free.dense() / absmax), qmin, qmax) * absmax
+    assert float(((snapped.dense() - w) ** 2).sum()) <= float(((naive - w) ** 2).sum())
+    assert snap_to_grid(snapped, bits) is snapped  # already on the grid: unchanged
+
+
+def test_grid_step_rejects_off_grid_and_out_of_range_values() -> None:
+    from hwcompress.compress.cluster import grid_step
+
+    d = np.float32(0.01)
+    on = np.array([-8, -3, 0, 1, 7], dtype=np.float32) * d
+    assert grid_step(on, 4) == pytest.approx(float(d)) and grid_step(on, 8) is not None
+    assert grid_step(np.array([-9, 1, 7], dtype=np.float32) * d, 4) is None  # -9 is off the 4-bit range
+    assert grid_step(np.array([0.3, 1.0, 1.5, 2.0], dtype=np.float32), 8) is not None  # steps of 0.1 (or 0.05)
+    assert grid_step(np.array([0.1, np.pi / 10]), 8) is None  # no common step
+    assert grid_step(np.zeros(5), 4) is None
+    with pytest.raises(HwcError, match="use one of 4, 8"):
+        grid_step(on, 3)

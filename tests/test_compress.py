@@ -134,3 +134,26 @@ def test_cli_compress_and_errors(small_corpus, tmp_path) -> None:
     cfg.write_text('[layers."missing.layer"]\nsparsity = 0.2\n')
     proc = _cli("compress", "--model", str(model), "--data", str(small_corpus), "--config", str(cfg), "--out", str(tmp_path / "y.hwc"))
     assert proc.returncode == 2 and "missing.layer" in proc.stderr
+
+
+def test_grid_holds_the_codebooks_on_the_runtime_grid_after_tuning(small_corpus, tmp_path) -> None:
+    """`grid`: every codebook ends on its integer grid (one step per weight matrix) after the
+    free centroid fine-tuning, per layer from the TOML override or the global setting."""
+    from hwcompress.export import grid_bits
+
+    model = load_model("tiny-crn")
+    out = tmp_path / "g.hwc"
+    cfg = CompressConfig(sparsity=0.3, codebook=16, grid=8, layers={"rnn.0": {"grid": 4}, "proj": {"grid": 0}},
+                         **{**FAST, "cluster_steps": 3})
+    compress(model, cfg, small_corpus, out, log=quiet)
+    bits = grid_bits(load_model(str(out)))
+    assert bits["rnn.0"] == 4 and "proj" not in bits  # proj: free k-means centroids, on no grid
+    assert all(bits[layer] in (4, 8) for layer in bits) and len(bits) == 11, bits
+
+
+@pytest.mark.parametrize("grid", [3, 16, True])
+def test_bad_grid(grid) -> None:
+    with pytest.raises(HwcError, match="grid"):
+        layer_settings(load_model("tiny-lstm"), CompressConfig(grid=grid))
+    with pytest.raises(HwcError, match="grid"):
+        layer_settings(load_model("tiny-lstm"), CompressConfig(layers={"out": {"grid": grid}}))

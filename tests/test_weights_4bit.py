@@ -2,11 +2,13 @@
 FULLY_CONNECTED weight (the recurrent gate matmuls and Linear layers, as litert-torch lowers
 them) at 4 bits and the convolutions at 8. onnxruntime: every constant-weight MatMul (the
 recurrent cells exported as matmuls) as MatMulNBits, the rest int8. `--weights mixed` gives 4
-bits only to the layers clustered to K <= 16. The files are read back (flatbuffer, ONNX graph)
-and run in the real runtimes."""
+bits only to the layers whose codebooks lie on the 4-bit grid. Layers on a grid are stored
+exactly: the files are read back (flatbuffer, ONNX graph), compared weight by weight with the
+model, and run in the real runtimes."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,9 +26,11 @@ from hwcompress.models import zoo  # noqa: E402
 pytestmark = pytest.mark.slow  # each export runs the litert-torch converter (~10-40 s)
 
 
-def _clustered(k_of: dict[str, int]) -> torch.nn.Module:
-    """tiny-crn with the weight matrices of some layers snapped to K nonuniform values each
-    (what `.hwc` clustering leaves: a per-layer codebook), the others dense."""
+def _clustered(k_of: dict[str, int], grid: dict[str, int] | None = None) -> torch.nn.Module:
+    """tiny-crn with the weight matrices of some layers clustered to K values each (what `.hwc`
+    clustering leaves: a per-layer codebook), free k-means centroids unless `grid` names the
+    layer's runtime width (compress.cluster.snap_to_grid); the others dense."""
+    from hwcompress.compress.cluster import cluster_tensor, snap_to_grid
     from hwcompress.models.cost import layer_paths
 
     torch.manual_seed(0)
@@ -36,10 +40,15 @@ def _clustered(k_of: dict[str, int]) -> torch.nn.Module:
         for layer, k in k_of.items():
             for name, p in model.named_parameters():
                 if name.startswith(paths[layer] + ".") and p.dim() >= 2:
-                    # quantiles: a nonuniform codebook spread like the weights
-                    book = torch.quantile(p.flatten(), torch.linspace(0.02, 0.98, k))
-                    p.copy_(book[(p[..., None] - book).abs().argmin(-1)])
+                    c = cluster_tensor(p, k)
+                    p.copy_((snap_to_grid(c, grid[layer]) if (grid or {}).get(layer) else c).dense())
     return model
+
+
+#: rnn.0 on the 4-bit grid, proj clustered to 16 free centroids (on no grid: not exact at 4
+#: bits, so mixed keeps it 8-bit), the convolutions on the 8-bit grid
+GRIDDED = ({"rnn.0": 16, "proj": 16, "enc.1": 64, "enc.2": 64, "dec.1": 64},
+           {"rnn.0": 4, "enc.1": 8, "enc.2": 8, "dec.1": 8})
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +80,16 @@ def test_int4_stores_fully_connected_weights_in_4_bits_and_runs(converter, tmp_p
     assert row["parity"]["ok"] and row["parity"]["weights"] == "int4", row["parity"]
 
 
-def test_mixed_gives_4_bits_to_layers_with_k_up_to_16_only(converter, tmp_path) -> None:
+def test_mixed_gives_4_bits_to_the_layers_on_the_4_bit_grid_and_stores_them_exactly(converter, tmp_path) -> None:
+    from hwcompress.export import grid_bits
     from hwcompress.export._litert_convert import tensor_layers
     from hwcompress.models.cost import layer_paths
 
-    # rnn.0 clustered to K=16 (4 bits), proj to K=32 (more than 4 bits can index: stays int8)
-    model = _clustered({"rnn.0": 16, "proj": 32})
+    model = _clustered(*GRIDDED)
     ks = distinct_weights(model)
-    assert ks["rnn.0"] <= 16 and 16 < ks["proj"] <= 32 and ks["enc.1"] > 16
+    assert ks["rnn.0"] <= 15 and ks["proj"] == 16 and ks["enc.1"] > 16
+    assert grid_bits(model) == {"rnn.0": 4, "enc.1": 8, "enc.2": 8, "dec.1": 8}
+    (fp32,) = export_checked(model, "litert", tmp_path / "fp32", ["stream"], check=False)
     (row,) = export_checked(model, "litert", tmp_path, ["stream"], weights="mixed")
     ops = tflite.weight_ops(row["path"])
     layer_of = tensor_layers([r["output"] for r in ops], model, layer_paths(model))
@@ -86,9 +97,14 @@ def test_mixed_gives_4_bits_to_layers_with_k_up_to_16_only(converter, tmp_path) 
     for r in ops:
         widths.setdefault(layer_of.get(r["output"], "?"), set()).add(r["type"])
     assert widths["rnn.0"] == {"INT4"}, widths
-    assert widths["proj"] == {"INT8"}, widths
+    assert widths["proj"] == {"INT8"}, widths  # K=16 free centroids: on no 4-bit grid
     assert all(t == {"INT8"} for layer, t in widths.items() if layer != "rnn.0"), widths
     assert row["parity"]["ok"] and row["parity"]["weights"] == "int4", row["parity"]
+    # weight by weight against the fp32 file of the same model: the layers on a grid exactly
+    stored, floats = tflite.stored_weight_values(row["path"]), tflite.stored_weight_values(fp32["path"])
+    checked = {layer_of.get(op): np.array_equal(w, floats[op]) for op, w in stored.items()}
+    assert all(checked[layer] for layer in grid_bits(model) if layer in checked), checked
+    assert {"rnn.0", "enc.1", "dec.1"} <= set(checked) and checked["proj"] is False, checked
 
 
 def test_mixed_on_a_backend_without_it_is_one_line(capsys, tmp_path) -> None:
@@ -102,8 +118,8 @@ def test_mixed_on_a_backend_without_it_is_one_line(capsys, tmp_path) -> None:
 
 def test_fit_mixed_ships_4_bit_layers_where_the_search_chose_k_up_to_16(converter, small_corpus, tmp_path) -> None:
     """`fit --weights mixed` on a LiteRT target: the recurrent and linear layers clustered to
-    K <= 16 are 4-bit in the shipped file (read back from it), the convolutions 8-bit, and the
-    file is checked against the .hwc at int4's tolerance. Uniform allocation gives every layer
+    K <= 16 are 4-bit in the shipped file (read back from it), the convolutions 8-bit, every
+    codebook held on its width's grid, and the file is checked against the .hwc at int4's tolerance. Uniform allocation gives every layer
     K=16, so which layers get 4 bits is fixed by their kinds alone."""
     import json
     import subprocess
@@ -123,6 +139,11 @@ def test_fit_mixed_ships_4_bit_layers_where_the_search_chose_k_up_to_16(converte
     assert r["parity_vs_torch"]["ok"] and r["parity_vs_torch"]["weights"] == "int4"
     assert stored_weights(r["runtime_artifact"]["path"]) == "int4"
     assert "Runtime weight widths per layer" in (tmp_path / "fit" / "report.md").read_text()
+    from hwcompress.export import grid_bits
+    from hwcompress.models.io import load_model
+
+    bits = grid_bits(load_model(str(tmp_path / "fit" / "model.hwc"), template=load_model("tiny-crn")))
+    assert bits == {layer: 4 if layer in ("rnn.0", "proj") else 8 for layer in r["layer_widths"]}, bits
 
 
 def _onnx_ops(path) -> dict[str, int]:
@@ -149,15 +170,39 @@ def test_onnxruntime_int4_stores_the_matmuls_in_4_bits_and_runs(tmp_path) -> Non
     assert i4["parity"]["ok"] and i4["parity"]["weights"] == "int4", i4["parity"]
 
 
-def test_onnxruntime_mixed_follows_k(tmp_path) -> None:
-    from hwcompress.export.onnx import layer_widths
+def _stored_matches(stored: dict[str, np.ndarray], model: torch.nn.Module) -> dict[str, bool]:
+    """Per weight matrix of `model`, whether a file's dequantized weight holds exactly its
+    values: element by element in torch's layout or transposed (Conv, MatMul, MatMulNBits), or
+    as the same multiset of values (ONNX LSTM reorders the gates)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.dim() < 2:
+            continue
+        p = p.detach().numpy()
+        same = [a for a in stored.values() if a.size == p.size]
+        out[name] = any(np.array_equal(a.reshape(p.shape), p) or (a.ndim == 2 and a.T.shape == p.shape
+                        and np.array_equal(a.T, p)) or np.array_equal(np.sort(a.ravel()), np.sort(p.ravel()))
+                        for a in same)
+    return out
 
-    model = _clustered({"rnn.0": 16, "proj": 32})
+
+def test_onnxruntime_mixed_follows_the_grid_and_stores_the_weights_exactly(tmp_path) -> None:
+    from hwcompress.export.onnx import layer_widths, stored_weight_values
+
+    model = _clustered(*GRIDDED)
     (row,) = export_checked(model, "onnxruntime", tmp_path, ["stream"], weights="mixed")
     ops = _onnx_ops(row["path"])
-    assert ops.get("MatMulNBits") == 2, ops  # rnn.0's input and recurrent matmuls; proj (K=32) stays int8
+    assert ops.get("MatMulNBits") == 2, ops  # rnn.0's input and recurrent matmuls; proj (no grid) stays int8
     assert layer_widths(row["path"]) == {"rnn.0": "int4"}
     assert row["parity"]["ok"] and row["parity"]["weights"] == "int4", row["parity"]
+    exact = _stored_matches(stored_weight_values(row["path"]), model)
+    on_grid = [n for n in exact if n.split(".")[0] + "." + n.split(".")[1] in ("enc.1", "enc.2")
+               or n.startswith("rnn.layers.0")]
+    assert on_grid and all(exact[n] for n in on_grid), exact
+    assert not exact["proj.weight"], exact  # free centroids: the runtime's own int8 rounding
+    (i8,) = export_checked(model, "onnxruntime", tmp_path / "int8", ["stream"], weights="int8")
+    exact8 = _stored_matches(stored_weight_values(i8["path"]), model)
+    assert all(exact8[n] for n in on_grid) and not exact8["proj.weight"], exact8
 
 
 def test_fit_mixed_on_onnxruntime_is_measured_with_its_4_bit_layers(small_corpus, tmp_path) -> None:
@@ -178,3 +223,14 @@ def test_fit_mixed_on_onnxruntime_is_measured_with_its_4_bit_layers(small_corpus
     assert r["layer_widths"]["rnn.0"] == "int4" and r["layer_widths"]["proj"] == "int4", r["layer_widths"]
     assert r["layer_widths"]["enc.1"] == "int8"
     assert stored_weights(r["runtime_artifact"]["path"]) == "int4" and r["parity_ok"]
+    # the .hwc holds each codebook on its width's grid, and the shipped file holds those weights
+    from hwcompress.export import grid_bits
+    from hwcompress.export.onnx import stored_weight_values
+    from hwcompress.models.io import load_model
+
+    hwc = load_model(str(tmp_path / "fit" / "model.hwc"), template=load_model("tiny-crn"))
+    bits = grid_bits(hwc)
+    assert bits["rnn.0"] == 4 and bits["proj"] == 4 and all(bits[f"enc.{i}"] == 8 for i in range(5)), bits
+    exact = _stored_matches(stored_weight_values(r["runtime_artifact"]["path"]), hwc)
+    quantized = [n for n in exact if not n.startswith("dec.")]  # ConvTranspose stays float in onnxruntime
+    assert all(exact[n] for n in quantized), exact

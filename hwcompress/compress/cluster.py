@@ -320,6 +320,82 @@ def cluster_tensor(weight: torch.Tensor, k: int, init: str = "linear", method: s
     return _canonical(codebook, labels, mask, tuple(weight.shape))
 
 
+#: the symmetric integer grids a runtime stores weights on, per width: q * scale, q in this range
+#: (int8 as TFLite's per-axis spec has it, [-127, 127]; int4 as MatMulNBits' zero point 8 and
+#: XNNPACK's qc4w have it, [-8, 7]). Zero is on every grid: pruned weights stay exact.
+GRID_Q: dict[int, tuple[int, int]] = {4: (-8, 7), 8: (-127, 127)}
+
+
+def _grid_range(bits: int) -> tuple[int, int]:
+    if bits not in GRID_Q:
+        raise HwcError(f"no integer weight grid of {bits!r} bits: use one of {', '.join(map(str, GRID_Q))}")
+    return GRID_Q[bits]
+
+
+def grid_step(values: np.ndarray | torch.Tensor, bits: int) -> float | None:
+    """The float32 scale d such that every nonzero value is exactly float32(q * d) with q an
+    integer of the `bits`-wide grid (GRID_Q), as a runtime dequantizes q * scale in float32;
+    None when no such d exists. A layer on such a grid is stored by that runtime without error."""
+    qmin, qmax = _grid_range(bits)
+    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    v = np.unique(v.astype(np.float32).ravel())
+    v = v[v != 0]
+    if v.size == 0:
+        return None
+    smallest = float(np.min(np.abs(v)))
+    for m in range(1, max(-qmin, qmax) + 1):  # the smallest magnitude is m steps from zero
+        guess = np.float32(smallest / m)
+        for d in (guess, np.nextafter(guess, np.float32(0)), np.nextafter(guess, np.float32(np.inf))):
+            q = np.rint(v.astype(np.float64) / float(d))
+            if q.min() >= qmin and q.max() <= qmax and np.array_equal(q.astype(np.float32) * d, v):
+                return float(d)
+    return None
+
+
+def _fit_grid(xs: np.ndarray, ws: np.ndarray, qmin: int, qmax: int) -> tuple[np.float32, np.ndarray]:
+    """Least-squares step d and grid integers q (never 0: a kept weight stays kept) for the
+    weighted values xs: alternate nearest-level assignment and the closed-form d, from several
+    starting steps (the loss in d is not convex). Written here: k-means libraries have no
+    centroids tied to one shared step."""
+    top = float(np.max(np.abs(xs)))
+    best = None
+    for frac in np.linspace(0.5, 1.0, 11):
+        d = top * frac / max(-qmin if xs.min() < 0 else 0, qmax if xs.max() > 0 else 0, 1)
+        for _ in range(30):
+            q = np.clip(np.rint(xs / d), qmin, qmax)
+            q = np.where(q == 0, np.where(xs < 0, -1.0, 1.0), q)
+            new = float(np.dot(ws * q, xs) / np.dot(ws * q, q))
+            if not new > 0 or abs(new - d) <= 1e-12 * d:
+                break
+            d = new
+        d32 = np.float32(d)
+        q = np.clip(np.rint(xs / float(d32)), qmin, qmax)
+        q = np.where(q == 0, np.where(xs < 0, -1.0, 1.0), q)
+        err = float(np.dot(ws, (xs - q * float(d32)) ** 2))
+        if best is None or err < best[0]:
+            best = (err, d32, q)
+    return best[1], best[2]
+
+
+def snap_to_grid(c: Clustered, bits: int) -> Clustered:
+    """`c` with its codebook moved onto the `bits`-wide symmetric integer grid of one
+    least-squares step per layer (each centroid weighted by the weights it holds): what a
+    runtime with a scale per channel or block stores exactly when every scale is that step.
+    At 4 bits a codebook keeps at most 15 nonzero centroids, at 8 bits at most 254; centroids
+    that land on one grid point merge. Pruned weights stay pruned; a codebook already on
+    the grid comes back unchanged."""
+    qmin, qmax = _grid_range(bits)
+    if c.k == 0 or grid_step(c.codebook, bits) is not None:
+        return c
+    book = c.codebook.numpy().astype(np.float64)
+    idx = c.indices.reshape(-1).long().numpy()
+    mask = idx >= 0
+    ws = np.bincount(idx[mask], minlength=c.k).astype(np.float64)
+    d, q = _fit_grid(book, np.maximum(ws, 1e-12), qmin, qmax)
+    snapped = q.astype(np.float32) * d  # float32 product: what the runtime computes from (q, d)
+    return _canonical(snapped, idx[mask], mask, c.shape)
+
+
 def clusterable(model: nn.Module) -> list[str]:
     """Names of the parameters clustering applies to: weight matrices and kernels of the
     weight layers (hwcompress.models.cost.WEIGHT_LAYERS: Linear, Conv1d/2d and their

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from hwcompress.compress.artifact import save_artifact
-from hwcompress.compress.cluster import INITS, METHODS, CentroidTuner, cluster_model, clusterable
+from hwcompress.compress.cluster import GRID_Q, INITS, METHODS, CentroidTuner, cluster_model, clusterable, snap_to_grid
 from hwcompress.compress.groups import model_groups
 from hwcompress.compress.prune import GradualPruner, apply_masks, magnitude_masks, structured_masks
 from hwcompress.compress.regularize import Regularizer
@@ -38,7 +38,7 @@ from hwcompress.models.zoo import SEModel
 from hwcompress.train import TrainConfig, train
 from hwcompress.workdir import OutputLock, WorkFolder, check_writable, data_digest, model_digest
 
-LAYER_KEYS = {"sparsity", "codebook", "structured"}
+LAYER_KEYS = {"sparsity", "codebook", "structured", "grid"}
 # fine-tuning target -> weight of the teacher's loss (the rest is the clean-target loss)
 FINETUNE_TARGETS: dict[str, float] = {"teacher": 1.0, "clean": 0.0, "mix": 0.5}
 
@@ -48,6 +48,10 @@ class LayerSetting:
     sparsity: float = 0.0  # unstructured: fraction of weights; structured: fraction of units
     codebook: int = 16  # K
     structured: bool = False
+    # runtime weight width whose symmetric integer grid the codebook is held on (cluster.GRID_Q:
+    # 4 or 8), so that a runtime storing it at that width reproduces the .hwc exactly; 0: free
+    # k-means centroids (the paper's clustering)
+    grid: int = 0
 
 
 @dataclass
@@ -69,6 +73,7 @@ class CompressConfig:
     lr: float = 1e-4
     seed: int = 0
     finetune_target: str = "teacher"  # teacher (distil from the dense model), clean, or mix (0.5/0.5)
+    grid: int = 0  # LayerSetting.grid for every layer not overridden
 
 
 def check_finetune_target(target: str) -> None:
@@ -83,6 +88,7 @@ def check_global(cfg: CompressConfig) -> None:
         raise HwcError(f"sparsity must be in [0, 1), got {cfg.sparsity}")
     if not 2 <= cfg.codebook <= 256:
         raise HwcError(f"codebook size K must be between 2 and 256, got {cfg.codebook}")
+    _check_grid(cfg.grid, "grid")
     if cfg.init not in INITS:
         raise HwcError(f"unknown codebook init {cfg.init!r}: use one of {', '.join(INITS)}")
     if cfg.method not in METHODS:
@@ -94,6 +100,12 @@ def check_global(cfg: CompressConfig) -> None:
     for name in ("regularize_steps", "prune_steps", "cluster_steps", "batch", "prune_every"):
         if getattr(cfg, name) < 0:
             raise HwcError(f"{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
+
+
+def _check_grid(grid: object, where: str) -> None:
+    if isinstance(grid, bool) or grid not in (0, *GRID_Q):
+        raise HwcError(f"{where} must be 0 (free centroids) or a runtime weight width of "
+                       f"{' or '.join(map(str, GRID_Q))} bits, got {grid!r}")
 
 
 def read_layer_config(path: Path) -> dict[str, dict]:
@@ -115,10 +127,12 @@ def read_layer_config(path: Path) -> dict[str, dict]:
             # TOML booleans are ints to Python: say "true" is not a number, and 0.5 is not a K
             ok = {"sparsity": isinstance(value, (int, float)) and not isinstance(value, bool),
                   "codebook": isinstance(value, int) and not isinstance(value, bool),
-                  "structured": isinstance(value, bool)}[key]
+                  "structured": isinstance(value, bool),
+                  "grid": isinstance(value, int) and not isinstance(value, bool) and value in (0, *GRID_Q)}[key]
             if not ok:
                 want = {"sparsity": "a number in [0, 1)", "codebook": "an integer K (2..256)",
-                        "structured": "true or false"}[key]
+                        "structured": "true or false",
+                        "grid": f"0 or a weight width of {' or '.join(map(str, GRID_Q))} bits"}[key]
                 raise HwcError(f"{path}: layer {name!r}: {key} must be {want}, got {value!r}")
     return layers
 
@@ -133,7 +147,8 @@ def layer_settings(model: SEModel, cfg: CompressConfig) -> dict[str, LayerSettin
     for name in names:
         over = cfg.layers.get(name, {})
         s = LayerSetting(float(over.get("sparsity", cfg.sparsity)), int(over.get("codebook", cfg.codebook)),
-                         bool(over.get("structured", cfg.structured)))
+                         bool(over.get("structured", cfg.structured)), int(over.get("grid", cfg.grid)))
+        _check_grid(s.grid, f"layer {name}: grid")
         if not 0.0 <= s.sparsity < 1.0:
             raise HwcError(f"layer {name}: sparsity must be in [0, 1), got {s.sparsity}")
         if not 2 <= s.codebook <= 256:
@@ -223,7 +238,7 @@ def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSett
             smaller.meta = getattr(model, "meta", {})
             return smaller
         model = _stage(work, "prune-structured", prune_structured, log, template)
-        settings = {**{n: LayerSetting(0.0, s.codebook) for n, s in settings.items()},
+        settings = {**{n: LayerSetting(0.0, s.codebook, grid=s.grid) for n, s in settings.items()},
                     **{n: settings[n] for n in unstructured}}
     if unstructured:
         def prune_unstructured() -> SEModel:
@@ -238,12 +253,18 @@ def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSett
     # per weight matrix of a weight layer (a LayerNorm over two axes is no weight: not clustered)
     layer_of = {path: n for n, path in layer_paths(model).items()}
     ks = {pname: settings[layer_of[pname.rpartition(".")[0]]].codebook for pname in clusterable(model)}
-    clustered = cluster_model(model, ks, init=cfg.init, method=cfg.method)
+    grids = {pname: settings[layer_of[pname.rpartition(".")[0]]].grid for pname in ks}
+
+    def on_grid(clustered: dict) -> dict:
+        return {n: snap_to_grid(c, grids[n]) if grids[n] else c for n, c in clustered.items()}
+
+    # centroids start on their grid, are fine-tuned freely (small steps) and snapped back after
+    clustered = on_grid(cluster_model(model, ks, init=cfg.init, method=cfg.method))
     if cfg.cluster_steps:
         tuner = CentroidTuner(model, clustered)
         finetune(model, "cluster", cfg.cluster_steps, parameters=list(tuner.parameters()),
                  after_backward=tuner.step_hook, after_step=lambda _m: tuner.materialize())
-        clustered = tuner.clustered()
+        clustered = on_grid(tuner.clustered())
     meta = dict(getattr(model, "meta", {}))
     meta["compression"] = {"config": asdict(cfg), "stages": sorted(p.name for p in work.iterdir() if p.is_dir()),
                            "finetune": {"target": cfg.finetune_target, "teacher_weight": teacher_weight,

@@ -24,9 +24,14 @@ is what a layer clustered to K <= 16 can use at run time. On LiteRT, int4 stores
 FULLY_CONNECTED weights (every recurrent gate matmul and Linear) as 4-bit per-channel integers
 and the convolutions as int8; onnxruntime int4 stores every constant-weight MatMul (the
 recurrent cells exported as matmuls) as MatMulNBits (4-bit, blocks of up to 128) and the rest int8;
-`weights="mixed"` (LiteRT, onnxruntime) gives 4 bits only to the layers whose
-weight matrices hold at most 16 distinct values (a `.hwc` codebook of K <= 16) and 8 bits to the
-rest. `weights="fp32"` keeps float weights.
+`weights="mixed"` (LiteRT, onnxruntime) gives 4 bits only to the layers whose weights lie on
+the symmetric 4-bit integer grid (a `.hwc` codebook held there: `compress --grid 4`, or the fit)
+and 8 bits to the rest. `weights="fp32"` keeps float weights.
+
+Exactness: on LiteRT and onnxruntime (`GRID_EXACT_BACKENDS`) a weight matrix lying on the
+integer grid of its stored width (`compress.cluster.grid_step`: every value q * step, q in the
+width's range) is stored with that step as every channel's or block's scale, so the file
+dequantizes to exactly the `.hwc` values; other weights get the runtime's own absmax rounding.
 """
 
 from __future__ import annotations
@@ -62,9 +67,16 @@ INT4_KINDS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("LSTM", "GRU", "Linear"),
     "openvino": ("LSTM", "GRU", "Linear", "Conv2d", "ConvTranspose2d", "Conv1d"),
 }
-#: `weights="mixed"`: a layer whose weight matrices hold at most this many distinct values (a
-#: codebook of K <= 16, as `.hwc` clustering leaves it) gets 4-bit weights, the others 8-bit
+#: the search gives 4-bit runtime weights (`weights="mixed"`) to the layers it clusters to
+#: K <= 16, holding their codebooks on the 4-bit grid (at most 15 nonzero values: zero, which
+#: pruned weights need, is the 16th code); `export` of a `.hwc` gives 4 bits to the layers whose
+#: weights lie on that grid (`mixed_layers`), where the runtime reproduces them exactly
 MIXED_MAX_K = 16
+#: backends whose int8/int4 export stores a weight lying on a symmetric integer grid
+#: (compress.cluster.grid_step) with the grid's step as its scales, i.e. exactly: onnxruntime
+#: (quantize_dynamic overrides, MatMulNBits rewritten), LiteRT (scales and integers patched
+#: into ai-edge-quantizer's file). The fit holds codebooks on these grids for them.
+GRID_EXACT_BACKENDS = ("onnxruntime", "litert")
 #: layer kinds a backend's weight quantization leaves in float: onnxruntime's quantize_dynamic
 #: has an integer LSTM (DynamicQuantizeLSTM) but no integer GRU, so GRU weights stay fp32 in
 #: its int8 artifact and run at fp32 speed (measured: GRU models' int8/fp32 latency ratio 1.0)
@@ -230,10 +242,28 @@ def layer_widths(backend: str, path: Path, model: torch.nn.Module) -> dict[str, 
     return {}
 
 
+def grid_bits(model: torch.nn.Module) -> dict[str, int]:
+    """Per layer (models.cost.layer_paths), the narrowest runtime width (4 or 8) whose symmetric
+    integer grid holds every weight matrix of the layer exactly (compress.cluster.grid_step);
+    layers on no grid (dense, or clustered with free centroids) are left out."""
+    from hwcompress.compress.cluster import GRID_Q, grid_step
+    from hwcompress.models.cost import layer_paths
+
+    params = dict(model.named_parameters())
+    out = {}
+    for layer, path in layer_paths(model).items():
+        mats = [p for n, p in params.items() if n.startswith(path + ".") and p.dim() >= 2]
+        bits = next((b for b in sorted(GRID_Q) if mats and all(grid_step(p, b) is not None for p in mats)), None)
+        if bits is not None:
+            out[layer] = bits
+    return out
+
+
 def mixed_layers(model: torch.nn.Module) -> list[str]:
-    """The layers `weights="mixed"` stores at 4 bits when not told: those whose weight matrices
-    hold at most MIXED_MAX_K distinct values."""
-    return [layer for layer, k in distinct_weights(model).items() if k <= MIXED_MAX_K]
+    """The layers `weights="mixed"` stores at 4 bits when not told: those whose weights lie on
+    the 4-bit grid (`grid_bits`), which the runtime then holds exactly. A layer clustered to
+    K <= 16 free centroids is on no such grid and stays 8-bit."""
+    return [layer for layer, b in grid_bits(model).items() if b == 4]
 
 
 def run_stream(

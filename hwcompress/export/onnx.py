@@ -85,19 +85,49 @@ def export_onnx(model: torch.nn.Module, path: Path, mode: str, exporter: str = "
     onnx.checker.check_model(str(path))
 
 
+#: per weight input of each op quantize_dynamic quantizes, the channel axis it uses (MatMul: the
+#: output column; LSTM: W and R reshaped to [4H, in]); None: one scale per tensor (ConvInteger)
+_INT8_WEIGHT_AXES: dict[str, dict[int, int | None]] = {"MatMul": {1: 1}, "Conv": {1: None}, "LSTM": {1: 0, 2: 0}}
+
+
+def grid_overrides(model: onnx.ModelProto) -> dict[str, list[dict]]:
+    """quantize_dynamic's TensorQuantOverrides that store each weight lying on a symmetric 8-bit
+    grid (a `.hwc` codebook held on its runtime grid: compress.cluster.grid_step) with that grid's
+    step as every channel's scale and zero point 0, so its int8 weights dequantize to exactly the
+    `.hwc` values (its own choice, absmax/127 per channel, would not)."""
+    from onnx import numpy_helper
+
+    from hwcompress.compress.cluster import grid_step
+
+    inits = {i.name: i for i in model.graph.initializer}
+    out: dict[str, list[dict]] = {}
+    for node in model.graph.node:
+        for index, axis in _INT8_WEIGHT_AXES.get(node.op_type, {}).items():
+            name = node.input[index] if index < len(node.input) else ""
+            if name in inits and name not in out:
+                d = grid_step(numpy_helper.to_array(inits[name]), 8)
+                if d is not None:
+                    out[name] = [{"scale": np.float32(d), "zero_point": np.int8(0),
+                                  **({} if axis is None else {"axis": axis})}]
+    return out
+
+
 def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None) -> None:
     """onnxruntime dynamic quantization: int8 per-channel weights (MatMulInteger,
     DynamicQuantizeLSTM, ConvInteger), activations quantized on the fly per call; the nodes
-    named in `exclude` keep their float weights."""
+    named in `exclude` keep their float weights. Weights on an 8-bit grid are stored exactly
+    (`grid_overrides`)."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # its "consider pre-processing" advice is logged at WARNING on every call
     logging.getLogger().setLevel(logging.ERROR)
+    overrides = grid_overrides(onnx.load(str(src)))
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         nodes_to_exclude=list(exclude or []))
+                         nodes_to_exclude=list(exclude or []),
+                         extra_options={"TensorQuantOverrides": overrides} if overrides else None)
     except Exception as exc:  # quantizer failures come as many types
         raise g.unsupported("onnxruntime int8 quantization", exc) from None
 
@@ -178,12 +208,53 @@ def matmul_layers(model: onnx.ModelProto, net: torch.nn.Module) -> dict[str, str
     return out
 
 
+def pack_nbits(w: np.ndarray, step: float, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """MatMulNBits' 4-bit B and scales for the [K, N] weight `w` lying on the 4-bit grid of
+    `step` (compress.cluster.GRID_Q[4]): every block's scale is the step and q + 8 is stored (the
+    op's implicit zero point for symmetric 4 bits), low nibble first, K padded with zeros to whole
+    blocks; B is [N, blocks, block / 2] uint8, scales [N, blocks]. Written here because
+    MatMulNBitsQuantizer picks each block's scale from its own absmax, which puts a grid layer's
+    weights off their values. The op dequantizes (q - 8) * scale, exactly the grid's values."""
+    k, n = w.shape
+    blocks = -(-k // block)
+    q = np.zeros((n, blocks * block), dtype=np.uint8)
+    q[:, :k] = (np.rint(w.T.astype(np.float64) / step) + 8).astype(np.uint8)
+    q = q.reshape(n, blocks, block)
+    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    return packed, np.full((n, blocks), step, dtype=np.float32)
+
+
+def _exact_nbits(model: onnx.ModelProto, originals: dict[str, np.ndarray]) -> None:
+    """Rewrite the B and scales of every MatMulNBits node whose original MatMul weight (by output
+    name) lies on the 4-bit grid with `pack_nbits`, in place."""
+    from onnx import helper, numpy_helper
+
+    from hwcompress.compress.cluster import grid_step
+
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        w = originals.get(node.output[0])
+        if node.op_type != "MatMulNBits" or w is None:
+            continue
+        step = grid_step(w, 4)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if step is None or attrs.get("bits") != 4 or len(node.input) > 3 and node.input[3]:
+            continue
+        packed, scales = pack_nbits(w, step, int(attrs["block_size"]))
+        for name, value in ((node.input[1], packed), (node.input[2], scales)):
+            old = inits[name]
+            if tuple(old.dims) != value.shape and int(np.prod(old.dims)) != value.size:
+                raise HwcError(f"onnxruntime MatMulNBits: {name} has shape {list(old.dims)}, expected {list(value.shape)}")
+            old.CopyFrom(numpy_helper.from_array(value.reshape(tuple(old.dims)), name))
+
+
 def quantize(src: Path, dst: Path, weights: str, net: torch.nn.Module | None = None,
              int4_layers: list[str] | None = None) -> None:
     """int8: `quantize_int8`. int4: every constant-weight MatMul (the explicit recurrent cells'
     gate matmuls and the Linear layers) as MatMulNBits, 4-bit symmetric in blocks of INT4_BLOCK,
     then the rest (convolutions) int8 by quantize_dynamic. mixed: 4 bits only for the MatMuls of
-    `int4_layers` (default: the layers of `net` with at most 16 distinct weight values)."""
+    `int4_layers` (default: the layers of `net` on the 4-bit grid, `export.mixed_layers`). Weights
+    on an integer grid are stored exactly (`grid_overrides`, `pack_nbits`)."""
     if weights == "int8":
         return quantize_int8(src, dst)
     import logging
@@ -194,7 +265,9 @@ def quantize(src: Path, dst: Path, weights: str, net: torch.nn.Module | None = N
         raise HwcError(f"onnxruntime 4-bit export needs {exc.name}: pip install onnx-ir") from None
     logging.getLogger().setLevel(logging.ERROR)
     model = _gemm_to_matmul(onnx.load(str(src)))
-    shapes = {n: w.shape for n, w in weight_matmuls(model).items()}
+    originals = weight_matmuls(model)
+    shapes = {n: w.shape for n, w in originals.items()}
+    by_output = {n.output[0]: originals[n.name] for n in model.graph.node if n.name in originals}
     layer_of = matmul_layers(model, net) if net is not None else {}
     if weights == "mixed":
         from hwcompress.export import mixed_layers
@@ -233,11 +306,44 @@ def quantize(src: Path, dst: Path, weights: str, net: torch.nn.Module | None = N
             model = q.model.model
         except Exception as exc:  # quantizer failures come as many types
             raise g.unsupported("onnxruntime MatMulNBits quantization", exc) from None
+    _exact_nbits(model, by_output)
     # what the 4-bit nodes hold, for the report (the packed weights no longer match by value)
     layers = sorted({layer_of.get(n, "?") for n in nodes})
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
                                         INT4_LAYERS_KEY: ",".join(layers)})
     onnx.save(model, str(dst))
+
+
+def stored_weight_values(path: Path) -> dict[str, np.ndarray]:
+    """The weights an int8/int4 ONNX file holds, dequantized as the runtime does (q * scale per
+    channel, MatMulNBits' (q - 8) * scale per block, padding dropped): initializer name -> float32
+    array in the file's own layout. For checking a file against the model it was exported from."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    out = {}
+    for name, q in arrays.items():
+        base = name.removesuffix("_quantized")
+        if base != name and q.dtype == np.int8 and base + "_scale" in arrays:
+            scale = arrays[base + "_scale"].astype(np.float32)
+            shape = [1] * q.ndim
+            if scale.size > 1:  # per channel: along the axis of that length (MatMul: columns)
+                axis = next(a for a in ([1, 0] if q.ndim == 2 else range(q.ndim)) if q.shape[a] == scale.size)
+                shape[axis] = scale.size
+            zp = arrays.get(base + "_zero_point", np.zeros(1, np.int8)).astype(np.float32).reshape(shape if scale.size > 1 else [1])
+            out[base] = ((q.astype(np.float32) - zp) * scale.reshape(shape)).astype(np.float32)
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        k, n, block = int(attrs["K"]), int(attrs["N"]), int(attrs["block_size"])
+        b = arrays[node.input[1]].reshape(n, -1)
+        q = np.stack([b & 0x0F, b >> 4], axis=-1).reshape(n, -1)[:, : -(-k // block) * block].astype(np.float32)
+        scales = arrays[node.input[2]].reshape(n, -1).astype(np.float32)
+        w = (q - 8.0).reshape(n, scales.shape[1], block) * scales[..., None]
+        out[node.input[1]] = np.ascontiguousarray(w.reshape(n, -1)[:, :k].T)
+    return out
 
 
 class OnnxSession(g.SessionBase):
@@ -277,7 +383,7 @@ class OnnxBackend:
                frames: int | None = None, stem: str | None = None, weights: str = "fp32",
                int4_layers: list[str] | None = None) -> Path:
         """`frames` is ignored: the whole-utterance graph has a dynamic T. `int4_layers`
-        (weights="mixed"): the layers to store at 4 bits (default: those with K <= 16)."""
+        (weights="mixed"): the layers to store at 4 bits (default: those on the 4-bit grid, `export.mixed_layers`)."""
         check_mode(mode, weights, self.name)
         dst = Path(out_dir) / (g.artifact_stem(stem, mode, weights=weights) + self.suffix)
         with g.staging(Path(out_dir)) as tmp:

@@ -118,6 +118,129 @@ def quantize(src: Path, dst: Path, weights: str = "int8", int4_scopes: list[str]
             q.quantize().export_model(str(dst), overwrite=True)
     except Exception as exc:  # the quantizer raises many types
         raise g.unsupported("ai-edge-quantizer", exc) from None
+    exact_grid(src, dst)
+
+
+def _unpack_int4(raw: np.ndarray, count: int) -> np.ndarray:
+    """TFLite's packed INT4 tensor data: two signed values a byte, low nibble first."""
+    b = raw.astype(np.uint8)
+    q = np.stack([b & 0x0F, b >> 4], axis=-1).reshape(-1)[:count].astype(np.int8)
+    return np.where(q > 7, q - 16, q).astype(np.int8)
+
+
+def _pack_int4(q: np.ndarray) -> np.ndarray:
+    flat = q.astype(np.int8).reshape(-1)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.int8)])
+    u = (flat.astype(np.int16) & 0x0F).astype(np.uint8)
+    return (u[0::2] | (u[1::2] << 4)).astype(np.uint8)
+
+
+def stored_weight_values(path: Path) -> dict[str, np.ndarray]:
+    """The weights of a .tflite's weight ops as the runtime holds them (integer ones dequantized,
+    q * scale of their channel; float32 ones as stored): op output name -> float32 array in the
+    file's layout. Checks a quantized file element by element against the fp32 file of the same
+    model (same op names and layouts)."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(Path(path).read_bytes(), 0))
+    sub, out = model.subgraphs[0], {}
+    tensors = {sub.tensors[op.outputs[0]].name.decode(): int(op.inputs[1]) for op in sub.operators or []
+               if op.inputs is not None and len(op.inputs) > 1 and op.inputs[1] >= 0 and len(op.outputs)}
+    for name, t in tensors.items():
+        tensor = sub.tensors[t]
+        data = model.buffers[tensor.buffer].data
+        qp = tensor.quantization
+        shape = tuple(int(d) for d in tensor.shape) if tensor.shape is not None else ()
+        count = int(np.prod(shape))
+        if data is None or not shape:
+            continue
+        raw = np.asarray(data, dtype=np.uint8)
+        if tensor.type == fb.TensorType.FLOAT32 and raw.size == 4 * count:
+            out[name] = raw.view(np.float32).reshape(shape).copy()
+            continue
+        if qp is None or qp.scale is None or tensor.type not in (fb.TensorType.INT8, fb.TensorType.INT4):
+            continue
+        q = _unpack_int4(raw, count) if tensor.type == fb.TensorType.INT4 else raw.view(np.int8)[:count]
+        scale = np.asarray(qp.scale, dtype=np.float32)
+        bshape = [1] * len(shape)
+        if scale.size > 1:
+            bshape[int(qp.quantizedDimension)] = scale.size
+        zero = np.asarray(qp.zeroPoint if qp.zeroPoint is not None else [0], dtype=np.float32).reshape(bshape)
+        out[name] = ((q.reshape(shape).astype(np.float32) - zero) * scale.reshape(bshape)).astype(np.float32)
+    return out
+
+
+def _vector_at(table, slot: int) -> int | None:
+    """Byte position of the first element of a flatbuffer table's vector field (vtable `slot`)."""
+    o = table._tab.Offset(slot)
+    return table._tab.Vector(o) if o else None
+
+
+#: vtable slots of the fields patched in place (schema order: Buffer.data; QuantizationParameters
+#: min, max, scale, zero_point: slot = 4 + 2 * field index)
+_BUFFER_DATA, _QUANT_SCALE, _QUANT_ZERO = 4, 8, 10
+
+
+def exact_grid(src: Path, dst: Path) -> list[str]:
+    """Rewrite, in the quantized `dst`, every integer weight whose float original in `src` (the
+    fp32 .tflite it was quantized from, matched by op output name) lies on the symmetric integer
+    grid of its stored width (compress.cluster.grid_step): every channel's scale becomes the grid's
+    step, zero point 0, and the integers w / step, so the file dequantizes to exactly the `.hwc`
+    values (ai-edge-quantizer's absmax scale per channel would not). Returns the ops rewritten.
+    Written here: ai-edge-quantizer takes no given scales for weights. The bytes are patched in
+    place (same sizes), which keeps the file's layout and buffer alignment as the quantizer wrote it."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    from hwcompress.compress.cluster import grid_step
+
+    def weights(model) -> dict[str, object]:
+        sub = model.Subgraphs(0)
+        out = {}
+        for i in range(sub.OperatorsLength()):
+            op = sub.Operators(i)
+            if op.InputsLength() > 1 and op.Inputs(1) >= 0 and op.OutputsLength():
+                out[sub.Tensors(op.Outputs(0)).Name().decode()] = op.Inputs(1)
+        return out
+
+    fdata, data = Path(src).read_bytes(), bytearray(Path(dst).read_bytes())
+    floats, model = fb.Model.GetRootAsModel(fdata, 0), fb.Model.GetRootAsModel(bytes(data), 0)
+    f_sub, sub = floats.Subgraphs(0), model.Subgraphs(0)
+    f_weights = weights(floats)
+    bits_of = {fb.TensorType.INT8: 8, fb.TensorType.INT4: 4}
+    done, rewritten = set(), []
+    for name, t in weights(model).items():
+        tensor = sub.Tensors(t)
+        if t in done or name not in f_weights or tensor.Type() not in bits_of:
+            continue
+        ft = f_sub.Tensors(f_weights[name])
+        shape = tuple(int(v) for v in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
+        qp, fbuf, buf = tensor.Quantization(), floats.Buffers(ft.Buffer()), model.Buffers(tensor.Buffer())
+        if (ft.Type() != fb.TensorType.FLOAT32 or qp is None or not qp.ScaleLength() or not shape
+                or tuple(int(v) for v in ft.ShapeAsNumpy()) != shape or fbuf.DataLength() != 4 * int(np.prod(shape))):
+            continue
+        w = fbuf.DataAsNumpy().view(np.float32).reshape(shape)
+        bits = bits_of[tensor.Type()]
+        step = grid_step(w, bits)
+        if step is None:
+            continue
+        q = np.rint(w.astype(np.float64) / step).astype(np.int8)
+        packed = _pack_int4(q) if bits == 4 else q.view(np.uint8).reshape(-1)
+        at = _vector_at(buf, _BUFFER_DATA)
+        if at is None or buf.DataLength() != packed.size:
+            continue
+        data[at:at + packed.size] = packed.tobytes()
+        n = qp.ScaleLength()
+        s_at = _vector_at(qp, _QUANT_SCALE)
+        data[s_at:s_at + 4 * n] = np.full(n, step, dtype="<f4").tobytes()
+        z_at = _vector_at(qp, _QUANT_ZERO)
+        if z_at is not None:
+            data[z_at:z_at + 8 * qp.ZeroPointLength()] = np.zeros(qp.ZeroPointLength(), dtype="<i8").tobytes()
+        done.add(t)
+        rewritten.append(name)
+    if rewritten:
+        Path(dst).write_bytes(bytes(data))
+    return rewritten
 
 
 def quantize_int8(src: Path, dst: Path) -> None:

@@ -430,15 +430,39 @@ class Fitter:
         to K <= 16 whose kind the backend runs at 4 bits (`export.INT4_KINDS`); the latency model prices each layer at its width from here on."""
         if self.cfg.weights != "mixed":
             return
-        from hwcompress.export import INT4_KINDS, MIXED_MAX_K
+        from hwcompress.export import MIXED_MAX_K
         from hwcompress.models.cost import layer_costs
 
         kinds = {r["name"]: r["kind"] for r in layer_costs(self.model)}
-        self.int4_layers = [layer for layer, k in ks.items() if k <= MIXED_MAX_K and kinds.get(layer) in INT4_KINDS[self.backend]]
+        self.int4_layers = self.four_bit_layers(ks)
         self.weight_bits = {layer: 4 if layer in self.int4_layers else 8 for layer in kinds}
         self.oracle.bits = self.weight_bits
         self.oracle._cache.clear()
         self.log(f"mixed weights: 4-bit {', '.join(self.int4_layers) or 'none'} (K <= {MIXED_MAX_K}); 8-bit the rest")
+
+    def four_bit_layers(self, ks: dict[str, int]) -> list[str]:
+        """weights="mixed": the layers clustered to K <= 16 whose kind the backend runs at 4 bits."""
+        from hwcompress.export import INT4_KINDS, MIXED_MAX_K
+        from hwcompress.models.cost import layer_costs
+
+        kinds = {r["name"]: r["kind"] for r in layer_costs(self.model)}
+        return [layer for layer, k in ks.items() if k <= MIXED_MAX_K and kinds.get(layer) in INT4_KINDS[self.backend]]
+
+    def grids(self, ks: dict[str, int]) -> dict[str, int]:
+        """Per layer, the runtime width whose integer grid its codebook is held on, so that the
+        backend stores the `.hwc` weights exactly (`export.GRID_EXACT_BACKENDS`): 4 bits for the
+        layers the file stores at 4 bits (int4: the backend's 4-bit kinds; mixed: those of
+        `four_bit_layers`), 8 for the rest; none on other backends (their export rounds on its
+        own grid)."""
+        from hwcompress.export import GRID_EXACT_BACKENDS, INT4_KINDS
+        from hwcompress.models.cost import layer_costs
+
+        if self.backend not in GRID_EXACT_BACKENDS or self.cfg.weights not in ("int8", "int4", "mixed"):
+            return {}
+        kinds = {r["name"]: r["kind"] for r in layer_costs(self.model)}
+        four = (set(self.four_bit_layers(ks)) if self.cfg.weights == "mixed" else
+                {n for n, k in kinds.items() if k in INT4_KINDS[self.backend]} if self.cfg.weights == "int4" else set())
+        return {n: 4 if n in four else 8 for n in kinds}
 
     def codebooks(self, k_sens: dict) -> dict[str, int]:
         from hwcompress.models.cost import layer_paths
@@ -455,7 +479,9 @@ class Fitter:
         items = self.sensitivity_items(self.data)
         cache = self.out / "sensitivity" / "codebooks-joint.json"
         key = {"what": "joint codebook check", "model": model_digest(self.model),
-               "evaluation": sens.evaluation_key(items), "k_sens": digest(k_sens), "budget": budget}
+               "evaluation": sens.evaluation_key(items), "k_sens": digest(k_sens), "budget": budget,
+               # the grids the codebooks are held on (none, or per layer by K: see `grids`)
+               "grids": digest(self.grids({layer: 2 for layer in weights})) + digest(self.grids({layer: 256 for layer in weights}))}
         cached = read_keyed(cache, key, self.log)
         if cached is not None:
             ks = cached.get("ks")
@@ -466,7 +492,7 @@ class Fitter:
         # single-layer losses add up only roughly (and the small ones are within the noise
         # of a few validation mixtures), so the choice is checked with every layer clustered
         # at once and the tolerance halved until the joint loss stays within the budget
-        from hwcompress.compress.cluster import apply_clustering, cluster_model
+        from hwcompress.compress.cluster import apply_clustering, cluster_model, snap_to_grid
         import copy
 
         score = sens.score_fn(items)
@@ -478,7 +504,11 @@ class Fitter:
             paths = layer_paths(net)
             per_param = {n: ks[layer] for n, p in net.named_parameters() if p.dim() >= 2
                          for layer, path in paths.items() if n.startswith(path + ".")}
-            apply_clustering(net, cluster_model(net, per_param))
+            grid_of = {n: self.grids(ks).get(layer, 0) for n in per_param
+                       for layer, path in paths.items() if n.startswith(path + ".")}
+            # the codebooks as the .hwc will hold them: on their runtime grid where it has one
+            apply_clustering(net, {n: snap_to_grid(c, grid_of[n]) if grid_of[n] else c
+                                   for n, c in cluster_model(net, per_param).items()})
             joint = float(k_sens["base"]) - score(net)
             trials.append({"tolerance": tolerance, "ks": ks, "joint_loss": joint})
             self.log(f"codebooks: joint objective increase {joint:.6f} (budget {budget:.6f}) with K "
@@ -495,7 +525,7 @@ class Fitter:
     def compress(self, work: Path, data: Path, ratios: dict[str, float], ks: dict[str, int]) -> dict:
         from hwcompress.compress.pipeline import CompressConfig, compress
 
-        layers: dict[str, dict] = {name: {"codebook": k} for name, k in ks.items()}
+        layers: dict[str, dict] = {name: {"codebook": k, "grid": self.grids(ks).get(name, 0)} for name, k in ks.items()}
         for g, r in ratios.items():
             if r > 0:
                 layers.setdefault(g, {}).update(sparsity=r, structured=True)
