@@ -77,9 +77,10 @@ MIXED_MAX_K = 16
 #: (quantize_dynamic overrides, MatMulNBits rewritten), LiteRT (scales and integers patched
 #: into ai-edge-quantizer's file). The fit holds codebooks on these grids for them.
 GRID_EXACT_BACKENDS = ("onnxruntime", "litert")
-#: layer kinds a backend's weight quantization leaves in float: onnxruntime's quantize_dynamic
-#: has an integer LSTM (DynamicQuantizeLSTM) but no integer GRU, so GRU weights stay fp32 in
-#: its int8 artifact and run at fp32 speed (measured: GRU models' int8/fp32 latency ratio 1.0)
+#: layer kinds a backend's int8 export computes in float: onnxruntime's quantize_dynamic has an
+#: integer LSTM (DynamicQuantizeLSTM) but no integer GRU (nor ConvTranspose), so GRU runs at fp32
+#: speed (measured: GRU models' int8/fp32 latency ratio 1.0); its weights are still stored at 8 bits
+#: (int8 behind a DequantizeLinear: `onnx.weight_only_int8`)
 FLOAT_KINDS_WHEN_QUANTIZED: dict[str, tuple[str, ...]] = {"onnxruntime": ("GRU",)}
 
 # canonical name -> (module implementing it, runtime import that must work, pip extra)

@@ -130,6 +130,53 @@ def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None) -> Non
                          extra_options={"TensorQuantOverrides": overrides} if overrides else None)
     except Exception as exc:  # quantizer failures come as many types
         raise g.unsupported("onnxruntime int8 quantization", exc) from None
+    model = onnx.load(str(dst))
+    if weight_only_int8(model, set(exclude or [])):
+        onnx.save(model, str(dst))
+
+
+#: ops quantize_dynamic leaves in float (no integer kernel): their constant weights (input index ->
+#: the output-channel axis of the weight) are stored as int8 behind a DequantizeLinear instead, so
+#: the file holds 8 bits per weight while the op still computes in float
+_WEIGHT_ONLY_AXES: dict[str, dict[int, int]] = {"ConvTranspose": {1: 1}, "GRU": {1: 1, 2: 1}}
+
+
+def weight_only_int8(model: onnx.ModelProto, exclude: set[str] = frozenset()) -> list[str]:
+    """Store the float constant weights of `_WEIGHT_ONLY_AXES` ops as int8 (symmetric, per output
+    channel; the grid's step where the weight lies on the 8-bit grid, so exactly) feeding a
+    DequantizeLinear, in place; returns the nodes changed. Written here: onnxruntime's dynamic
+    quantizer has no ConvTranspose or GRU, and its static QDQ path would quantize activations too."""
+    from onnx import helper, numpy_helper
+
+    from hwcompress.compress.cluster import grid_step
+
+    inits = {i.name: i for i in model.graph.initializer}
+    changed, new_nodes = [], []
+    for node in model.graph.node:
+        for index, axis in _WEIGHT_ONLY_AXES.get(node.op_type, {}).items() if node.name not in exclude else ():
+            name = node.input[index] if index < len(node.input) else ""
+            if name not in inits or inits[name].data_type != onnx.TensorProto.FLOAT:
+                continue
+            w = numpy_helper.to_array(inits[name])
+            step = grid_step(w, 8)
+            moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+            scale = (np.full(w.shape[axis], step, dtype=np.float32) if step is not None else
+                     np.where(np.abs(moved).max(axis=1) > 0, np.abs(moved).max(axis=1) / 127.0, 1.0).astype(np.float32))
+            shape = [1] * w.ndim
+            shape[axis] = w.shape[axis]
+            q = np.clip(np.rint(w.astype(np.float64) / scale.reshape(shape)), -127, 127).astype(np.int8)
+            model.graph.initializer.remove(inits[name])
+            model.graph.initializer.extend([numpy_helper.from_array(q, name + "_int8"),
+                                            numpy_helper.from_array(scale, name + "_int8_scale")])
+            new_nodes.append(helper.make_node("DequantizeLinear", [name + "_int8", name + "_int8_scale"], [name],
+                                              name=name + "_dequantize", axis=axis))
+            changed.append(node.name)
+    if new_nodes:
+        # constants first: the graph stays topologically sorted
+        nodes = new_nodes + list(model.graph.node)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return changed
 
 
 #: MatMulNBits block: 128 input weights share one fp32 scale (0.25 bit per weight on top of the 4;
@@ -316,8 +363,9 @@ def quantize(src: Path, dst: Path, weights: str, net: torch.nn.Module | None = N
 
 def stored_weight_values(path: Path) -> dict[str, np.ndarray]:
     """The weights an int8/int4 ONNX file holds, dequantized as the runtime does (q * scale per
-    channel, MatMulNBits' (q - 8) * scale per block, padding dropped): initializer name -> float32
-    array in the file's own layout. For checking a file against the model it was exported from."""
+    channel, a constant DequantizeLinear's output, MatMulNBits' (q - 8) * scale per block, padding
+    dropped): weight name -> float32 array in the file's own layout. For checking a file against
+    the model it was exported from."""
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(path), load_external_data=False)
@@ -334,9 +382,17 @@ def stored_weight_values(path: Path) -> dict[str, np.ndarray]:
             zp = arrays.get(base + "_zero_point", np.zeros(1, np.int8)).astype(np.float32).reshape(shape if scale.size > 1 else [1])
             out[base] = ((q.astype(np.float32) - zp) * scale.reshape(shape)).astype(np.float32)
     for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "DequantizeLinear" and node.input[0] in arrays and node.input[1] in arrays:
+            q, scale = arrays[node.input[0]].astype(np.float32), arrays[node.input[1]].astype(np.float32)
+            shape = [1] * q.ndim
+            if scale.size > 1:
+                shape[int(attrs.get("axis", 1))] = scale.size
+            zp = arrays[node.input[2]].astype(np.float32).reshape(shape) if len(node.input) > 2 and node.input[2] else 0.0
+            out[node.output[0]] = ((q - zp) * scale.reshape(shape)).astype(np.float32)
+            continue
         if node.op_type != "MatMulNBits":
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         k, n, block = int(attrs["K"]), int(attrs["N"]), int(attrs["block_size"])
         b = arrays[node.input[1]].reshape(n, -1)
         q = np.stack([b & 0x0F, b >> 4], axis=-1).reshape(n, -1)[:, : -(-k // block) * block].astype(np.float32)
