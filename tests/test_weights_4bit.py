@@ -101,8 +101,7 @@ def test_mixed_gives_4_bits_to_the_layers_on_the_4_bit_grid_and_stores_them_exac
     assert all(t == {"INT8"} for layer, t in widths.items() if layer != "rnn.0"), widths
     assert row["parity"]["ok"] and row["parity"]["weights"] == "int4", row["parity"]
     # weight by weight against the fp32 file of the same model: the layers on a grid exactly
-    stored, floats = tflite.stored_weight_values(row["path"]), tflite.stored_weight_values(fp32["path"])
-    checked = {layer_of.get(op): np.array_equal(w, floats[op]) for op, w in stored.items()}
+    checked = {layer_of.get(op): same for op, same in tflite.exact_weights(row["path"], fp32["path"]).items()}
     assert all(checked[layer] for layer in grid_bits(model) if layer in checked), checked
     assert {"rnn.0", "enc.1", "dec.1"} <= set(checked) and checked["proj"] is False, checked
 
@@ -170,24 +169,8 @@ def test_onnxruntime_int4_stores_the_matmuls_in_4_bits_and_runs(tmp_path) -> Non
     assert i4["parity"]["ok"] and i4["parity"]["weights"] == "int4", i4["parity"]
 
 
-def _stored_matches(stored: dict[str, np.ndarray], model: torch.nn.Module) -> dict[str, bool]:
-    """Per weight matrix of `model`, whether a file's dequantized weight holds exactly its
-    values: element by element in torch's layout or transposed (Conv, MatMul, MatMulNBits), or
-    as the same multiset of values (ONNX LSTM reorders the gates)."""
-    out = {}
-    for name, p in model.named_parameters():
-        if p.dim() < 2:
-            continue
-        p = p.detach().numpy()
-        same = [a for a in stored.values() if a.size == p.size]
-        out[name] = any(np.array_equal(a.reshape(p.shape), p) or (a.ndim == 2 and a.T.shape == p.shape
-                        and np.array_equal(a.T, p)) or np.array_equal(np.sort(a.ravel()), np.sort(p.ravel()))
-                        for a in same)
-    return out
-
-
 def test_onnxruntime_mixed_follows_the_grid_and_stores_the_weights_exactly(tmp_path) -> None:
-    from hwcompress.export.onnx import layer_widths, stored_weight_values
+    from hwcompress.export.onnx import exact_weights, layer_widths
 
     model = _clustered(*GRIDDED)
     (row,) = export_checked(model, "onnxruntime", tmp_path, ["stream"], weights="mixed")
@@ -195,13 +178,13 @@ def test_onnxruntime_mixed_follows_the_grid_and_stores_the_weights_exactly(tmp_p
     assert ops.get("MatMulNBits") == 2, ops  # rnn.0's input and recurrent matmuls; proj (no grid) stays int8
     assert layer_widths(row["path"]) == {"rnn.0": "int4"}
     assert row["parity"]["ok"] and row["parity"]["weights"] == "int4", row["parity"]
-    exact = _stored_matches(stored_weight_values(row["path"]), model)
-    on_grid = [n for n in exact if n.split(".")[0] + "." + n.split(".")[1] in ("enc.1", "enc.2")
+    exact = exact_weights(row["path"], model)
+    on_grid = [n for n in exact if n.split(".")[0] + "." + n.split(".")[1] in ("enc.1", "enc.2", "dec.1")
                or n.startswith("rnn.layers.0")]
     assert on_grid and all(exact[n] for n in on_grid), exact
     assert not exact["proj.weight"], exact  # free centroids: the runtime's own int8 rounding
     (i8,) = export_checked(model, "onnxruntime", tmp_path / "int8", ["stream"], weights="int8")
-    exact8 = _stored_matches(stored_weight_values(i8["path"]), model)
+    exact8 = exact_weights(i8["path"], model)
     assert all(exact8[n] for n in on_grid) and not exact8["proj.weight"], exact8
 
 
@@ -225,12 +208,34 @@ def test_fit_mixed_on_onnxruntime_is_measured_with_its_4_bit_layers(small_corpus
     assert stored_weights(r["runtime_artifact"]["path"]) == "int4" and r["parity_ok"]
     # the .hwc holds each codebook on its width's grid, and the shipped file holds those weights
     from hwcompress.export import grid_bits
-    from hwcompress.export.onnx import stored_weight_values
+    from hwcompress.export.onnx import exact_weights
     from hwcompress.models.io import load_model
 
     hwc = load_model(str(tmp_path / "fit" / "model.hwc"), template=load_model("tiny-crn"))
     bits = grid_bits(hwc)
     assert bits["rnn.0"] == 4 and bits["proj"] == 4 and all(bits[f"enc.{i}"] == 8 for i in range(5)), bits
-    exact = _stored_matches(stored_weight_values(r["runtime_artifact"]["path"]), hwc)
-    quantized = [n for n in exact if not n.startswith("dec.")]  # ConvTranspose stays float in onnxruntime
-    assert all(exact[n] for n in quantized), exact
+    exact = exact_weights(r["runtime_artifact"]["path"], hwc)
+    assert all(exact.values()), exact  # ConvTranspose too: int8 behind a DequantizeLinear
+
+
+def test_onnxruntime_int8_stores_gru_and_transposed_conv_weights_in_8_bits(tmp_path) -> None:
+    """quantize_dynamic has no integer GRU or ConvTranspose: their weights are stored as int8
+    behind a DequantizeLinear (float compute), exactly where they lie on the 8-bit grid."""
+    from hwcompress.compress.cluster import cluster_tensor, snap_to_grid
+    from hwcompress.export.onnx import exact_weights
+
+    torch.manual_seed(0)
+    model = zoo.build("rnn", {"cell": "gru", "hidden": [256]}).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("rnn.layers.0.weight_ih"):
+                p.copy_(snap_to_grid(cluster_tensor(p, 64), 8).dense())
+    (fp32,) = export_checked(model, "onnxruntime", tmp_path / "fp32", ["stream"], check=False)
+    (i8,) = export_checked(model, "onnxruntime", tmp_path / "int8", ["stream"], weights="int8")
+    ops = _onnx_ops(i8["path"])
+    assert ops.get("GRU") == 1 and ops.get("DequantizeLinear") == 2, ops  # W and R of the GRU
+    assert stored_weights(i8["path"]) == "int8"
+    assert i8["bytes"] < 0.3 * fp32["bytes"], (i8["bytes"], fp32["bytes"])
+    assert i8["parity"]["ok"], i8["parity"]
+    exact = exact_weights(i8["path"], model)
+    assert exact["rnn.layers.0.weight_ih_l0"] and not exact["rnn.layers.0.weight_hh_l0"], exact

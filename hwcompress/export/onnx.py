@@ -402,6 +402,26 @@ def stored_weight_values(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def exact_weights(path: Path, net: torch.nn.Module) -> dict[str, bool]:
+    """Per weight matrix of `net`, whether the ONNX file holds exactly its values
+    (`stored_weight_values`, or a float initializer): element by element in torch's layout or
+    transposed (Conv, MatMul, MatMulNBits), or as the same multiset (ONNX LSTM/GRU reorder gates)."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    held = list(stored_weight_values(path).values()) + [
+        numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    out = {}
+    for name, p in net.named_parameters():
+        if p.dim() < 2:
+            continue
+        p = p.detach().numpy()
+        out[name] = any(np.array_equal(a.reshape(p.shape), p) or (a.ndim == 2 and a.T.shape == p.shape
+                        and np.array_equal(a.T, p)) or np.array_equal(np.sort(a.ravel()), np.sort(p.ravel()))
+                        for a in held if a.size == p.size)
+    return out
+
+
 class OnnxSession(g.SessionBase):
     def __init__(self, path: Path, threads: int = 1) -> None:
         path = g.require_file(path)

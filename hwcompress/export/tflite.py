@@ -171,6 +171,13 @@ def stored_weight_values(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def exact_weights(path: Path, reference: Path) -> dict[str, bool]:
+    """Per weight op of the quantized .tflite `path`, whether its weights equal, element by element,
+    those of `reference` (the fp32 .tflite of the same model: same op names and layouts)."""
+    ours, theirs = stored_weight_values(path), stored_weight_values(reference)
+    return {op: op in theirs and np.array_equal(w, theirs[op]) for op, w in ours.items()}
+
+
 def _vector_at(table, slot: int) -> int | None:
     """Byte position of the first element of a flatbuffer table's vector field (vtable `slot`)."""
     o = table._tab.Offset(slot)
