@@ -272,6 +272,7 @@ def eval_cmd(
     markdown: Annotated[Optional[Path], typer.Option(help="Write the Markdown table here.")] = None,
     workers: Annotated[int, typer.Option(min=1)] = 2,
     dnsmos: Annotated[bool, typer.Option(help="Also DNSMOS P.835 SIG/BAK/OVRL and P.808 (Microsoft's non-intrusive CNN, 1 onnxruntime thread per worker): 1-2 s per clip and condition, ~8x the other metrics together.")] = True,
+    activations: Annotated[Optional[str], typer.Option(help="With an exported artifact: run its activations at this precision (OpenVINO: f32, bf16 where the CPU has it, f16; the others: their one). Default: the runtime's f32.")] = None,
 ) -> None:
     """PESQ-WB, STOI, ESTOI, SI-SDR and DNSMOS P.835 of noisy and enhanced audio, overall and per SNR.
     MODEL may also be an exported streaming artifact (.onnx, .xml, .tflite): it then runs hop
@@ -289,8 +290,14 @@ def eval_cmd(
             raise HwcError(f"{model}: an exported artifact carries its own weights; --model-weights is for a model given as code")
         if not Path(model).is_file():
             raise HwcError(f"{model}: no such artifact file")
-        result = evaluate_artifact(Path(model), _corpus(data), set_name, limit, workers, dnsmos=dnsmos)
+        from hwcompress.export import get_backend
+
+        get_backend(backend_for_artifact(Path(model))).load(Path(model), precision=activations)  # before the corpus work
+        result = evaluate_artifact(Path(model), _corpus(data), set_name, limit, workers, dnsmos=dnsmos,
+                                   precision=activations)
     else:
+        if activations is not None:
+            raise HwcError("--activations runs an exported artifact at that precision; a model given as code runs in torch (f32)")
         result = evaluate(load_model(model, model_weights), _corpus(data), set_name, limit, workers, dnsmos=dnsmos)
     result["model"] = model
     typer.echo(write_results(result, json_out, markdown, f"{model} on {set_name} ({result['n']} mixtures)"))
@@ -626,6 +633,7 @@ def profile(
     port: Annotated[Optional[int], typer.Option(help="SSH port of --host.")] = None,
     identity: Annotated[Optional[Path], typer.Option(help="SSH private key for --host.")] = None,
     remote_python: Annotated[str, typer.Option(help="Python on --host that has ai-edge-litert or tflite-runtime.")] = "python3",
+    activations: Annotated[Optional[str], typer.Option(help="Activation precision, one the target lists (targets/*.toml `activations`; x86-openvino: f32, bf16). Default: the target's first.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Per-hop streaming latency on this machine (measured), or predicted when the target is another CPU.
@@ -647,6 +655,8 @@ def profile(
     weights = weights or "fp32"
     check_mode("stream", weights)
     tg = load_target(target)
+    if activations is not None and (host is not None or sweep):
+        raise HwcError("--activations applies to a timing here; not with --host or --sweep")
     if host is not None:
         from hwcompress.profile.remote import SshDevice, measure_over_ssh
 
@@ -681,10 +691,10 @@ def profile(
         _console().print(t)
         return
     if artifact:
-        r = profile_artifact(model, tg, backend=backend, runs=runs, warmup=warmup, top=top)
+        r = profile_artifact(model, tg, backend=backend, runs=runs, warmup=warmup, top=top, activations=activations)
     else:
         r = measure_local(load_model(model, model_weights), tg, backend=backend, runs=runs, warmup=warmup, out_dir=out, top=top,
-                          weights=weights)
+                          weights=weights, activations=activations)
     r["model"] = model
     if json_:
         _print_json(r)
@@ -708,7 +718,8 @@ def profile(
                                  f"{r['harness_overhead_ms']:.3f} ms)" if r.get("runtime_median_ms") is not None else "-"),
         ("predicted (roofline)", f"{r['predicted_ms']:.3f} ms" if r["predicted_ms"] is not None else r.get("prediction", "-")),
         ("runtime", f"{r['runtime']} {r.get('runtime_version') or ''}, {r['weights']} weights".strip()
-         + (" (read from the artifact)" if artifact else "")),
+         + (" (read from the artifact)" if artifact else "")
+         + (f", {r['activations']} activations" if r.get("activations") else "")),
         ("threads", str(r["threads"])),
         ("device", f"{r['device']['cpu']} ({r['device']['arch']}, {r['device']['where']})"),
         ("host load", " ".join(str(x) for x in r["host"].get("load_avg") or []) or "-"),

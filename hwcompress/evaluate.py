@@ -30,15 +30,18 @@ def evaluate(model: SEModel, data: Path, set_name: str = "test", limit: int | No
 
 
 def evaluate_artifact(path: Path, data: Path, set_name: str = "test", limit: int | None = None,
-                      workers: int = 2, threads: int = 1, dnsmos: bool = True) -> dict:
+                      workers: int = 2, threads: int = 1, dnsmos: bool = True, precision: str | None = None) -> dict:
     """Evaluate an exported streaming artifact (.onnx, OpenVINO .xml, .tflite) in its runtime:
-    quantized runtimes change the numbers, so this scores the file that would ship."""
+    quantized runtimes change the numbers, so this scores the file that would ship. `precision`:
+    the activation precision to run it at (None: the runtime's default, f32 on OpenVINO)."""
     from hwcompress.export import backend_for_artifact, get_backend, run_stream
+    from hwcompress.targets import RUNTIME_ACTIVATIONS
 
     backend = backend_for_artifact(path)
-    session = get_backend(backend).load(Path(path), threads=threads)
+    session = get_backend(backend).load(Path(path), threads=threads, precision=precision)
     result = evaluate_with(lambda audio: run_stream(session, audio), data, set_name, limit, workers, dnsmos)
     result["runtime"] = backend
+    result["activations"] = precision or RUNTIME_ACTIVATIONS[backend][0]
     return result
 
 

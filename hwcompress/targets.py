@@ -39,6 +39,14 @@ ENV_VAR = "HWCOMPRESS_TARGETS"
 
 RUNTIMES = ("openvino", "onnxruntime", "litert", "tflite-micro")
 
+#: the activation precisions each runtime's backend can be asked for, its default first: the
+#: OpenVINO CPU plugin runs f32, bf16 (AVX512-BF16/AMX hosts) or f16 (AVX512-FP16, Armv8.2+);
+#: the others run one (LiteRT/onnxruntime here: f32 with dynamically quantized int8 inputs to
+#: integer-weight ops; TFLite Micro 16x8: int16). A target's `activations` lists the ones its
+#: device has, default first; absent means the runtime's default only.
+RUNTIME_ACTIVATIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"openvino": ("f32", "bf16", "f16"), "onnxruntime": ("f32",), "litert": ("f32",), "tflite-micro": ("int16",)})
+
 # closed set so that "x86-64" or "arm64" typos are caught; extend when a new ISA is added
 ARCHES = ("x86_64", "aarch64", "armv7m", "armv7em", "armv8m")
 
@@ -103,6 +111,7 @@ _TOP_LEVEL: Mapping[str, tuple[tuple[type, ...], bool]] = MappingProxyType(
         "storage_budget_bytes": ((int,), True),
         "budget_provenance": ((str,), True),
         "emulation": ((str,), False),
+        "activations": ((list,), False),
         "perf": ((dict,), True),
         "cycles": ((dict,), False),
     }
@@ -147,6 +156,8 @@ class Target:
     perf: Mapping[str, PerfParam]
     runtime_version: str | None = None
     emulation: str | None = None
+    #: activation precisions the device runs, default first (RUNTIME_ACTIVATIONS)
+    activations: tuple[str, ...] = ("f32",)
     cycles: Mapping[str, PerfParam] = field(default_factory=lambda: MappingProxyType({}))
     # where it was loaded from: useful in reports, irrelevant to equality
     source: Path | None = field(default=None, compare=False)
@@ -176,6 +187,7 @@ class Target:
             "storage_budget_bytes": self.storage_budget_bytes,
             "budget_provenance": self.budget_provenance,
             "emulation": self.emulation,
+            "activations": list(self.activations),
             "perf": {k: p.to_dict() for k, p in self.perf.items()},
         }
         if self.cycles:
@@ -288,6 +300,11 @@ def _parse(path: Path, raw: Mapping[str, Any]) -> Target:
     for key in ("latency_budget_ms", "memory_budget_bytes", "storage_budget_bytes"):
         _check_positive(path, key, raw[key])
     _check_provenance(path, "budget_provenance", raw["budget_provenance"])
+    offered = RUNTIME_ACTIVATIONS[raw["runtime"]]
+    activations = tuple(raw.get("activations", offered[:1]))
+    if not activations or len(set(activations)) != len(activations) or any(a not in offered for a in activations):
+        raise TargetError(f"{path}: activations: must list distinct precisions {raw['runtime']} runs "
+                          f"({', '.join(offered)}), default first; got {_short(raw.get('activations'))}")
 
     return Target(
         name=name,
@@ -302,6 +319,7 @@ def _parse(path: Path, raw: Mapping[str, Any]) -> Target:
         storage_budget_bytes=raw["storage_budget_bytes"],
         budget_provenance=raw["budget_provenance"],
         emulation=raw.get("emulation"),
+        activations=activations,
         perf=MappingProxyType(_parse_perf(path, raw["perf"])),
         cycles=MappingProxyType(_parse_perf(path, raw["cycles"], "cycles", CYCLE_UNITS, frozenset())
                                 if "cycles" in raw else {}),

@@ -173,6 +173,42 @@ def test_cli_table_and_errors() -> None:
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_activations_the_target_lacks_are_one_line_exit_2() -> None:
+    for target, asked in (("raspberrypi4", "bf16"), ("generic-onnx", "f16")):
+        proc = _cli("profile", "--target", target, "--model", "tiny-crn", "--activations", asked)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert f"target {target} runs f32 activations, not '{asked}'" in proc.stderr
+
+
+@x86_only
+def test_openvino_runs_bf16_activations_when_asked_and_only_then(tmp_path) -> None:
+    """The CPU plugin's own default on an AVX512-BF16 host is bf16: a session runs f32 unless
+    bf16 is asked for, and then really compiles bf16 (or, on a CPU without it, refuses in one
+    line instead of falling back silently). The timed run reports the precision it ran."""
+    import openvino as ov
+
+    from hwcompress.export import get_backend
+
+    be = get_backend("openvino")
+    path = be.export(load_model("tiny-crn"), tmp_path, "stream")
+    assert str(be.load(path).compiled.get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(HwcError, match="cannot run bf16 activations"):
+            be.load(path, precision="bf16")
+        return
+    session = be.load(path, precision="bf16")
+    assert session.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+    from hwcompress.export.check import check_parity
+
+    f32 = check_parity(load_model("tiny-crn"), path, session=be.load(path))
+    bf16 = check_parity(load_model("tiny-crn"), path, session=session, min_snr_db=30)
+    assert bf16.ok and bf16.snr_db < f32.snr_db  # really another arithmetic, close to f32
+    r = measure_local("tiny-crn", "x86-openvino", runs=FAST_RUNS, top=1, activations="bf16")
+    assert r["activations"] == "bf16" and r["latency_source"] == "measured"
+    with pytest.raises(HwcError, match="onnxruntime runs f32 activations"):
+        get_backend("onnxruntime").load(path.with_suffix(".onnx"), precision="bf16")
+
+
 @pytest.mark.slow
 def test_predicted_target_can_still_report_artifact_size(tmp_path) -> None:
     from hwcompress.export.tflite import converter_python

@@ -257,6 +257,12 @@ BAD_CASES = {
     "unknown runtime": (lambda s: s.replace('runtime = "litert"', 'runtime = "tensorrt"'), "runtime"),
     "unknown arch": (lambda s: s.replace('arch = "aarch64"', 'arch = "arm64"'), "arch"),
     "name mismatch": (lambda s: s.replace('name = "t"', 'name = "other"'), "name"),
+    # a LiteRT target cannot claim bf16 activations: its backend runs f32 only
+    "activation the runtime lacks": (lambda s: s.replace("threads = 1", 'threads = 1\nactivations = ["f32", "bf16"]'),
+                                     "activations"),
+    "duplicate activations": (lambda s: s.replace("threads = 1", 'threads = 1\nactivations = ["f32", "f32"]'),
+                              "activations"),
+    "empty activations": (lambda s: s.replace("threads = 1", "threads = 1\nactivations = []"), "activations"),
 }
 
 
@@ -315,3 +321,15 @@ def test_bad_cycle_table_names_field(tmp_path: Path, edit, field: str) -> None:
     with pytest.raises(TargetError) as e:
         load_target(p)
     assert_one_line_naming(e.value, p, field)
+
+
+
+def test_activation_precisions_are_data_default_first() -> None:
+    """Per target, the activation precisions its device runs, the default first: bf16 on the
+    x86 OpenVINO host, f32 only on the Pi 4 (Cortex-A72: no fp16 arithmetic), the runtime's one
+    where a target says nothing (TFLite Micro 16x8: int16)."""
+    assert load_target("x86-openvino").activations == ("f32", "bf16")
+    assert load_target("raspberrypi4").activations == ("f32",)
+    assert load_target("generic-onnx").activations == ("f32",)
+    assert load_target("cortex-m7").activations == ("int16",)
+    assert load_target("x86-openvino").to_dict()["activations"] == ["f32", "bf16"]

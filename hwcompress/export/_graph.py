@@ -129,3 +129,15 @@ class SessionBase:
         if len(state) != len(self.state_shapes):
             raise HwcError(f"expected {len(self.state_shapes)} state tensors, got {len(state)}")
         return spec, [as_input(s) for s in state]
+
+
+def check_precision(backend: str, precision: str | None) -> None:
+    """A backend that runs one activation precision (targets.RUNTIME_ACTIVATIONS) refuses any
+    other in one line, naming what it offers; None or its own precision passes."""
+    from hwcompress.targets import RUNTIME_ACTIVATIONS
+
+    offered = RUNTIME_ACTIVATIONS[backend]
+    if precision is not None and precision not in offered:
+        raise HwcError(f"{backend} runs {' or '.join(offered)} activations, not {precision!r}"
+                       + ("; bf16/f16 activations: the OpenVINO CPU plugin (x86-openvino)"
+                          if precision in ("bf16", "f16") else ""))

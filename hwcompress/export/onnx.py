@@ -472,7 +472,8 @@ class OnnxBackend:
             g.publish([(g.with_weights(staged, weights, lambda a, b: quantize(a, b, weights, model, int4_layers)), dst)])
         return dst
 
-    def load(self, path: Path, threads: int = 1) -> OnnxSession:
+    def load(self, path: Path, threads: int = 1, precision: str | None = None) -> OnnxSession:
+        g.check_precision(self.name, precision)
         return OnnxSession(path, threads)
 
 

@@ -57,6 +57,11 @@ class OpenVinoSession(g.SessionBase):
         if precision not in PRECISIONS:
             raise HwcError(f"unknown OpenVINO precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         core = ov.Core()
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        # asked for a precision the CPU lacks, the plugin silently runs f32: refuse instead
+        if precision != "f32" and {"bf16": "BF16", "f16": "FP16"}[precision] not in capabilities:
+            raise HwcError(f"this CPU cannot run {precision} activations in OpenVINO (its CPU plugin offers "
+                           f"{', '.join(c.lower() for c in capabilities if c in ('FP32', 'BF16', 'FP16'))})")
         try:
             # an IR is XML: checking that first keeps OpenVINO from trying every other
             # frontend on garbage (each logs its own parse error to stderr)
@@ -72,6 +77,7 @@ class OpenVinoSession(g.SessionBase):
             # included): ~1e-3 max error on the tiny presets, not a deployment of the fp32 model
             hints.inference_precision: PRECISIONS[precision],
         }
+        self.precision = precision
         try:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:
@@ -150,8 +156,8 @@ class OpenVinoBackend:
             g.publish([(staged.with_suffix(".bin"), xml.with_suffix(".bin")), (staged, xml)])
         return xml
 
-    def load(self, path: Path, threads: int = 1, precision: str = "f32") -> OpenVinoSession:
-        return OpenVinoSession(path, threads, precision)
+    def load(self, path: Path, threads: int = 1, precision: str | None = None) -> OpenVinoSession:
+        return OpenVinoSession(path, threads, precision or "f32")
 
 
 BACKEND = OpenVinoBackend()

@@ -396,7 +396,8 @@ class LiteRtBackend:
             g.publish([(g.with_weights(staged, weights, lambda a, b: quantize(a, b, weights, scopes)), dst)])
         return dst
 
-    def load(self, path: Path, threads: int = 1) -> LiteRtSession:
+    def load(self, path: Path, threads: int = 1, precision: str | None = None) -> LiteRtSession:
+        g.check_precision(self.name, precision)
         return LiteRtSession(path, threads)
 
 

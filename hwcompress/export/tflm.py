@@ -923,7 +923,8 @@ class TflmBackend:
             g.publish([(staged, dst)])
         return dst
 
-    def load(self, path: Path, threads: int = 1) -> TflmSession:
+    def load(self, path: Path, threads: int = 1, precision: str | None = None) -> TflmSession:
+        g.check_precision(self.name, precision)
         return TflmSession(path, threads)
 
 

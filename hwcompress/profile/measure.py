@@ -267,7 +267,7 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     base_kib = _proc_status_kib("VmRSS")
     base_max = _max_rss_bytes()
     t0 = time.perf_counter()
-    session = backend.load(path, threads=threads)
+    session = backend.load(path, threads=threads, precision=args.get("precision"))
     load_s = time.perf_counter() - t0
     runtime_ms: list[float] = []
     times = time_session(session, frames, runs, warmup, runtime_ms)
@@ -312,7 +312,8 @@ def _probe_frames() -> np.ndarray:
     return speech_like_frames()
 
 
-def _run_child(backend: str, path: Path, threads: int, runs: int, warmup: int, top: int) -> dict[str, Any]:
+def _run_child(backend: str, path: Path, threads: int, runs: int, warmup: int, top: int,
+               precision: str | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hwc-measure-") as tmp:
         spec = Path(tmp) / "args.json"
         out = Path(tmp) / "result.json"
@@ -320,7 +321,7 @@ def _run_child(backend: str, path: Path, threads: int, runs: int, warmup: int, t
         np.save(frames, _probe_frames())
         spec.write_text(json.dumps({"backend": backend, "path": str(path), "threads": threads, "runs": runs,
                                     "warmup": warmup, "top": top, "tmp": tmp, "out": str(out),
-                                    "frames": str(frames)}))
+                                    "frames": str(frames), "precision": precision}))
         env = dict(os.environ)
         # this very source tree, not another installed copy of hwcompress
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
@@ -333,6 +334,9 @@ def _run_child(backend: str, path: Path, threads: int, runs: int, warmup: int, t
             result = json.loads(out.read_text())
             if "error" in result:
                 raise HwcError(result["error"])
+            from hwcompress.targets import RUNTIME_ACTIVATIONS
+
+            result["activations"] = precision or RUNTIME_ACTIVATIONS[backend][0]
             return result
     last = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), f"exit code {proc.returncode}")
     raise HwcError(f"measurement subprocess failed: {last.strip()[:300]}")
@@ -381,18 +385,19 @@ def _budgets(target: Target, latency: float | None, memory: int | None, storage:
 
 
 def measure_artifact(backend: str, path: Path, threads: int, runs: int = 300, warmup: int = 50,
-                     top: int = 10) -> dict[str, Any]:
+                     top: int = 10, precision: str | None = None) -> dict[str, Any]:
     """Time an exported streaming artifact here, in a fresh subprocess (median_ms, p90_ms,
-    peak_memory_bytes, per-layer times where the runtime has a profiler)."""
+    peak_memory_bytes, per-layer times where the runtime has a profiler), its activations at
+    `precision` (None: the runtime's default)."""
     load_before = _load_avg()
-    result = _run_child(backend, Path(path), threads, runs, warmup, top)
+    result = _run_child(backend, Path(path), threads, runs, warmup, top, precision)
     result.update({"latency_source": "measured", "host": {**host_info(), "load_avg": load_before,
                                                           "load_avg_after": _load_avg()}})
     return result
 
 
 def profile_artifact(path: str | os.PathLike[str], target: Target | str, backend: str | None = None,
-                     runs: int = 500, warmup: int = 50, top: int = 10) -> dict[str, Any]:
+                     runs: int = 500, warmup: int = 50, top: int = 10, activations: str | None = None) -> dict[str, Any]:
     """Per-hop streaming latency of an exported artifact (.onnx, OpenVINO .xml, .tflite) on
     `target`, timed here exactly as `measure_local` times its own export (fresh subprocess, the
     target's threads), so the figure compares with benchmark_app on the same file.
@@ -407,6 +412,8 @@ def profile_artifact(path: str | os.PathLike[str], target: Target | str, backend
     tg = load_target(target) if isinstance(target, (str, os.PathLike)) else target
     path = Path(path)
     name = backend_for_artifact(path)
+    # the target's default when the file runs in the target's runtime; another runtime's own otherwise
+    activations = target_activations(tg, activations) if name == tg.runtime else activations
     kind = ARTIFACT_KINDS[name]
     if runs < 1 or warmup < 0:
         raise HwcError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
@@ -421,7 +428,7 @@ def profile_artifact(path: str | os.PathLike[str], target: Target | str, backend
                        "artifact is measured only on the CPU it runs on, and the roofline prediction needs the model; "
                        "profile the model (.pt, .hwc, preset) for the prediction, or the model with --host on the device")
     # a missing, corrupt or foreign file fails here with the runtime's one-line reason, not in the child
-    session = get_backend(name).load(path, threads=1)
+    session = get_backend(name).load(path, threads=1, precision=activations)
     if session.frames != 1:
         t = "a dynamic T" if session.frames is None else f"T={session.frames}"
         raise HwcError(f"{path}: a whole-utterance {kind} ({t}); profile times one 10 ms hop per call: give the "
@@ -436,11 +443,13 @@ def profile_artifact(path: str | os.PathLike[str], target: Target | str, backend
         "target_runtime": tg.runtime, "threads": tg.threads, "predicted_ms": None,
         "prediction": "none: an exported artifact carries no layer table; profile the model for the roofline figure",
     }
+    if activations is not None:
+        result["activations"] = activations
     if name != tg.runtime:
         result["note"] = (f"the artifact runs in {name}, target {tg.name} names {tg.runtime}: timed in {name} "
                           f"with the target's {tg.threads} thread(s)")
     load_before = _load_avg()
-    measured = _run_child(name, path, tg.threads, runs, warmup, top)
+    measured = _run_child(name, path, tg.threads, runs, warmup, top, activations)
     host.update(load_avg=load_before, load_avg_after=_load_avg())
     artifact = {"path": str(path), "files": [str(f) for f in files], "bytes": sum(f.stat().st_size for f in files),
                 "kept": True}
@@ -502,9 +511,21 @@ def _export(model: Any, backend: str, out_dir: Path, weights: str = "fp32") -> d
     return {"path": str(path), "files": [str(f) for f in files], "bytes": sum(f.stat().st_size for f in files)}
 
 
+def target_activations(target: Target, activations: str | None) -> str:
+    """The activation precision to run `target` at: `activations` if the target's device has it
+    (its `activations` list), else one line naming what it offers; None: the target's default."""
+    if activations is None:
+        return target.activations[0]
+    if activations not in target.activations:
+        raise HwcError(f"target {target.name} runs {', '.join(target.activations)} activations, not {activations!r} "
+                       f"({target.cpu})")
+    return activations
+
+
 def measure_local(model: Any, target: Target | str, backend: str | None = None, runs: int = 500, warmup: int = 50,
                   out_dir: str | os.PathLike[str] | None = None, top: int = 10,
-                  export_when_predicted: bool = False, weights: str = "fp32") -> dict[str, Any]:
+                  export_when_predicted: bool = False, weights: str = "fp32",
+                  activations: str | None = None) -> dict[str, Any]:
     """Per-hop streaming latency of `model` (SEModel or `load_model` spec) on `target`.
 
     Measured here when the target's arch is this machine's and its runtime (or `backend`)
@@ -522,8 +543,10 @@ def measure_local(model: Any, target: Target | str, backend: str | None = None, 
         if weights != "fp32" or out_dir is not None:
             raise HwcError(f"{model}: an exported artifact keeps the weights and place it was exported with; "
                            "weights and out_dir apply when a model is exported for profiling")
-        return profile_artifact(model, target, backend=backend, runs=runs, warmup=warmup, top=top)
+        return profile_artifact(model, target, backend=backend, runs=runs, warmup=warmup, top=top,
+                                activations=activations)
     tg = load_target(target) if isinstance(target, (str, os.PathLike)) else target
+    activations = target_activations(tg, activations)
     net = load_model(model) if isinstance(model, (str, os.PathLike)) else model
     if runs < 1 or warmup < 0:
         raise HwcError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
@@ -543,6 +566,7 @@ def measure_local(model: Any, target: Target | str, backend: str | None = None, 
         "runtime": runtime,
         "target_runtime": tg.runtime,
         "threads": tg.threads,
+        "activations": activations,
         "host": host,
         "predicted_ms": prediction["latency_ms"],
     }
@@ -587,7 +611,8 @@ def measure_local(model: Any, target: Target | str, backend: str | None = None, 
         artifact = _export(net, name, Path(out_dir) if out_dir else Path(tmp), weights)
         artifact["kept"] = out_dir is not None
         load_before = _load_avg()
-        measured = _run_child(name, Path(artifact["path"]), tg.threads, runs, warmup, top)
+        measured = _run_child(name, Path(artifact["path"]), tg.threads, runs, warmup, top,
+                              activations if name == tg.runtime else None)
     host["load_avg_after"] = _load_avg()
     host["load_avg"] = load_before
     result.update({
