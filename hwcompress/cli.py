@@ -475,6 +475,7 @@ def fit(
     finetune_target: Annotated[str, typer.Option(help="Fine-tuning target: teacher (distil from the dense model), clean, or mix (0.5/0.5).")] = "teacher",
     dnsmos: Annotated[bool, typer.Option(help="Score DNSMOS P.835 in the report (about 2 s per clip and condition here).")] = True,
     codebook_tolerance: Annotated[float, typer.Option(min=0.0, help="What the per-layer codebooks may cost, summed over layers: the fine-tuning objective's increase (distance to the dense model's output by default) relative to the dense model's clean validation loss.")] = 0.01,
+    activations: Annotated[Optional[str], typer.Option(help="Runtime activation precision, one the target lists (targets/*.toml `activations`; x86-openvino: f32 or bf16). Every timed run and parity check uses it, and with other than f32 the quality is scored on the shipped file run at it. Default: the target's first.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Find per-layer sparsity and codebook sizes that meet the target's budgets, then compress, export, verify and report."""
@@ -490,7 +491,8 @@ def fit(
                     model_weights=model_weights, data=data,
                     prune_steps=prune_steps, cluster_steps=cluster_steps, eval_items=eval_items, emulate=emulate,
                     measure_runs=measure_runs, allocation=allocation, weights=weights,
-                    finetune_target=finetune_target, dnsmos=dnsmos, codebook_tolerance=codebook_tolerance)
+                    finetune_target=finetune_target, dnsmos=dnsmos, codebook_tolerance=codebook_tolerance,
+                    activations=activations)
     report = run_fit(cfg, log=lambda m: typer.echo(m, err=True))
     if json_:
         _print_json(report)

@@ -185,10 +185,12 @@ def check_parity(model: torch.nn.Module, path: str | Path, *, weights: str | Non
 
 def export_checked(model: torch.nn.Module, backend: str, out_dir: Path, modes: list[str], weights: str = "fp32",
                    frames: int = 100, stem: str = "model", check: bool = True, enforce: bool = True,
-                   min_snr_db: float | None = None, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                   min_snr_db: float | None = None, options: dict[str, Any] | None = None,
+                   precision: str | None = None) -> list[dict[str, Any]]:
     """Export `model` in each mode (`options`: the backend's own export keywords, e.g. tflite-micro's
     `lut`); returns one row per artifact with its files, bytes on
-    disk and (with check) its parity against torch (`Parity.to_dict()`, `ok` included).
+    disk and (with check) its parity against torch (`Parity.to_dict()`, `ok` included), the
+    artifact run with `precision` activations (None: the runtime's default).
 
     With check and enforce (the default), an artifact beyond its tolerance (`MIN_SNR_DB[weights]`,
     or `min_snr_db`) raises ParityError; it stays on disk for inspection (the error names it).
@@ -207,7 +209,10 @@ def export_checked(model: torch.nn.Module, backend: str, out_dir: Path, modes: l
         if check:
             parity = check_parity(model, path, weights=weights, mode=mode, frames=frames if mode == "whole" else None,
                                   min_snr_db=min_snr_db,
-                                  session=be.load(path, threads=1), enforce=enforce, backend=be.name)
-            row["parity"] = parity.to_dict()
+                                  session=be.load(path, threads=1, precision=precision), enforce=enforce,
+                                  backend=be.name)
+            from hwcompress.targets import RUNTIME_ACTIVATIONS
+
+            row["parity"] = {**parity.to_dict(), "activations": precision or RUNTIME_ACTIVATIONS[be.name][0]}
         rows.append(row)
     return rows

@@ -136,45 +136,79 @@ def _pack_int4(q: np.ndarray) -> np.ndarray:
     return (u[0::2] | (u[1::2] << 4)).astype(np.uint8)
 
 
-def stored_weight_values(path: Path) -> dict[str, np.ndarray]:
+def _keyed(pairs: list[tuple[str, int]]) -> dict[str, int]:
+    """Weight ops (output tensor name, weight tensor index), in op order, keyed by the output name
+    and, from its second use on, "#n": litert-torch gives the ops of one module the same output
+    name (a CRN's four LSTM gate matmuls), and the quantizer keeps the op order, so the n-th op of
+    a name is the same op in the fp32 and the quantized file."""
+    seen: dict[str, int] = {}
+    out = {}
+    for name, t in pairs:
+        seen[name] = seen.get(name, 0) + 1
+        out[name if seen[name] == 1 else f"{name}#{seen[name]}"] = t
+    return out
+
+
+def _buffer_span(buf) -> tuple[int, int] | None:
+    """(byte position, size) of a flatbuffer Buffer's contents in the file: inline data, or the
+    offset/size form large models use (ai-edge-quantizer writes buffers after the flatbuffer);
+    None for an empty buffer."""
+    if buf.DataLength():
+        return _vector_at(buf, _BUFFER_DATA), buf.DataLength()
+    if buf.Offset() > 1 and buf.Size():
+        return int(buf.Offset()), int(buf.Size())
+    return None
+
+
+def _weight_op_tensors(model) -> dict[str, int]:
+    sub, pairs = model.Subgraphs(0), []
+    for i in range(sub.OperatorsLength()):
+        op = sub.Operators(i)
+        if op.InputsLength() > 1 and op.Inputs(1) >= 0 and op.OutputsLength():
+            pairs.append((sub.Tensors(op.Outputs(0)).Name().decode(), op.Inputs(1)))
+    return _keyed(pairs)
+
+
+def stored_weight_values(path: Path, integer_only: bool = False) -> dict[str, np.ndarray]:
     """The weights of a .tflite's weight ops as the runtime holds them (integer ones dequantized,
     q * scale of their channel; float32 ones as stored): op output name -> float32 array in the
-    file's layout. Checks a quantized file element by element against the fp32 file of the same
-    model (same op names and layouts)."""
+    file's layout (`_keyed`: "#n" from a name's second op on). Checks a quantized file element by
+    element against the fp32 file of the same model (same ops, names and layouts)."""
     from ai_edge_litert import schema_py_generated as fb
 
-    model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(Path(path).read_bytes(), 0))
-    sub, out = model.subgraphs[0], {}
-    tensors = {sub.tensors[op.outputs[0]].name.decode(): int(op.inputs[1]) for op in sub.operators or []
-               if op.inputs is not None and len(op.inputs) > 1 and op.inputs[1] >= 0 and len(op.outputs)}
-    for name, t in tensors.items():
-        tensor = sub.tensors[t]
-        data = model.buffers[tensor.buffer].data
-        qp = tensor.quantization
-        shape = tuple(int(d) for d in tensor.shape) if tensor.shape is not None else ()
+    data = Path(path).read_bytes()
+    model = fb.Model.GetRootAsModel(data, 0)
+    sub, out = model.Subgraphs(0), {}
+    for name, t in _weight_op_tensors(model).items():
+        tensor = sub.Tensors(t)
+        span = _buffer_span(model.Buffers(tensor.Buffer()))
+        shape = tuple(int(v) for v in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
+        if span is None or not shape:
+            continue
         count = int(np.prod(shape))
-        if data is None or not shape:
+        raw = np.frombuffer(data, dtype=np.uint8, count=span[1], offset=span[0])
+        if tensor.Type() == fb.TensorType.FLOAT32 and raw.size == 4 * count:
+            if not integer_only:
+                out[name] = raw.view(np.float32).reshape(shape).copy()
             continue
-        raw = np.asarray(data, dtype=np.uint8)
-        if tensor.type == fb.TensorType.FLOAT32 and raw.size == 4 * count:
-            out[name] = raw.view(np.float32).reshape(shape).copy()
+        qp = tensor.Quantization()
+        if qp is None or not qp.ScaleLength() or tensor.Type() not in (fb.TensorType.INT8, fb.TensorType.INT4):
             continue
-        if qp is None or qp.scale is None or tensor.type not in (fb.TensorType.INT8, fb.TensorType.INT4):
-            continue
-        q = _unpack_int4(raw, count) if tensor.type == fb.TensorType.INT4 else raw.view(np.int8)[:count]
-        scale = np.asarray(qp.scale, dtype=np.float32)
+        q = _unpack_int4(raw, count) if tensor.Type() == fb.TensorType.INT4 else raw.view(np.int8)[:count]
+        scale = qp.ScaleAsNumpy().astype(np.float32)
         bshape = [1] * len(shape)
         if scale.size > 1:
-            bshape[int(qp.quantizedDimension)] = scale.size
-        zero = np.asarray(qp.zeroPoint if qp.zeroPoint is not None else [0], dtype=np.float32).reshape(bshape)
-        out[name] = ((q.reshape(shape).astype(np.float32) - zero) * scale.reshape(bshape)).astype(np.float32)
+            bshape[int(qp.QuantizedDimension())] = scale.size
+        zero = (qp.ZeroPointAsNumpy().astype(np.float32) if qp.ZeroPointLength() else np.zeros(1, np.float32))
+        out[name] = ((q.reshape(shape).astype(np.float32) - zero.reshape(bshape if zero.size > 1 else [1] * len(shape)))
+                     * scale.reshape(bshape)).astype(np.float32)
     return out
 
 
 def exact_weights(path: Path, reference: Path) -> dict[str, bool]:
-    """Per weight op of the quantized .tflite `path`, whether its weights equal, element by element,
-    those of `reference` (the fp32 .tflite of the same model: same op names and layouts)."""
-    ours, theirs = stored_weight_values(path), stored_weight_values(reference)
+    """Per integer weight of the quantized .tflite `path`, whether it equals, element by element,
+    the weight of the same op in `reference` (the fp32 .tflite of the same model)."""
+    ours, theirs = stored_weight_values(path, integer_only=True), stored_weight_values(reference)
     return {op: op in theirs and np.array_equal(w, theirs[op]) for op, w in ours.items()}
 
 
@@ -201,42 +235,35 @@ def exact_grid(src: Path, dst: Path) -> list[str]:
 
     from hwcompress.compress.cluster import grid_step
 
-    def weights(model) -> dict[str, object]:
-        sub = model.Subgraphs(0)
-        out = {}
-        for i in range(sub.OperatorsLength()):
-            op = sub.Operators(i)
-            if op.InputsLength() > 1 and op.Inputs(1) >= 0 and op.OutputsLength():
-                out[sub.Tensors(op.Outputs(0)).Name().decode()] = op.Inputs(1)
-        return out
-
     fdata, data = Path(src).read_bytes(), bytearray(Path(dst).read_bytes())
     floats, model = fb.Model.GetRootAsModel(fdata, 0), fb.Model.GetRootAsModel(bytes(data), 0)
     f_sub, sub = floats.Subgraphs(0), model.Subgraphs(0)
-    f_weights = weights(floats)
+    f_weights = _weight_op_tensors(floats)
     bits_of = {fb.TensorType.INT8: 8, fb.TensorType.INT4: 4}
     done, rewritten = set(), []
-    for name, t in weights(model).items():
+    for name, t in _weight_op_tensors(model).items():
         tensor = sub.Tensors(t)
         if t in done or name not in f_weights or tensor.Type() not in bits_of:
             continue
         ft = f_sub.Tensors(f_weights[name])
         shape = tuple(int(v) for v in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
-        qp, fbuf, buf = tensor.Quantization(), floats.Buffers(ft.Buffer()), model.Buffers(tensor.Buffer())
-        if (ft.Type() != fb.TensorType.FLOAT32 or qp is None or not qp.ScaleLength() or not shape
-                or tuple(int(v) for v in ft.ShapeAsNumpy()) != shape or fbuf.DataLength() != 4 * int(np.prod(shape))):
+        qp = tensor.Quantization()
+        fspan, span = _buffer_span(floats.Buffers(ft.Buffer())), _buffer_span(model.Buffers(tensor.Buffer()))
+        if (ft.Type() != fb.TensorType.FLOAT32 or qp is None or not qp.ScaleLength() or not shape or fspan is None
+                or span is None or tuple(int(v) for v in ft.ShapeAsNumpy()) != shape
+                or fspan[1] != 4 * int(np.prod(shape))):
             continue
-        w = fbuf.DataAsNumpy().view(np.float32).reshape(shape)
+        w = np.frombuffer(fdata, dtype="<f4", count=fspan[1] // 4, offset=fspan[0]).reshape(shape)
         bits = bits_of[tensor.Type()]
         step = grid_step(w, bits)
         if step is None:
             continue
         q = np.rint(w.astype(np.float64) / step).astype(np.int8)
         packed = _pack_int4(q) if bits == 4 else q.view(np.uint8).reshape(-1)
-        at = _vector_at(buf, _BUFFER_DATA)
-        if at is None or buf.DataLength() != packed.size:
+        at, size = span
+        if size != packed.size:
             continue
-        data[at:at + packed.size] = packed.tobytes()
+        data[at:at + size] = packed.tobytes()
         n = qp.ScaleLength()
         s_at = _vector_at(qp, _QUANT_SCALE)
         data[s_at:s_at + 4 * n] = np.full(n, step, dtype="<f4").tobytes()

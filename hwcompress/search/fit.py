@@ -26,6 +26,7 @@ to the runtime's int8 form), so K is chosen for the .hwc size under a quality to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shlex
@@ -84,6 +85,7 @@ class FitConfig:
     # onnxruntime), or mixed (LiteRT, onnxruntime: 4 bits for the layers clustered to K <= 16)
     dnsmos: bool = True  # DNSMOS P.835 in the quality rows (1-2 s per test mixture and condition)
     finetune_target: str = "teacher"  # compression fine-tuning target: teacher (dense model), clean or mix
+    activations: str | None = None  # runtime activation precision (the target's `activations`); None: its default
 
 
 def _read_json(path: Path) -> Any:
@@ -136,8 +138,13 @@ class Fitter:
         self.model = (model if model is not None else load_model(cfg.model, cfg.model_weights)).eval()
         # what every cache under --out is keyed by, so a resumed run with another model,
         # target or weight format never reports figures computed for the old one
+        from hwcompress.profile.measure import target_activations
+
+        #: the activation precision every timed run, parity check and (when not f32) the quality
+        #: evaluation use: one the target's device has
+        self.activations = target_activations(self.target, cfg.activations)
         self.key = {"model": model_digest(self.model), "target": digest(self.target.to_dict()),
-                    "weights": cfg.weights, "backend": self.backend}
+                    "weights": cfg.weights, "backend": self.backend, "activations": self.activations}
         from hwcompress.export import WEIGHT_BITS, check_mode
 
         if cfg.weights not in ("int8", "int4", "mixed"):
@@ -171,7 +178,7 @@ class Fitter:
             options = {"int4_layers": list(self.int4_layers), **options}
         # parity is recorded, not raised: a failed check marks the budget not met in the report
         return export_checked(model, self.backend, out_dir, ["stream"], weights=self.cfg.weights, stem="model",
-                              check=check, enforce=False, options=options)[0]
+                              check=check, enforce=False, options=options, precision=self.activations)[0]
 
     def calibration_audio(self) -> list[np.ndarray]:
         """Noisy validation mixtures of the fit's corpus (as many as the sensitivity scores on),
@@ -185,7 +192,8 @@ class Fitter:
     def _measure(self, path: str, runs: int | None = None) -> dict:
         from hwcompress.profile.measure import measure_artifact
 
-        return measure_artifact(self.backend, Path(path), self.target.threads, runs or self.cfg.measure_runs)
+        return measure_artifact(self.backend, Path(path), self.target.threads, runs or self.cfg.measure_runs,
+                                precision=self.activations)
 
     def _probe(self, ratios: dict[str, float]) -> dict:
         """Export and (if measurable) time the one-shot pruned model of `ratios`."""
@@ -675,21 +683,32 @@ class Fitter:
         except HwcError as exc:  # no emulator here, or it failed: say so, never pass silently
             return {"ran": False, "status": "not verified", "passed": None, "reason": str(exc)}
 
-    def quality(self, net: SEModel, data: Path, cache: Path) -> dict:
-        from hwcompress.evaluate import evaluate
+    def quality(self, net: SEModel, data: Path, cache: Path, artifact: str | None = None) -> dict:
+        """Quality on the test split: of `net` in torch (f32), or, when the fit runs another
+        activation precision than f32 and `artifact` is given, of that runtime file run at it
+        (bf16 changes the numbers the device computes; the torch model would not show it)."""
+        from hwcompress.evaluate import evaluate, evaluate_artifact
 
         metrics = [*QUALITY, *(DNSMOS_QUALITY if self.cfg.dnsmos else ())]
+        in_runtime = artifact is not None and self.activations != "f32"
         key = {"model": model_digest(net), "data": data_digest(data), "set": "test", "n_requested": self.cfg.eval_items,
-               "metrics": metrics}
+               "metrics": metrics, **({"artifact": hashlib.sha256(Path(artifact).read_bytes()).hexdigest(),
+                                       "activations": self.activations} if in_runtime else {})}
         cached = read_keyed(cache, key, self.log)
         if cached:
             return cached
-        r = evaluate(net, data, "test", limit=self.cfg.eval_items, dnsmos=self.cfg.dnsmos)
+        if in_runtime:
+            r = evaluate_artifact(Path(artifact), data, "test", limit=self.cfg.eval_items, dnsmos=self.cfg.dnsmos,
+                                  threads=self.target.threads, precision=self.activations)
+        else:
+            r = evaluate(net, data, "test", limit=self.cfg.eval_items, dnsmos=self.cfg.dnsmos)
         mean = r["summary"]["overall"]["mean"]
         result = {"set": "test", "n": r["n"], "n_requested": self.cfg.eval_items,
                   "noisy": {m: mean[f"noisy_{m}"] for m in metrics},
                   "enhanced": {m: mean[f"enhanced_{m}"] for m in metrics},
-                  "dnsmos": (r.get("dnsmos") or {}).get("what")}
+                  "dnsmos": (r.get("dnsmos") or {}).get("what"),
+                  "scored": (f"the runtime artifact in {r['runtime']} with {self.activations} activations" if in_runtime
+                             else "the compressed model in torch (f32)")}
         write_keyed(cache, key, result)
         return result
 
@@ -803,7 +822,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
             f.oracle.calibration *= v["latency_ms"] / max(f.oracle.latency_ms(allocation.ratios), 1e-9)
             attempt += 1
             state.save(attempt, f.oracle.calibration)
-        q = f.quality(compressed, data, work / "quality.json")
+        q = f.quality(compressed, data, work / "quality.json", artifact=v["artifact"]["path"])
         runtime_bytes = v["artifact"]["bytes"]
         memory_ok = v["peak_memory_bytes"] is None or v["peak_memory_bytes"] <= f.target.memory_budget_bytes
         parity_ok = bool(v["parity_vs_torch"]["ok"])
@@ -823,6 +842,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
             "latency_source": v["latency_source"],
             "latency_how": v["how"],
             "runtime": v["runtime"], "runtime_version": v["runtime_version"], "threads": v["threads"],
+            "activations": f.activations,
             "device": v["device"],
             "predicted_ms": v["predicted_ms"],
             "size_bytes": creport["size_bytes"],
@@ -847,7 +867,8 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
                 ("memory", not memory_ok), ("parity vs torch", not parity_ok),
                 ("emulated check", not emulated_ok)) if bad],
             "quality": {"noisy": q["noisy"], "baseline": baseline_q["enhanced"], "compressed": q["enhanced"],
-                        "set": "test", "n": q["n"], "dnsmos": q.get("dnsmos")},
+                        "set": "test", "n": q["n"], "dnsmos": q.get("dnsmos"),
+                        "scored": q.get("scored", "the compressed model in torch (f32)")},
             "finetune_target": cfg.finetune_target,
             "allocation": {"ratios": allocation.ratios, "predicted_loss": allocation.predicted_loss,
                            "steps": allocation.steps, "measured_trials": trials,

@@ -75,7 +75,7 @@ def markdown(report: dict) -> str:
     lines = [f"# hwcompress fit: {report['model']} on {report['target']}", "",
              f"Command: `{report.get('command') or 'hwcompress fit (library call)'}`", "",
              f"Target: {report['target_description']}. Runtime {r0['runtime']} {r0['runtime_version'] or ''}, "
-             f"{r0['threads']} thread(s), device: {r0['device']}.", "",
+             f"{r0['threads']} thread(s), {r0.get('activations') or 'f32'} activations, device: {r0['device']}.", "",
              "| budget ms | latency ms | source | budget met | runtime artifact B | .hwc B | PESQ-WB | STOI | SI-SDR dB |"
              + "".join(f" {label} |" for _, label in mos_cols),
              "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(mos_cols)]
@@ -90,7 +90,7 @@ def markdown(report: dict) -> str:
     lines += ["", f"Quality on the real-speech test split ({q['n']} mixtures): noisy PESQ-WB {q['noisy']['pesq_wb']:.3f}, "
               f"STOI {q['noisy']['stoi']:.3f}, SI-SDR {q['noisy']['si_sdr']:.2f} dB{mos_text(q['noisy'])}; dense model PESQ-WB "
               f"{q['baseline']['pesq_wb']:.3f}, STOI {q['baseline']['stoi']:.3f}, SI-SDR {q['baseline']['si_sdr']:.2f} dB"
-              f"{mos_text(q['baseline'])}.", ""]
+              f"{mos_text(q['baseline'])}. Compressed rows: {q.get('scored', 'the compressed model in torch (f32)')}.", ""]
     if mos:
         lines += [f"DNSMOS columns: {mos}; non-intrusive (no clean reference), 1-5, higher is better. "
                   "DNSMOS models by Microsoft (MIT licence).", ""]
