@@ -248,3 +248,40 @@ def test_agrees_with_openvino_benchmark_app(tmp_path) -> None:
           f"ms (Session.run, InferRequest.latency, benchmark_app) {pairs}; load {os.getloadavg()}")
     assert 1 / 1.2 <= sorted(runtime_ratios)[2] <= 1.2, (runtime_ratios, ratios, pairs)
     assert 1 / 1.2 <= sorted(ratios)[2] <= 1.2, (runtime_ratios, ratios, pairs)
+
+
+@x86_only
+@pytest.mark.slow
+def test_fit_with_bf16_activations_times_checks_and_scores_the_file_at_bf16(small_corpus, tmp_path) -> None:
+    """`fit --activations bf16` on x86-openvino: the timed runs, the parity check and the quality
+    rows are of the shipped IR run with bf16 activations (or one line, exit 2, on a CPU without
+    bf16); a target that lacks the precision refuses before any work."""
+    import openvino as ov
+
+    args = ["fit", "--target", "x86-openvino", "--model", "tiny-crn", "--budget-ms", "50", "--allocation", "uniform",
+            "--data", str(small_corpus), "--prune-steps", "2", "--cluster-steps", "2", "--eval-items", "2",
+            "--no-dnsmos", "--measure-runs", "30", "--activations", "bf16", "--json"]
+    proc = _cli(*args, "--out", str(tmp_path / "fit"))
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert proc.returncode == 2 and "cannot run bf16 activations" in proc.stderr, proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)["results"][0]
+    assert r["activations"] == "bf16" and r["latency_source"] == "measured"
+    assert r["parity_vs_torch"]["activations"] == "bf16" and r["parity_vs_torch"]["ok"]
+    assert r["quality"]["scored"] == "the runtime artifact in openvino with bf16 activations"
+    assert "bf16 activations" in (tmp_path / "fit" / "report.md").read_text()
+    proc = _cli(*[a if a != "x86-openvino" else "generic-onnx" for a in args], "--out", str(tmp_path / "onnx"))
+    assert proc.returncode == 2 and "target generic-onnx runs f32 activations, not 'bf16'" in proc.stderr
+    assert not (tmp_path / "onnx" / "calibration.json").exists()
+
+
+def test_eval_activations_need_an_artifact_and_a_runtime_that_has_them(tmp_path) -> None:
+    proc = _cli("eval", "--model", "tiny-crn", "--activations", "bf16", "--limit", "1")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--activations runs an exported artifact" in proc.stderr
+    from hwcompress.export import get_backend
+
+    onnx = get_backend("onnxruntime").export(load_model("tiny-crn"), tmp_path, "stream")
+    proc = _cli("eval", "--model", str(onnx), "--activations", "bf16", "--limit", "1")
+    assert proc.returncode == 2 and "onnxruntime runs f32 activations, not 'bf16'" in proc.stderr, proc.stderr

@@ -239,3 +239,26 @@ def test_onnxruntime_int8_stores_gru_and_transposed_conv_weights_in_8_bits(tmp_p
     assert i8["parity"]["ok"], i8["parity"]
     exact = exact_weights(i8["path"], model)
     assert exact["rnn.layers.0.weight_ih_l0"] and not exact["rnn.layers.0.weight_hh_l0"], exact
+
+
+def test_litert_weights_stored_by_offset_are_written_exactly_too(converter, tmp_path) -> None:
+    """ai-edge-quantizer stores larger buffers after the flatbuffer (offset/size, not inline
+    data): the grid rewrite and the readers must reach those too (the default CRN's LSTM weights
+    are stored so). Two 256-unit LSTMs on the 4-bit grid, exported int4."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    from hwcompress.compress.cluster import cluster_tensor, snap_to_grid
+
+    torch.manual_seed(0)
+    model = zoo.build("rnn", {"cell": "lstm", "hidden": [256, 256]}).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(snap_to_grid(cluster_tensor(p, 16), 4).dense())
+    (fp32,) = export_checked(model, "litert", tmp_path / "fp32", ["stream"], check=False)
+    (i4,) = export_checked(model, "litert", tmp_path / "int4", ["stream"], weights="int4")
+    m = fb.Model.GetRootAsModel(open(i4["path"], "rb").read(), 0)
+    assert any(m.Buffers(i).Offset() > 1 for i in range(m.BuffersLength())), "no buffer stored by offset here"
+    exact = tflite.exact_weights(i4["path"], fp32["path"])
+    assert len(exact) == 5 and all(exact.values()), exact  # 2 x (input, recurrent) gate matmuls + the Linear
+    assert i4["parity"]["ok"], i4["parity"]
