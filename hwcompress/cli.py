@@ -382,7 +382,7 @@ def compress(
     codebook: Annotated[int, typer.Option(help="Codebook size K per layer (2..256).")] = 16,
     structured: Annotated[bool, typer.Option(help="Remove whole units/channels (physically shrinks the model).")] = False,
     config: Annotated[Optional[Path], typer.Option(help="TOML of per-layer overrides: [layers.\"rnn.0\"] sparsity/codebook/structured/grid.")] = None,
-    grid: Annotated[int, typer.Option(help="Hold every codebook on the symmetric integer grid of this runtime weight width (4: at most 15 nonzero centroids; 8: at most 254), one step per layer, so that LiteRT and onnxruntime exports reproduce the .hwc exactly; 0: free k-means centroids (the paper's).")] = 0,
+    grid: Annotated[int, typer.Option(help="Hold every codebook on the symmetric integer grid of this runtime weight width (4: at most 14 nonzero centroids, q in [-7, 7]; 8: at most 254), one step per layer, so that LiteRT and onnxruntime exports reproduce the .hwc exactly; 0: free k-means centroids (the paper's).")] = 0,
     data: DataOpt = None,
     l1: Annotated[float, typer.Option(help="L1 weight during the regularisation stage.")] = 0.0,
     group_lasso: Annotated[float, typer.Option(help="Group-lasso weight during the regularisation stage.")] = 0.0,

@@ -323,9 +323,9 @@ def test_grid_step_rejects_off_grid_and_out_of_range_values() -> None:
     from hwcompress.compress.cluster import grid_step
 
     d = np.float32(0.01)
-    on = np.array([-8, -3, 0, 1, 7], dtype=np.float32) * d
+    on = np.array([-7, -3, 0, 1, 7], dtype=np.float32) * d
     assert grid_step(on, 4) == pytest.approx(float(d)) and grid_step(on, 8) is not None
-    assert grid_step(np.array([-9, 1, 7], dtype=np.float32) * d, 4) is None  # -9 is off the 4-bit range
+    assert grid_step(np.array([-8, 1, 7], dtype=np.float32) * d, 4) is None  # -8 is off the 4-bit range
     assert grid_step(np.array([0.3, 1.0, 1.5, 2.0], dtype=np.float32), 8) is not None  # steps of 0.1 (or 0.05)
     assert grid_step(np.array([0.1, np.pi / 10]), 8) is None  # no common step
     assert grid_step(np.zeros(5), 4) is None

@@ -68,8 +68,8 @@ INT4_KINDS: dict[str, tuple[str, ...]] = {
     "openvino": ("LSTM", "GRU", "Linear", "Conv2d", "ConvTranspose2d", "Conv1d"),
 }
 #: the search gives 4-bit runtime weights (`weights="mixed"`) to the layers it clusters to
-#: K <= 16, holding their codebooks on the 4-bit grid (at most 15 nonzero values: zero, which
-#: pruned weights need, is the 16th code); `export` of a `.hwc` gives 4 bits to the layers whose
+#: K <= 16, holding their codebooks on the 4-bit grid (at most 14 nonzero values, q in
+#: [-7, 7]: zero, which pruned weights need, is one code); `export` of a `.hwc` gives 4 bits to the layers whose
 #: weights lie on that grid (`mixed_layers`), where the runtime reproduces them exactly
 MIXED_MAX_K = 16
 #: backends whose int8/int4 export stores a weight lying on a symmetric integer grid
