@@ -524,7 +524,7 @@ def export_cmd(
     model: ModelOpt = "default",
     model_weights: ModelWeightsOpt = None,
     mode: Annotated[Optional[str], typer.Option(help="stream (one hop, state in/out), whole (utterance) or both [default: both; stream for tflm, which runs hop by hop only].")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="fp32; int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128; LiteRT: 4-bit fully-connected; onnxruntime: MatMulNBits; convolutions int8 on both); mixed (LiteRT, onnxruntime: 4 bits for the layers whose weights lie on the 4-bit integer grid, as compress --grid 4 and the fit leave them, stored exactly; 8 for the rest) [default: fp32; int8 for tflm, whose 16x8 form is its only one].")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="fp32; int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128; LiteRT: 4-bit fully-connected; onnxruntime: MatMulNBits; convolutions int8 on both); mixed (LiteRT, onnxruntime: 4 bits for the layers whose weights lie on the 4-bit integer grid, as compress --grid 4 and the fit leave them, stored exactly; 8 for the rest) [default: for a .hwc on onnx/tflite, mixed when every layer lies on an integer grid (as the fit and compress --grid leave it), else fp32, said on stderr; fp32 otherwise; int8 for tflm, whose 16x8 form is its only one].")] = None,
     frames: Annotated[int, typer.Option(min=1, help="T of a whole-utterance .tflite (LiteRT fixes T).")] = 100,
     check: Annotated[bool, typer.Option(help="Run each artifact against torch; one beyond its tolerance fails the export.")] = True,
     min_snr_db: Annotated[Optional[float], typer.Option(help="Parity tolerance: least SNR (dB) of the runtime output vs torch (default per weights: fp32 60, int8 25, int4 20).")] = None,
@@ -540,6 +540,7 @@ def export_cmd(
     backend = canonical_name(format_)
     micro = backend == "tflite-micro"
     mode = mode or ("stream" if micro else "both")
+    hwc_default = weights is None and Path(model).suffix == ".hwc"
     weights = weights or ("int8" if micro else "fp32")
     if mode not in ("stream", "whole", "both"):
         raise HwcError(f"unknown export mode {mode!r}: choose stream, whole or both")
@@ -551,6 +552,11 @@ def export_cmd(
     check_writable(out, "dir")
     reject_artifact(model, "export")
     net = load_model(model, model_weights)
+    if hwc_default:  # a .hwc's codebooks decide: the narrowest widths that hold them exactly
+        from hwcompress.export import default_weights
+
+        weights, why = default_weights(backend, net)
+        typer.echo(f"weights: {weights} (default for a .hwc on {backend}: {why}; --weights chooses)", err=True)
     from hwcompress.models.user import is_user_spec, spec_stem
 
     stem = spec_stem(model) if is_user_spec(model) else Path(model).stem if Path(model).suffix in (".pt", ".hwc") else model

@@ -8,6 +8,8 @@ model, and run in the real runtimes."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -262,3 +264,38 @@ def test_litert_weights_stored_by_offset_are_written_exactly_too(converter, tmp_
     exact = tflite.exact_weights(i4["path"], fp32["path"])
     assert len(exact) == 5 and all(exact.values()), exact  # 2 x (input, recurrent) gate matmuls + the Linear
     assert i4["parity"]["ok"], i4["parity"]
+
+
+def test_export_of_a_hwc_defaults_to_the_narrowest_exact_widths(capsys, tmp_path) -> None:
+    """`export --model X.hwc` without --weights: mixed when every layer lies on an integer grid
+    (rnn.0 then 4-bit, every weight exact), fp32 when one layer has free centroids (int8 would
+    round it), said on stderr; --weights still chooses."""
+    from hwcompress.compress.artifact import save_artifact
+    from hwcompress.export.onnx import exact_weights, layer_widths
+    from hwcompress.models.cost import layer_paths
+    from hwcompress.models.io import load_model
+    from conftest import cli
+
+    layers = list(layer_paths(zoo.build(*zoo.PRESETS["tiny-crn"])))
+    all_grid = _clustered({x: 16 if x == "rnn.0" else 64 for x in layers},
+                          {x: 4 if x == "rnn.0" else 8 for x in layers})
+    save_artifact(tmp_path / "grid.hwc", all_grid)
+    proc = cli(capsys, "export", "--model", str(tmp_path / "grid.hwc"), "--format", "onnx", "--mode", "stream",
+               "--out", str(tmp_path / "grid"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "weights: mixed (default for a .hwc" in proc.stderr, proc.stderr
+    path = next((tmp_path / "grid").glob("*.onnx"))
+    assert layer_widths(path) == {"rnn.0": "int4"}
+    exact = exact_weights(path, load_model(str(tmp_path / "grid.hwc")))
+    assert exact and all(exact.values()), exact
+
+    free = _clustered(*GRIDDED)  # proj: 16 free centroids, on no grid
+    save_artifact(tmp_path / "free.hwc", free)
+    proc = cli(capsys, "export", "--model", str(tmp_path / "free.hwc"), "--format", "onnx", "--mode", "stream",
+               "--out", str(tmp_path / "free"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "weights: fp32 (default for a .hwc" in proc.stderr and "proj" in proc.stderr, proc.stderr
+    assert {r["weights"] for r in json.loads(proc.stdout)["artifacts"]} == {"fp32"}
+    proc = cli(capsys, "export", "--model", str(tmp_path / "free.hwc"), "--format", "onnx", "--mode", "stream",
+               "--weights", "int8", "--out", str(tmp_path / "free8"), "--json")
+    assert proc.returncode == 0 and "default for a .hwc" not in proc.stderr, proc.stderr

@@ -260,6 +260,30 @@ def grid_bits(model: torch.nn.Module) -> dict[str, int]:
     return out
 
 
+def default_weights(backend: str, model: torch.nn.Module) -> tuple[str, str]:
+    """The weight format `export` uses for a `.hwc` when none is asked for, and why: on a backend
+    that stores grid weights exactly (GRID_EXACT_BACKENDS) "mixed" when every layer with weight
+    matrices lies on an integer grid (each layer then at the narrowest width holding it exactly:
+    4 bits on the 4-bit grid, else 8); "fp32" when some layer does not (free centroids: int8
+    would round them), naming those layers; the backend's plain default elsewhere."""
+    from hwcompress.models.cost import layer_paths
+
+    plain = "int8" if backend == "tflite-micro" else "fp32"
+    if backend not in GRID_EXACT_BACKENDS:
+        return plain, f"{backend} stores no codebook exactly at fewer bits"
+    params = dict(model.named_parameters())
+    weighted = [layer for layer, path in layer_paths(model).items()
+                if any(n.startswith(path + ".") and p.dim() >= 2 for n, p in params.items())]
+    bits = grid_bits(model)
+    off = [layer for layer in weighted if layer not in bits]
+    if off or not weighted:
+        return "fp32", (f"layers {', '.join(off[:4])}{' ...' if len(off) > 4 else ''} are on no integer grid "
+                        "(compress --grid 4|8 puts them there), so fp32 keeps every weight exact")
+    four = [layer for layer in weighted if bits[layer] == 4]
+    return "mixed", (f"every layer is on an integer grid ({len(four)} of {len(weighted)} on the 4-bit one), "
+                     "so each is stored at the narrowest width its kind runs at here that holds it exactly")
+
+
 def mixed_layers(model: torch.nn.Module) -> list[str]:
     """The layers `weights="mixed"` stores at 4 bits when not told: those whose weights lie on
     the 4-bit grid (`grid_bits`), which the runtime then holds exactly. A layer clustered to
