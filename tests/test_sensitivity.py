@@ -117,6 +117,7 @@ def _fitter(tmp_path: Path, small_corpus: Path, model) -> Fitter:
     f = Fitter.__new__(Fitter)
     f.cfg = FitConfig(target="none", out=tmp_path, sensitivity_items=2, codebook_tolerance=0.02)
     f.out, f.model, f.data = tmp_path, model, small_corpus
+    f.backend = None  # no runtime: codebooks on no backend's grid
     f.logs = []
     f.log = f.logs.append
     return f
