@@ -461,6 +461,7 @@ def fit(
     target: Annotated[str, typer.Option(help="Target name or .toml path.")],
     budget_ms: Annotated[Optional[str], typer.Option(help="Latency budget(s) per 10 ms hop, e.g. 8 or 2,4,8 (default: the target's).")] = None,
     budget_kb: Annotated[Optional[float], typer.Option(help="Runtime artifact size budget in KiB (default: the target's storage budget).")] = None,
+    budget_mb_ram: Annotated[Optional[float], typer.Option(help="Runtime RAM budget in MiB (default: the target's memory budget): the peak a fresh process adds loading and running the artifact, measured where the target is this machine (the search models it from the dense and most pruned models' measured peaks), else predicted as artifact + state bytes; on tflite-micro the measured tensor arena.")] = None,
     model: ModelOpt = "default",
     model_weights: ModelWeightsOpt = None,
     data: DataOpt = None,
@@ -486,8 +487,11 @@ def fit(
     budgets = _budget_list(budget_ms)
     if budget_kb is not None:
         check_budget_value(budget_kb, "size budget", "KiB")
+    if budget_mb_ram is not None:
+        check_budget_value(budget_mb_ram, "RAM budget", "MiB")
     cfg = FitConfig(target=target, out=out, budgets_ms=budgets,
                     budget_bytes=int(budget_kb * 1024) if budget_kb is not None else None, model=model,
+                    budget_ram_bytes=int(budget_mb_ram * 2**20) if budget_mb_ram is not None else None,
                     model_weights=model_weights, data=data,
                     prune_steps=prune_steps, cluster_steps=cluster_steps, eval_items=eval_items, emulate=emulate,
                     measure_runs=measure_runs, allocation=allocation, weights=weights,

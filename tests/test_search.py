@@ -157,6 +157,8 @@ def test_fit_resumes_without_recomputing(fitted, small_corpus) -> None:
         (["--target", "generic-onnx", "--budget-ms", "-3"], "latency budget must be a finite positive number"),
         (["--target", "generic-onnx", "--budget-ms", "fast"], "--budget-ms takes numbers"),
         (["--target", "generic-onnx", "--budget-kb", "0"], "size budget must be a finite positive number"),
+        (["--target", "generic-onnx", "--budget-mb-ram", "0"], "RAM budget must be a finite positive number"),
+        (["--target", "generic-onnx", "--budget-mb-ram", "nan"], "RAM budget must be a finite positive number"),
         (["--target", "pdp11"], "unknown target"),
     ],
 )
@@ -178,6 +180,17 @@ def test_fit_impossible_size_fails_before_the_dense_export(tmp_path, small_corpu
                "--out", str(tmp_path), *FAST)
     _user_error(proc, "size budget 256 B cannot be met on generic-onnx: even with 75% of every group pruned")
     assert not (tmp_path / "calibration.json").exists()
+
+
+def test_fit_impossible_ram_fails_before_the_search(tmp_path, small_corpus) -> None:
+    """A RAM budget the most pruned model's measured peak exceeds is refused once that floor
+    is measured, before the sensitivities."""
+    proc = run("fit", "--target", "generic-onnx", "--budget-mb-ram", "0.01", "--data", str(small_corpus),
+               "--out", str(tmp_path), *FAST)
+    _user_error(proc, "RAM budget 10485 B cannot be met on generic-onnx: with 75% of every group pruned the runtime "
+                      "still needs about")
+    assert "(measured here;" in proc.stderr, proc.stderr
+    assert not (tmp_path / "sensitivity").exists()
 
 
 def test_uniform_baseline_uses_one_ratio_and_costs_more_loss(crn_oracle) -> None:

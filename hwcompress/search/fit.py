@@ -64,6 +64,7 @@ class FitConfig:
     out: Path
     budgets_ms: list[float] = field(default_factory=list)  # empty: the target's budget
     budget_bytes: int | None = None  # runtime artifact bytes; None: the target's storage budget
+    budget_ram_bytes: int | None = None  # runtime RAM (peak while loaded and running); None: the target's memory budget
     model: str = "default"
     model_weights: Path | None = None  # weights of a model given as code (hwcompress.models.user)
     data: Path | None = None
@@ -95,7 +96,8 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def check_budgets(cfg: FitConfig, target: Target) -> tuple[list[float], int]:
+def check_budgets(cfg: FitConfig, target: Target) -> tuple[list[float], int, int]:
+    """The latency budgets (loosest first), the runtime artifact's size budget and its RAM budget."""
     budgets = cfg.budgets_ms or [target.latency_budget_ms]
     for b in budgets:
         if not (b > 0 and math.isfinite(b)):
@@ -103,7 +105,10 @@ def check_budgets(cfg: FitConfig, target: Target) -> tuple[list[float], int]:
     nbytes = cfg.budget_bytes if cfg.budget_bytes is not None else target.storage_budget_bytes
     if not (nbytes > 0 and math.isfinite(nbytes)):
         raise HwcError(f"size budget must be a finite positive number, got {nbytes} bytes")
-    return sorted(set(budgets), reverse=True), int(nbytes)
+    ram = cfg.budget_ram_bytes if cfg.budget_ram_bytes is not None else target.memory_budget_bytes
+    if not (ram > 0 and math.isfinite(ram)):
+        raise HwcError(f"RAM budget must be a finite positive number, got {ram} bytes")
+    return sorted(set(budgets), reverse=True), int(nbytes), int(ram)
 
 
 class Fitter:
@@ -121,7 +126,7 @@ class Fitter:
 
         check_finetune_target(cfg.finetune_target)  # before any long work
         self.target = load_target(cfg.target)
-        self.budgets, self.budget_bytes = check_budgets(cfg, self.target)
+        self.budgets, self.budget_bytes, self.ram_budget = check_budgets(cfg, self.target)
         if self.target.runtime not in RUNTIME_BACKENDS:
             raise HwcError(f"target {self.target.name}: runtime {self.target.runtime!r} has no export backend")
         self.backend = RUNTIME_BACKENDS[self.target.runtime]
@@ -161,6 +166,7 @@ class Fitter:
         self.floor_ms: float | None = None  # the most pruned model's latency (check_feasible)
         self.floor_how = "predicted"
         self.floor_ratios: dict[str, float] = {}
+        self._floor_probe: dict | None = None  # the most pruned model's export (and measurement)
         self.data: Path | None = None  # the corpus, once _fit knows it
         self._calibration_audio: list[np.ndarray] | None = None
 
@@ -210,7 +216,7 @@ class Fitter:
             result = {"bytes": art["bytes"], "params": sum(p.numel() for p in net.parameters())}
             if self.measurable:
                 m = self._measure(art["path"])
-                result.update(measured_ms=m["median_ms"], p90_ms=m["p90_ms"])
+                result.update(measured_ms=m["median_ms"], p90_ms=m["p90_ms"], peak_memory_bytes=m["peak_memory_bytes"])
             elif self.per_op:
                 from hwcompress.profile.mcu import predict_tflm
 
@@ -264,7 +270,44 @@ class Fitter:
                            f"{least} B{' at 1-bit LUT indices' if bits == 1 else ''} (pass a smaller model, or --budget-kb)")
 
     def budget_params(self) -> int:
-        return int(self.budget_bytes / self.bytes_per_weight)
+        """The most weights the allocation may keep: the size budget's, and the RAM budget's
+        (`ram_model`) where the weights are what the runtime holds in RAM."""
+        size = int(self.budget_bytes / self.bytes_per_weight)
+        model = self.ram_model()
+        if model is None:
+            return size
+        fixed, per_weight, _ = model
+        margin = MEASURE_MARGIN if self.measurable else 1.0
+        return max(0, min(size, int((self.ram_budget * margin - fixed) / per_weight)))
+
+    def ram_model(self) -> tuple[float, float, str] | None:
+        """Runtime RAM as fixed bytes + bytes per kept weight, and how it was had. Measurable
+        here: the line through the dense model's and the most pruned model's measured peaks
+        (what load and run add to a fresh process), since a runtime's own allocations (arenas,
+        prepacked weights) scale with neither the file nor a fixed constant alone. Otherwise
+        the prediction the report states: artifact bytes + input and output state buffers.
+        None for TFLite Micro, whose weights stay in flash (its RAM is the arena: check_arena)."""
+        if self.backend == "tflite-micro":
+            return None
+        dense = self.calibration_log[0] if self.calibration_log else {}
+        floor = self._floor_probe or {}
+        if self.measurable and "peak_memory_bytes" in dense and "peak_memory_bytes" in floor \
+                and dense["params"] > floor["params"]:
+            per_weight = (dense["peak_memory_bytes"] - floor["peak_memory_bytes"]) / (dense["params"] - floor["params"])
+            # RSS is paged: a slope at or under zero is noise; the file's bytes per weight bound it below
+            per_weight = max(per_weight, self.bytes_per_weight)
+            return (floor["peak_memory_bytes"] - per_weight * floor["params"], per_weight,
+                    "measured peaks of the dense and the most pruned model, a line through the two")
+        state_bytes = 4 * sum(int(np.prod(s)) for s in self.model.state_shapes())
+        return 2.0 * state_bytes, self.bytes_per_weight, "predicted: artifact bytes + input and output state buffers"
+
+    def ram_floor(self) -> tuple[float, str]:
+        """The most pruned model's RAM: measured where it ran here, else by `ram_model`."""
+        floor = self._floor_probe or {}
+        if self.measurable and "peak_memory_bytes" in floor:
+            return float(floor["peak_memory_bytes"]), "measured here"
+        fixed, per_weight, how = self.ram_model()
+        return fixed + per_weight * self.oracle.params(self.floor_ratios), how
 
     def check_feasible(self) -> None:
         floor = {g: alloc.MAX_RATIO for g in self.oracle.sizes}
@@ -277,6 +320,7 @@ class Fitter:
                 cached = {"calibration_log": self.calibration_log, **self._probe(floor)}
                 write_keyed(self.out / "floor.json", key, cached)
             best_ms, how = cached["measured_ms"], "measured here"
+            self._floor_probe = cached
         self.floor_ms = best_ms
         self.floor_how = how
         self.floor_ratios = floor
@@ -288,6 +332,12 @@ class Fitter:
         if best_params * self.bytes_per_weight > self.budget_bytes and self.backend != "tflite-micro":
             raise HwcError(f"size budget {self.budget_bytes} B cannot be met: the smallest reachable runtime artifact is "
                            f"about {int(best_params * self.bytes_per_weight)} B")
+        if self.backend != "tflite-micro":
+            least, ram_how = self.ram_floor()
+            if least > self.ram_budget * (MEASURE_MARGIN if self.measurable else 1.0):
+                raise HwcError(f"RAM budget {self.ram_budget} B cannot be met on {self.target.name}: with "
+                               f"{alloc.MAX_RATIO:.0%} of every group pruned the runtime still needs about {int(least)} B "
+                               f"({ram_how}; {self.cfg.weights} weights)")
         self.check_arena(floor)
 
     def check_lut_size(self, ks: dict[str, int]) -> None:
@@ -334,7 +384,7 @@ class Fitter:
         most pruned model's is measured too, and an arena that cannot fit even then fails here in
         one line (pruning channels is what shrinks activations and state)."""
         dense = next((e.get("arena_bytes") for e in self.calibration_log if not e.get("ratios")), None)
-        budget = self.target.memory_budget_bytes
+        budget = self.ram_budget
         if dense is None or dense <= budget:
             return
         key = {**self.key, "what": "floor arena", "ratios": floor}
@@ -804,7 +854,8 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
         work = f.out if len(f.budgets) == 1 else f.out / f"budget-{budget:g}ms"
         work.mkdir(parents=True, exist_ok=True)
         log(f"budget {budget:g} ms on {f.target.name}")
-        state = SearchState(work / "search-state.json", {**f.key, "budget_ms": budget}, log)
+        state = SearchState(work / "search-state.json", {**f.key, "budget_ms": budget, "budget_bytes": f.budget_bytes,
+                                                         "ram_budget_bytes": f.ram_budget}, log)
         attempt = state.resume(f)
         while True:
             allocation, trials = state.allocation(f, curves, budget, attempt)
@@ -824,7 +875,7 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
             state.save(attempt, f.oracle.calibration)
         q = f.quality(compressed, data, work / "quality.json", artifact=v["artifact"]["path"])
         runtime_bytes = v["artifact"]["bytes"]
-        memory_ok = v["peak_memory_bytes"] is None or v["peak_memory_bytes"] <= f.target.memory_budget_bytes
+        memory_ok = v["peak_memory_bytes"] is None or v["peak_memory_bytes"] <= f.ram_budget
         parity_ok = bool(v["parity_vs_torch"]["ok"])
         # an emulated run that ran and disagreed with this machine fails the budget; one that
         # could not run leaves it "not verified" in the report (the figures are predicted anyway)
@@ -836,7 +887,8 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
         results.append({
             "budget_ms": budget,
             "budget_bytes": f.budget_bytes,
-            "memory_budget_bytes": f.target.memory_budget_bytes,
+            "memory_budget_bytes": f.ram_budget,
+            "ram_model": dict(zip(("fixed_bytes", "bytes_per_weight", "how"), f.ram_model() or ())) or None,
             "latency_ms": v["latency_ms"],
             "latency_p90_ms": v.get("p90_ms"),
             "latency_source": v["latency_source"],

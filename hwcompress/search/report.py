@@ -101,7 +101,10 @@ def markdown(report: dict) -> str:
                   f"- runtime artifact: {r['runtime_artifact_bytes']} B ({', '.join(Path(f).name for f in r['files']['runtime'])}), "
                   f"parity vs torch: max |diff| {r['parity_vs_torch']['max_abs_diff']:.2e}, SNR {r['parity_vs_torch']['snr_db']:.1f} dB",
                   f"- .hwc artifact: {r['size_bytes']} B ({r['dense_fp32_bytes'] / r['size_bytes']:.1f}x smaller than fp32)",
-                  f"- peak memory: {r['peak_memory_bytes']} B, {r['peak_memory_source']} ({r['peak_memory_method']})",
+                  f"- peak memory: {r['peak_memory_bytes']} B, {r['peak_memory_source']} ({r['peak_memory_method']}); "
+                  f"RAM budget {r.get('memory_budget_bytes')} B" + (
+                      f", searched with RAM = {r['ram_model']['fixed_bytes']:.0f} B + {r['ram_model']['bytes_per_weight']:.2f} B "
+                      f"per weight ({r['ram_model']['how']})" if r.get("ram_model") else ""),
                   f"- MACs per frame: {r['macs_per_frame']['before']} -> {r['macs_per_frame']['after']}"]
         emu = r.get("emulated_check")
         if emu:
