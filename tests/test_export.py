@@ -256,3 +256,23 @@ def test_export_into_a_relative_folder(tmp_path, monkeypatch, backend: str) -> N
     monkeypatch.chdir(tmp_path)
     path = be.export(_model("tiny-gru"), Path("exports"), "stream")
     assert path.is_file() and path.resolve().parent == (tmp_path / "exports").resolve()
+
+
+def test_onnxruntime_bound_hops_equal_plain_run_and_are_not_aliased(artifacts) -> None:
+    # the IOBinding path reuses its buffers each hop: it must read the caller's new arrays and
+    # hand back copies, and agree with `InferenceSession.run` to the bit
+    _, path = artifacts("tiny-gru", "onnxruntime", "stream")
+    bound, plain = get_backend("onnxruntime").load(path, threads=1), get_backend("onnxruntime").load(path, threads=1)
+    assert bound._binding is not None, "a streaming graph has static shapes: it is bound"
+    plain.bound = False
+    spec = _spectrum(6).numpy()
+    first, s_b, s_p = None, None, None
+    for t in range(6):
+        got_b, s_b = bound.run(spec[:, t : t + 1], s_b)
+        got_p, s_p = plain.run(spec[:, t : t + 1], s_p)
+        np.testing.assert_array_equal(got_b, got_p)
+        for a, b in zip(s_b, s_p):
+            np.testing.assert_array_equal(a, b)
+        if first is None:
+            first, kept = got_b, got_b.copy()
+    np.testing.assert_array_equal(first, kept)  # a later hop did not overwrite what an earlier one returned

@@ -443,12 +443,41 @@ class OnnxSession(g.SessionBase):
         t = inputs[g.SPEC][1]
         self.frames = t if isinstance(t, int) else None
         self._outputs = g.output_names(n)
+        self._binding = self._bind(inputs, n)
+
+    def _bind(self, inputs: dict, n: int):
+        """A streaming graph has static shapes: every input and output is bound once to a
+        numpy buffer of this session (IOBinding), so a hop copies the caller's arrays in and
+        the results out, and onnxruntime neither wraps new inputs nor allocates outputs per
+        call as `InferenceSession.run` does (benchmarks/hop_overhead.md measures the two side
+        by side). None (plain `run` then) when some shape is dynamic."""
+        outputs = {o.name: o.shape for o in self.sess.get_outputs()}
+        shapes = [inputs[name] for name in g.input_names(n)] + [outputs.get(name) for name in self._outputs]
+        if not all(shape and all(isinstance(d, int) for d in shape) for shape in shapes):
+            return None
+        self._in_bufs = [np.zeros(shape, np.float32) for shape in shapes[:n + 1]]
+        self._out_bufs = [np.zeros(shape, np.float32) for shape in shapes[n + 1:]]
+        binding = self.sess.io_binding()
+        for name, buf in zip(g.input_names(n), self._in_bufs):
+            binding.bind_cpu_input(name, buf)
+        for name, buf in zip(self._outputs, self._out_bufs):
+            binding.bind_output(name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+        return binding
 
     def run(self, spec: np.ndarray, state: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         spec, state = self.checked_inputs(spec, state)
+        if self._binding is not None and self.bound:
+            for buf, array in zip(self._in_bufs, (spec, *state)):
+                np.copyto(buf, array)
+            self.sess.run_with_iobinding(self._binding)
+            # copies: the next call overwrites the bound buffers, and what is handed back is the caller's
+            return self._out_bufs[0].copy(), [b.copy() for b in self._out_bufs[1:]]
         feed = {g.SPEC: spec, **{g.state_name(i): s for i, s in enumerate(state)}}
         out = self.sess.run(self._outputs, feed)
         return out[0], list(out[1:])
+
+    #: False runs every hop through `InferenceSession.run` (the per-call binding path), for side-by-side timing
+    bound = True
 
 
 class OnnxBackend:
