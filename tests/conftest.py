@@ -112,3 +112,12 @@ def user_error(proc: subprocess.CompletedProcess, *fragments: str, only_line: bo
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     return errors[0]
+
+
+def sigint_default() -> None:
+    """Popen preexec_fn for the Ctrl-C tests: a child started from a shell's background job
+    inherits SIGINT ignored (POSIX), and Python then never raises KeyboardInterrupt; the
+    tests' SIGINT must reach the command as a user's Ctrl-C does."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

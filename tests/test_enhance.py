@@ -20,7 +20,7 @@ from hwcompress.enhance import (WHOLE_MAX_FRAMES, enhance, enhance_chunked, enha
                                 torch_runner)
 from hwcompress.models.io import load_model, save_model
 from hwcompress.models.stft import istft, stft
-from conftest import user_error  # exit 2 and one error line
+from conftest import sigint_default, user_error  # exit 2 and one error line; SIGINT as a Ctrl-C
 
 TINY = ("tiny-crn", "tiny-gcrn", "tiny-lstm", "tiny-gru")
 
@@ -201,7 +201,8 @@ def test_cli_interrupted_leaves_no_output(tmp_path, tiny_model) -> None:
     inp, out = tmp_path / "long.wav", tmp_path / "out.wav"
     sf.write(inp, noisy(600.0, seed=7), 16000)  # hop by hop this takes minutes
     proc = subprocess.Popen([sys.executable, "-m", "hwcompress", "enhance", str(inp), str(out), "--model",
-                             str(tiny_model), "--hop-by-hop"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(tiny_model), "--hop-by-hop"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     time.sleep(6)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

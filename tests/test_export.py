@@ -258,21 +258,33 @@ def test_export_into_a_relative_folder(tmp_path, monkeypatch, backend: str) -> N
     assert path.is_file() and path.resolve().parent == (tmp_path / "exports").resolve()
 
 
-def test_onnxruntime_bound_hops_equal_plain_run_and_are_not_aliased(artifacts) -> None:
-    # the IOBinding path reuses its buffers each hop: it must read the caller's new arrays and
-    # hand back copies, and agree with `InferenceSession.run` to the bit
-    _, path = artifacts("tiny-gru", "onnxruntime", "stream")
-    bound, plain = get_backend("onnxruntime").load(path, threads=1), get_backend("onnxruntime").load(path, threads=1)
-    assert bound._binding is not None, "a streaming graph has static shapes: it is bound"
-    plain.bound = False
+@pytest.mark.parametrize("backend", SWEEP)
+def test_hops_with_held_state_equal_the_per_call_path(artifacts, backend: str) -> None:
+    # the fast paths reuse their buffers each hop (onnxruntime IOBinding, OpenVINO's paired
+    # requests, LiteRT's tensors by index): they must read the caller's new arrays, hand back
+    # copies, keep the state where the next hop reads it, and agree with each runtime's plain
+    # per-call path to the bit
+    be = _require(backend)
+    _, path = artifacts("tiny-gru", backend, "stream")
+    fast, hops, plain = (be.load(path, threads=1) for _ in range(3))
+    plain.fast_path = False
     spec = _spectrum(6).numpy()
-    first, s_b, s_p = None, None, None
+    s_f, s_p, outs = None, None, []
     for t in range(6):
-        got_b, s_b = bound.run(spec[:, t : t + 1], s_b)
-        got_p, s_p = plain.run(spec[:, t : t + 1], s_p)
-        np.testing.assert_array_equal(got_b, got_p)
-        for a, b in zip(s_b, s_p):
+        frame = spec[:, t : t + 1]
+        got_f, s_f = fast.run(frame, s_f)
+        got_p, s_p = plain.run(frame, s_p)
+        got_h = hops.hop(frame)
+        np.testing.assert_array_equal(got_f, got_p, err_msg=f"{backend} hop {t}: run")
+        np.testing.assert_array_equal(got_h, got_p, err_msg=f"{backend} hop {t}: hop")
+        for a, b, c in zip(s_f, s_p, hops.held_state()):
             np.testing.assert_array_equal(a, b)
-        if first is None:
-            first, kept = got_b, got_b.copy()
-    np.testing.assert_array_equal(first, kept)  # a later hop did not overwrite what an earlier one returned
+            np.testing.assert_array_equal(c, b)
+        outs.append((got_h, got_h.copy()))
+    for got, kept in outs:  # a later hop did not overwrite what an earlier one returned
+        np.testing.assert_array_equal(got, kept)
+    hops.reset()
+    assert all(not s.any() for s in hops.held_state())
+    np.testing.assert_array_equal(hops.hop(spec[:, :1]), outs[0][1])  # a new stream from zero state
+    with pytest.raises(HwcError, match="spec must be"):
+        hops.hop(spec[:, :1, :3])

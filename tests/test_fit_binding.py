@@ -190,6 +190,9 @@ def test_verified_miss_tightens_and_compresses_again(dense_ms, small_corpus, tmp
     again = fitmod.fit(_cfg(tmp_path / "fit", small_corpus, budget), log=logged.append)
     assert calls["n"] == made, "the rerun allocated again"
     assert any("already built with these settings" in m for m in logged), logged
+    # and the finished budget's timing is the one it measured, not a new (noisy) one
+    assert any("verified measurement reused" in m for m in logged), logged
+    assert again["results"][0]["latency_ms"] == r["latency_ms"]
     assert again["results"][0]["allocation"]["ratios"] == r["allocation"]["ratios"]
 
 

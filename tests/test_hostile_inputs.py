@@ -21,7 +21,7 @@ import torch
 from hwcompress.compress.artifact import read_artifact
 from hwcompress.models.io import load_model, save_model
 from hwcompress.workdir import OutputLock
-from conftest import user_error  # exit 2 and one error line
+from conftest import sigint_default, user_error  # exit 2 and one error line; SIGINT as a Ctrl-C
 
 user_error_last = functools.partial(user_error, only_line=False)  # after progress lines
 
@@ -206,7 +206,7 @@ def _interrupt_when(proc: subprocess.Popen, ready, timeout: float = 300) -> tupl
 
 def _popen(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "hwcompress", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
 
 
 def _assert_interrupted(proc: subprocess.Popen, stderr: str, command: str) -> None:

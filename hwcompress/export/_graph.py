@@ -130,6 +130,31 @@ class SessionBase:
             raise HwcError(f"expected {len(self.state_shapes)} state tensors, got {len(state)}")
         return spec, [as_input(s) for s in state]
 
+    # A stream with its state held in the session: what a deployment runs each hop. `run` hands
+    # the state to the caller and takes it back every call (two copies of every state tensor per
+    # hop, and for most runtimes a new binding); `hop` lets a session keep it in place. This
+    # default keeps it in a Python list; sessions that can keep it in the runtime's own buffers
+    # (onnxruntime IOBinding, OpenVINO's paired requests, LiteRT's tensors) override both.
+
+    #: False takes each runtime's per-call path (inputs wrapped or bound, outputs allocated
+    #: anew every call), kept for side-by-side timing in benchmarks/hop_overhead.py
+    fast_path = True
+
+    def reset(self) -> None:
+        """Start a new stream: the next `hop` sees zero state."""
+        self._held: list[np.ndarray] | None = None
+
+    def hop(self, spec: np.ndarray) -> np.ndarray:
+        """One streaming hop on the held state (zeros after `reset` or at first); returns the
+        output frame, a copy the caller keeps."""
+        out, self._held = self.run(spec, getattr(self, "_held", None))
+        return out
+
+    def held_state(self) -> list[np.ndarray]:
+        """Copies of the state the next `hop` reads."""
+        held = getattr(self, "_held", None)
+        return [s.copy() for s in held] if held is not None else [np.zeros((1, *s), np.float32) for s in self.state_shapes]
+
 
 def check_precision(backend: str, precision: str | None) -> None:
     """A backend that runs one activation precision (targets.RUNTIME_ACTIVATIONS) refuses any

@@ -90,39 +90,76 @@ class OpenVinoSession(g.SessionBase):
         t = names[g.SPEC].get_partial_shape()[1]
         self.frames = t.get_length() if t.is_static else None
         self._outputs = [self.compiled.output(name) for name in g.output_names(n)]
+        # Streaming IRs have static shapes, so every tensor a hop touches can be made once and
+        # handed to the requests (set_tensor): the spectrum and output frame are shared
+        # numpy-backed tensors, and the state is a ping-pong pair of sets, request k reading
+        # set k and writing set 1-k, so a `hop` keeps the state in place and copies only the
+        # spectrum in and the frame out (benchmarks/hop_overhead.md times the paths side by
+        # side). Handing infer() a dict instead makes the Python binding wrap every array as a
+        # new tensor and the plugin re-bind its memory on every call, which measured 0.2-0.3 ms
+        # per hop here (more than the whole compressed model) and made our per-hop figure
+        # 50-80% above benchmark_app's.
         self.request = self.compiled.create_infer_request()
-        # Streaming IRs have static shapes, so the request's own input and output tensors
-        # never move: we copy each hop into and out of numpy views of them and call
-        # infer() with no arguments. Handing infer() a dict instead makes the Python
-        # binding wrap every array as a new tensor and the plugin re-bind its memory on
-        # every call, which measured 0.2-0.3 ms per hop here (more than the whole compressed
-        # model) and made our per-hop figure 50-80% above benchmark_app's.
-        self._in_views: list[np.ndarray] | None = None
         self.last_runtime_ms: float | None = None
-        if self.frames is not None and all(p.get_partial_shape().is_static for p in self.compiled.inputs):
+        self._paired = self.frames is not None and all(p.get_partial_shape().is_static for p in self.compiled.inputs)
+        if self._paired:
             ports = [names[name] for name in g.input_names(n)]
-            self._in_views = [self.request.get_tensor(p).data for p in ports]
-            self._out_views = [self.request.get_tensor(p).data for p in self._outputs]
+            self._spec_buf = np.zeros(_shape(ports[0]), np.float32)
+            self._out_buf = np.zeros(_shape(self._outputs[0]), np.float32)
+            self._pair = [[np.zeros(_shape(p), np.float32) for p in ports[1:]] for _ in range(2)]
+            self._requests = [self.request, self.compiled.create_infer_request()]
+            for k, request in enumerate(self._requests):
+                request.set_tensor(ports[0], ov.Tensor(self._spec_buf, shared_memory=True))
+                request.set_tensor(self._outputs[0], ov.Tensor(self._out_buf, shared_memory=True))
+                for port, buf in zip(ports[1:], self._pair[k]):
+                    request.set_tensor(port, ov.Tensor(buf, shared_memory=True))
+                for port, buf in zip(self._outputs[1:], self._pair[1 - k]):
+                    request.set_tensor(port, ov.Tensor(buf, shared_memory=True))
+            self._cur = 0  # the set the next hop reads
 
     def run(self, spec: np.ndarray, state: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         spec, state = self.checked_inputs(spec, state)
-        if self._in_views is not None:
-            for view, array in zip(self._in_views, (spec, *state)):
-                np.copyto(view, array)
-            self.request.infer()
-            # the runtime's own timing of this inference, without the Python call: the
-            # figure benchmark_app reports, kept so profile can show both side by side
-            self.last_runtime_ms = self.request.latency
-            # copies: the request overwrites these buffers on the next call, and the state
-            # handed back is what the caller feeds into that call
-            outs = [np.array(view) for view in self._out_views]
-            return outs[0], outs[1:]
+        if self._paired and self.fast_path:
+            for buf, array in zip(self._pair[self._cur], state):
+                np.copyto(buf, array)
+            out = self.hop(spec)
+            # copies: the next hop overwrites these buffers, and the state handed back is the caller's
+            return out, self.held_state()
         feed = {g.SPEC: spec, **{g.state_name(i): s for i, s in enumerate(state)}}
         # share_inputs: the call is synchronous and the arrays outlive it, so OpenVINO may
         # read them in place instead of copying every input
         res = self.request.infer(feed, share_inputs=True, share_outputs=True)
         outs = [np.array(res[port]) for port in self._outputs]
         return outs[0], outs[1:]
+
+    def hop(self, spec: np.ndarray) -> np.ndarray:
+        if not (self._paired and self.fast_path):
+            return super().hop(spec)
+        if getattr(spec, "shape", None) != self._spec_buf.shape:
+            raise HwcError(f"spec must be {list(self._spec_buf.shape)}, got {list(np.shape(spec))}")
+        np.copyto(self._spec_buf, spec, casting="same_kind")
+        request = self._requests[self._cur]
+        request.infer()
+        # the runtime's own timing of this inference, without the Python call: the figure
+        # benchmark_app reports, kept so profile can show both side by side
+        self.last_runtime_ms = request.latency
+        self._cur ^= 1
+        return self._out_buf.copy()
+
+    def reset(self) -> None:
+        super().reset()
+        if self._paired:
+            for buf in self._pair[self._cur]:
+                buf.fill(0.0)
+
+    def held_state(self) -> list[np.ndarray]:
+        if not (self._paired and self.fast_path):
+            return super().held_state()
+        return [buf.copy() for buf in self._pair[self._cur]]
+
+
+def _shape(port) -> tuple[int, ...]:
+    return tuple(port.get_partial_shape().to_shape())
 
 
 class OpenVinoBackend:

@@ -347,7 +347,7 @@ class LiteRtSession(g.SessionBase):
             self._open()
         except Exception as exc:
             raise g.corrupt(path, "LiteRT", exc) from None
-        details = self.runner.get_input_details()
+        details = self._ins
         if g.SPEC not in details:
             raise HwcError(f"{path}: not a hwcompress graph (no '{g.SPEC}' input)")
         n = len(details) - 1
@@ -357,19 +357,69 @@ class LiteRtSession(g.SessionBase):
         # fully integer models (e.g. ai-edge-quantizer static int8) take and give int8 tensors:
         # (scale, zero point) per quantized input/output, so callers keep speaking float
         self._in_q = {k: _affine(d) for k, d in details.items() if d["dtype"] != np.float32}
-        self._out_q = {k: _affine(d) for k, d in self.runner.get_output_details().items() if d["dtype"] != np.float32}
+        self._out_q = {k: _affine(d) for k, d in self._outs.items() if d["dtype"] != np.float32}
 
     def _open(self) -> None:
         self.interpreter = Interpreter(model_path=str(self._path), num_threads=self._threads,
                                        experimental_preserve_all_tensors=self.preserve_all_tensors)
-        self.runner = self.interpreter.get_signature_runner()
+        runner = self.interpreter.get_signature_runner()
+        # The signature runner resizes every input and re-runs AllocateTensors on each call;
+        # a streaming graph's shapes never change, so a hop sets the tensors by index on the
+        # allocated interpreter instead (benchmarks/hop_overhead.md times both). The state
+        # still round-trips through numpy: TFLite's arena may reuse an input's memory for later
+        # tensors within an invoke, so inputs are rewritten before every invoke, after every
+        # output has been read. A live runner holds the interpreter, which then refuses
+        # set_tensor/invoke: the fast path keeps none.
+        ins, outs = self._ins, self._outs = runner.get_input_details(), runner.get_output_details()
+        n = len(ins) - 1
+        self._in_idx = [ins[name]["index"] for name in g.input_names(n)] if g.SPEC in ins else []
+        self._out_idx = [outs[name]["index"] for name in g.output_names(n)] if g.OUT in outs else []
+        self._direct = bool(self._in_idx and self._out_idx) and getattr(runner, "_subgraph_index", 0) == 0 \
+            and all(d["dtype"] == np.float32 for d in (*ins.values(), *outs.values()))
+        self.runner = None if self._direct else runner
+        del runner
+        if self._direct:
+            self.interpreter.allocate_tensors()
+            self._spec_shape = tuple(int(d) for d in ins[g.SPEC]["shape"])
+
+    def hop(self, spec: np.ndarray) -> np.ndarray:
+        if not (self._direct and self.fast_path):
+            return super().hop(spec)
+        if getattr(spec, "shape", None) != self._spec_shape:
+            raise HwcError(f"spec must be {list(self._spec_shape)}, got {list(np.shape(spec))}")
+        self.runner = None
+        it = self.interpreter
+        held = getattr(self, "_held", None)
+        if held is None:
+            held = [np.zeros((1, *s), np.float32) for s in self.state_shapes]
+        it.set_tensor(self._in_idx[0], g.as_input(spec))
+        for index, array in zip(self._in_idx[1:], held):
+            it.set_tensor(index, array)
+        it.invoke()
+        try:
+            # get_tensor copies: what is handed back and held survives the next invoke
+            outs = [it.get_tensor(index) for index in self._out_idx]
+        except ValueError as exc:
+            if self.preserve_all_tensors or "null" not in str(exc):  # as in `run`: keep every tensor alive
+                raise
+            self.preserve_all_tensors = True
+            self._open()
+            return self.hop(spec)
+        self._held = outs[1:]
+        return outs[0]
 
     def run(self, spec: np.ndarray, state: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         spec, state = self.checked_inputs(spec, state)
+        if self._direct and self.fast_path:
+            self._held = state
+            out = self.hop(spec)
+            return out, list(self._held)
         feed = {g.SPEC: spec, **{g.state_name(i): s for i, s in enumerate(state)}}
         for name, (scale, zero, dtype) in self._in_q.items():
             info = np.iinfo(dtype)
             feed[name] = np.clip(np.round(feed[name] / scale) + zero, info.min, info.max).astype(dtype)
+        if self.runner is None:
+            self.runner = self.interpreter.get_signature_runner()
         try:
             res = self.runner(**feed)
         except ValueError as exc:
@@ -379,6 +429,7 @@ class LiteRtSession(g.SessionBase):
                 raise
             self.preserve_all_tensors = True
             self._open()
+            self.runner = self.runner or self.interpreter.get_signature_runner()
             res = self.runner(**feed)
         for name, (scale, zero, _) in self._out_q.items():
             res[name] = ((res[name].astype(np.float32) - zero) * scale).astype(np.float32)

@@ -652,7 +652,7 @@ class Fitter:
         }
         if self.measurable:
             runs = max(self.cfg.measure_runs, self.cfg.final_runs)
-            m = self._measure(art["path"], runs=runs)
+            m = self._verified_measurement(art, work / "verified-measurement.json", runs)
             v.update(latency_ms=m["median_ms"], p90_ms=m["p90_ms"], latency_source="measured",
                      device=f"{m['host']['cpu']} (this machine)", peak_memory_bytes=m["peak_memory_bytes"],
                      peak_memory_source="measured", peak_memory_method=m["peak_memory_method"],
@@ -686,6 +686,23 @@ class Fitter:
 
             v["layer_widths"] = layer_widths(self.backend, Path(art["path"]), compressed)
         return v
+
+    def _verified_measurement(self, art: dict, path: Path, runs: int) -> dict:
+        """The final timing of an artifact, kept under --out with the digest of its files: a
+        rerun of a finished budget reuses it, so a resumed fit reports what it measured
+        instead of timing the same bytes again and (on a noisy machine) retrying a budget it
+        had met. Another artifact, run count or setting is timed anew."""
+        from hwcompress.workdir import file_digest
+
+        key = {**self.key, "what": "verified measurement", "runs": runs, "threads": self.target.threads,
+               "files": {Path(f).name: file_digest(Path(f)) for f in art["files"]}}
+        cached = read_keyed(path, key, self.log)
+        if cached is not None:
+            self.log(f"  verified measurement reused from {path} (same artifact bytes; delete it to time again)")
+            return cached["measurement"]
+        m = self._measure(art["path"], runs=runs)
+        write_keyed(path, key, {"measurement": m})
+        return m
 
     def tflm_weights(self, compressed: SEModel, path: str, ks: dict[str, int]) -> list[dict]:
         """Per weight tensor of a TFLite Micro file: its layer, the K the search gave that layer,
