@@ -378,8 +378,11 @@ class LiteRtSession(g.SessionBase):
             and all(d["dtype"] == np.float32 for d in (*ins.values(), *outs.values()))
         self.runner = None if self._direct else runner
         del runner
+        # allocated on the first fast hop, not here: an interpreter allocated by hand and then
+        # driven by a signature runner (fast_path = False) fails to set XNNPACK up again on the
+        # default CRN ("failed to setup XNNPACK runtime"); the runner's calls allocate on their own
+        self._allocated = False
         if self._direct:
-            self.interpreter.allocate_tensors()
             self._spec_shape = tuple(int(d) for d in ins[g.SPEC]["shape"])
 
     def hop(self, spec: np.ndarray) -> np.ndarray:
@@ -389,6 +392,9 @@ class LiteRtSession(g.SessionBase):
             raise HwcError(f"spec must be {list(self._spec_shape)}, got {list(np.shape(spec))}")
         self.runner = None
         it = self.interpreter
+        if not self._allocated:
+            it.allocate_tensors()
+            self._allocated = True
         held = getattr(self, "_held", None)
         if held is None:
             held = [np.zeros((1, *s), np.float32) for s in self.state_shapes]
@@ -422,6 +428,7 @@ class LiteRtSession(g.SessionBase):
             self.runner = self.interpreter.get_signature_runner()
         try:
             res = self.runner(**feed)
+            self._allocated = True
         except ValueError as exc:
             # seen with ai-edge-quantizer's static int8 output: LiteRT's memory planner leaves an
             # output unallocated ("Tensor data is null"); keeping every tensor alive fixes it
