@@ -422,7 +422,7 @@ def exact_weights(path: Path, net: torch.nn.Module) -> dict[str, bool]:
     return out
 
 
-class OnnxSession(g.SessionBase):
+class OnnxSession(g.PairedStateSession):
     def __init__(self, path: Path, threads: int = 1) -> None:
         path = g.require_file(path)
         opts = ort.SessionOptions()
@@ -443,22 +443,19 @@ class OnnxSession(g.SessionBase):
         t = inputs[g.SPEC][1]
         self.frames = t if isinstance(t, int) else None
         self._outputs = g.output_names(n)
-        self._bound = self._bind(inputs, n)
+        self._bind(inputs, n)
 
-    def _bind(self, inputs: dict, n: int) -> bool:
+    def _bind(self, inputs: dict, n: int) -> None:
         """A streaming graph has static shapes, so every input and output is bound once to a
-        numpy buffer of this session (IOBinding) and onnxruntime neither wraps new inputs nor
-        allocates outputs per hop as `InferenceSession.run` does. The state lives in two sets
-        of buffers, a ping-pong pair: binding k reads set k and writes set 1-k, so a `hop`
-        keeps the state in place and copies only the spectrum in and the output frame out
-        (benchmarks/hop_overhead.md measures the paths side by side). False (plain `run`
-        then) when some shape is dynamic."""
+        numpy buffer of this session (IOBinding, one binding per set of the state pair:
+        `g.PairedStateSession`) and onnxruntime neither wraps new inputs nor allocates outputs
+        per hop as `InferenceSession.run` does (benchmarks/hop_overhead.md measures the paths
+        side by side). Unbound (plain `run`) when some shape is dynamic."""
         outputs = {o.name: o.shape for o in self.sess.get_outputs()}
         shapes = [inputs[name] for name in g.input_names(n)] + [outputs.get(name) for name in self._outputs]
         if not all(shape and all(isinstance(d, int) for d in shape) for shape in shapes):
-            return False
-        self._spec_buf, self._out_buf = np.zeros(shapes[0], np.float32), np.zeros(shapes[n + 1], np.float32)
-        self._pair = [[np.zeros(shape, np.float32) for shape in shapes[1:n + 1]] for _ in range(2)]
+            return
+        self._pair_buffers(shapes[0], shapes[n + 1], shapes[1:n + 1])
         self._bindings = []
         for k in (0, 1):
             binding = self.sess.io_binding()
@@ -468,41 +465,18 @@ class OnnxSession(g.SessionBase):
             for name, buf in zip(self._outputs, [self._out_buf, *self._pair[1 - k]]):
                 binding.bind_output(name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
             self._bindings.append(binding)
-        self._cur = 0  # the set the next hop reads
-        return True
+
+    def _invoke(self, k: int) -> None:
+        self.sess.run_with_iobinding(self._bindings[k])
 
     def run(self, spec: np.ndarray, state: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         spec, state = self.checked_inputs(spec, state)
-        if self._bound and self.fast_path:
-            for buf, array in zip(self._pair[self._cur], state):
-                np.copyto(buf, array)
-            out = self.hop(spec)
-            # copies: the next hop overwrites the buffers, and the state handed back is the caller's
-            return out, self.held_state()
+        if self._paired and self.fast_path:
+            return self._run_paired(spec, state)
         feed = {g.SPEC: spec, **{g.state_name(i): s for i, s in enumerate(state)}}
         out = self.sess.run(self._outputs, feed)
         return out[0], list(out[1:])
 
-    def hop(self, spec: np.ndarray) -> np.ndarray:
-        if not (self._bound and self.fast_path):
-            return super().hop(spec)
-        if getattr(spec, "shape", None) != self._spec_buf.shape:
-            raise HwcError(f"spec must be {list(self._spec_buf.shape)}, got {list(np.shape(spec))}")
-        np.copyto(self._spec_buf, spec, casting="same_kind")
-        self.sess.run_with_iobinding(self._bindings[self._cur])
-        self._cur ^= 1
-        return self._out_buf.copy()
-
-    def reset(self) -> None:
-        super().reset()
-        if self._bound:
-            for buf in self._pair[self._cur]:
-                buf.fill(0.0)
-
-    def held_state(self) -> list[np.ndarray]:
-        if not (self._bound and self.fast_path):
-            return super().held_state()
-        return [buf.copy() for buf in self._pair[self._cur]]
 
 class OnnxBackend:
     name = "onnxruntime"

@@ -51,7 +51,7 @@ def compress_weights(ov_model: ov.Model, weights: str) -> ov.Model:
         return nncf.compress_weights(ov_model, **kwargs)
 
 
-class OpenVinoSession(g.SessionBase):
+class OpenVinoSession(g.PairedStateSession):
     def __init__(self, path: Path, threads: int = 1, precision: str = "f32") -> None:
         path = g.require_file(path)
         if precision not in PRECISIONS:
@@ -101,12 +101,9 @@ class OpenVinoSession(g.SessionBase):
         # 50-80% above benchmark_app's.
         self.request = self.compiled.create_infer_request()
         self.last_runtime_ms: float | None = None
-        self._paired = self.frames is not None and all(p.get_partial_shape().is_static for p in self.compiled.inputs)
-        if self._paired:
+        if self.frames is not None and all(p.get_partial_shape().is_static for p in self.compiled.inputs):
             ports = [names[name] for name in g.input_names(n)]
-            self._spec_buf = np.zeros(_shape(ports[0]), np.float32)
-            self._out_buf = np.zeros(_shape(self._outputs[0]), np.float32)
-            self._pair = [[np.zeros(_shape(p), np.float32) for p in ports[1:]] for _ in range(2)]
+            self._pair_buffers(_shape(ports[0]), _shape(self._outputs[0]), [_shape(p) for p in ports[1:]])
             self._requests = [self.request, self.compiled.create_infer_request()]
             for k, request in enumerate(self._requests):
                 request.set_tensor(ports[0], ov.Tensor(self._spec_buf, shared_memory=True))
@@ -115,16 +112,11 @@ class OpenVinoSession(g.SessionBase):
                     request.set_tensor(port, ov.Tensor(buf, shared_memory=True))
                 for port, buf in zip(self._outputs[1:], self._pair[1 - k]):
                     request.set_tensor(port, ov.Tensor(buf, shared_memory=True))
-            self._cur = 0  # the set the next hop reads
 
     def run(self, spec: np.ndarray, state: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         spec, state = self.checked_inputs(spec, state)
         if self._paired and self.fast_path:
-            for buf, array in zip(self._pair[self._cur], state):
-                np.copyto(buf, array)
-            out = self.hop(spec)
-            # copies: the next hop overwrites these buffers, and the state handed back is the caller's
-            return out, self.held_state()
+            return self._run_paired(spec, state)
         feed = {g.SPEC: spec, **{g.state_name(i): s for i, s in enumerate(state)}}
         # share_inputs: the call is synchronous and the arrays outlive it, so OpenVINO may
         # read them in place instead of copying every input
@@ -132,30 +124,12 @@ class OpenVinoSession(g.SessionBase):
         outs = [np.array(res[port]) for port in self._outputs]
         return outs[0], outs[1:]
 
-    def hop(self, spec: np.ndarray) -> np.ndarray:
-        if not (self._paired and self.fast_path):
-            return super().hop(spec)
-        if getattr(spec, "shape", None) != self._spec_buf.shape:
-            raise HwcError(f"spec must be {list(self._spec_buf.shape)}, got {list(np.shape(spec))}")
-        np.copyto(self._spec_buf, spec, casting="same_kind")
-        request = self._requests[self._cur]
+    def _invoke(self, k: int) -> None:
+        request = self._requests[k]
         request.infer()
         # the runtime's own timing of this inference, without the Python call: the figure
         # benchmark_app reports, kept so profile can show both side by side
         self.last_runtime_ms = request.latency
-        self._cur ^= 1
-        return self._out_buf.copy()
-
-    def reset(self) -> None:
-        super().reset()
-        if self._paired:
-            for buf in self._pair[self._cur]:
-                buf.fill(0.0)
-
-    def held_state(self) -> list[np.ndarray]:
-        if not (self._paired and self.fast_path):
-            return super().held_state()
-        return [buf.copy() for buf in self._pair[self._cur]]
 
 
 def _shape(port) -> tuple[int, ...]:
