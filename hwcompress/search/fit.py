@@ -111,6 +111,11 @@ def check_budgets(cfg: FitConfig, target: Target) -> tuple[list[float], int, int
     return sorted(set(budgets), reverse=True), int(nbytes), int(ram)
 
 
+def _state_bytes(model: SEModel) -> int:
+    """Bytes of one set of the model's fp32 streaming state tensors."""
+    return 4 * sum(int(np.prod(s)) for s in model.state_shapes())
+
+
 class Fitter:
     """One fit run: shared state (model, target, calibration, sensitivities) across budgets."""
 
@@ -269,6 +274,11 @@ class Fitter:
                            f"{alloc.MAX_RATIO:.0%} of every group pruned the {self.cfg.weights} weights alone take about "
                            f"{least} B{' at 1-bit LUT indices' if bits == 1 else ''} (pass a smaller model, or --budget-kb)")
 
+    @property
+    def margin(self) -> float:
+        """The share of a budget a measured figure may use (noise room); 1 for predictions."""
+        return MEASURE_MARGIN if self.measurable else 1.0
+
     def budget_params(self) -> int:
         """The most weights the allocation may keep: the size budget's, and the RAM budget's
         (`ram_model`) where the weights are what the runtime holds in RAM."""
@@ -277,8 +287,7 @@ class Fitter:
         if model is None:
             return size
         fixed, per_weight, _ = model
-        margin = MEASURE_MARGIN if self.measurable else 1.0
-        return max(0, min(size, int((self.ram_budget * margin - fixed) / per_weight)))
+        return max(0, min(size, int((self.ram_budget * self.margin - fixed) / per_weight)))
 
     def ram_model(self) -> tuple[float, float, str] | None:
         """Runtime RAM as fixed bytes + bytes per kept weight, and how it was had. Measurable
@@ -298,8 +307,7 @@ class Fitter:
             per_weight = max(per_weight, self.bytes_per_weight)
             return (floor["peak_memory_bytes"] - per_weight * floor["params"], per_weight,
                     "measured peaks of the dense and the most pruned model, a line through the two")
-        state_bytes = 4 * sum(int(np.prod(s)) for s in self.model.state_shapes())
-        return 2.0 * state_bytes, self.bytes_per_weight, "predicted: artifact bytes + input and output state buffers"
+        return 2.0 * _state_bytes(self.model), self.bytes_per_weight, "predicted: artifact bytes + input and output state buffers"
 
     def ram_floor(self) -> tuple[float, str]:
         """The most pruned model's RAM: measured where it ran here, else by `ram_model`."""
@@ -325,7 +333,7 @@ class Fitter:
         self.floor_how = how
         self.floor_ratios = floor
         tight = min(self.budgets)
-        limit = tight * (MEASURE_MARGIN if self.measurable else 1.0)
+        limit = tight * self.margin
         if best_ms > limit:
             raise HwcError(f"budget {tight:g} ms cannot be met on {self.target.name}: the best reachable is about "
                            f"{best_ms:.3g} ms per hop ({how}; {alloc.MAX_RATIO:.0%} of every group pruned, {self.cfg.weights} weights)")
@@ -334,7 +342,7 @@ class Fitter:
                            f"about {int(best_params * self.bytes_per_weight)} B")
         if self.backend != "tflite-micro":
             least, ram_how = self.ram_floor()
-            if least > self.ram_budget * (MEASURE_MARGIN if self.measurable else 1.0):
+            if least > self.ram_budget * self.margin:
                 raise HwcError(f"RAM budget {self.ram_budget} B cannot be met on {self.target.name}: with "
                                f"{alloc.MAX_RATIO:.0%} of every group pruned the runtime still needs about {int(least)} B "
                                f"({ram_how}; {self.cfg.weights} weights)")
@@ -433,7 +441,7 @@ class Fitter:
         for attempt in range(self.cfg.retries + 1):
             how = alloc.uniform if self.cfg.allocation == "uniform" else alloc.allocate
             try:
-                a = how(curves, self.oracle, budget_ms * (MEASURE_MARGIN if self.measurable else 1.0),
+                a = how(curves, self.oracle, budget_ms * self.margin,
                         self.budget_params())
             except alloc.Infeasible:
                 if feasible:
@@ -659,7 +667,7 @@ class Fitter:
                      how=f"median of {runs} streaming hops of the exported artifact in a fresh "
                          f"subprocess, {self.target.threads} thread(s), host load {m['host'].get('load_avg')}")
         else:
-            state_bytes = 4 * sum(int(np.prod(s)) for s in compressed.state_shapes())
+            state_bytes = _state_bytes(compressed)
             v.update(latency_ms=prediction["latency_ms"], p90_ms=None, latency_source="predicted",
                      device=f"{self.target.cpu} (not attached)", how=prediction["how"],
                      peak_memory_bytes=art["bytes"] + 2 * state_bytes, peak_memory_source="predicted",
