@@ -201,8 +201,9 @@ class RayEngine:
         self.tasks_dir = str(self.out / ".tasks" / f"{os.getpid()}-{int(time.time())}")
         if address is not None:
             _check_address(address)
-        env = {"RAY_DEDUP_LOGS": "0"}
-        os.environ.update(env)
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every task's own lines, not "repeated 2x"
+        if not sys.stderr.isatty():
+            os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no escape codes in log files
         try:
             if address is not None:
                 ray.init(address=address, logging_level="ERROR", log_to_driver=True)

@@ -301,12 +301,26 @@ class Fitter:
     def budget_params(self) -> int:
         """The most weights the allocation may keep: the size budget's, and the RAM budget's
         (`ram_model`) where the weights are what the runtime holds in RAM."""
-        size = int(self.budget_bytes / self.bytes_per_weight)
+        fixed, per_weight = self.size_model()
+        size = int((self.budget_bytes - fixed) / per_weight)
         model = self.ram_model()
         if model is None:
             return size
         fixed, per_weight, _ = model
         return max(0, min(size, int((self.ram_budget * self.margin - fixed) / per_weight)))
+
+    def size_model(self) -> tuple[float, float]:
+        """Runtime artifact bytes as fixed bytes + bytes per kept weight: the line through the
+        dense and the most pruned model's exported files where both were exported (a file's
+        graph, names and metadata do not shrink with pruning: tiny-crn's 45-48 KB files are
+        mostly that), else all bytes per weight (the dense file's bytes / its weights)."""
+        dense = self.calibration_log[0] if self.calibration_log else {}
+        floor = self._floor_probe or {}
+        if self.backend != "tflite-micro" and "bytes" in dense and "bytes" in floor and dense["params"] > floor["params"]:
+            per_weight = (dense["bytes"] - floor["bytes"]) / (dense["params"] - floor["params"])
+            if per_weight > 0:
+                return max(0.0, floor["bytes"] - per_weight * floor["params"]), per_weight
+        return 0.0, self.bytes_per_weight
 
     def ram_model(self) -> tuple[float, float, str] | None:
         """Runtime RAM as fixed bytes + bytes per kept weight, and how it was had. Measurable
@@ -326,7 +340,8 @@ class Fitter:
             per_weight = max(per_weight, self.bytes_per_weight)
             return (floor["peak_memory_bytes"] - per_weight * floor["params"], per_weight,
                     "measured peaks of the dense and the most pruned model, a line through the two")
-        return 2.0 * _state_bytes(self.model), self.bytes_per_weight, "predicted: artifact bytes + input and output state buffers"
+        fixed, per_weight = self.size_model()
+        return 2.0 * _state_bytes(self.model) + fixed, per_weight, "predicted: artifact bytes + input and output state buffers"
 
     def ram_floor(self) -> tuple[float, str]:
         """The most pruned model's RAM: measured where it ran here, else by `ram_model`."""
@@ -344,13 +359,18 @@ class Fitter:
         floor = {g: alloc.MAX_RATIO for g in self.oracle.sizes}
         best_ms, best_params = self.oracle.latency_ms(floor), self.oracle.params(floor)
         how = "predicted"
-        if self.measurable:  # the smallest model the search may build, timed for real: seconds
+        dense_bytes = self.calibration_log[0]["bytes"] if self.calibration_log else 0
+        # the smallest model the search may build, exported (and where the target can be timed
+        # here, timed for real): seconds. A predicted target needs its bytes only when the dense
+        # artifact is over the size budget (the size model's second point: `size_model`)
+        if self.measurable or (self.backend != "tflite-micro" and dense_bytes > self.budget_bytes):
             key = {**self.key, "calibration": digest(self.calibration_log)}
             cached = read_keyed(self.out / "floor.json", key, self.log)
             if not cached:
                 cached = {"calibration_log": self.calibration_log, **self._probe(floor)}
                 write_keyed(self.out / "floor.json", key, cached)
-            best_ms, how = cached["measured_ms"], "measured here"
+            if self.measurable:
+                best_ms, how = cached["measured_ms"], "measured here"
             self._floor_probe = cached
         self.floor_ms = best_ms
         self.floor_how = how
@@ -362,9 +382,11 @@ class Fitter:
         tight = min(self.budgets)
         if strict and tight in self.unreachable:
             raise HwcError(self.unreachable[tight])
-        if best_params * self.bytes_per_weight > self.budget_bytes and self.backend != "tflite-micro":
+        fixed, per_weight = self.size_model()
+        least_bytes = (self._floor_probe or {}).get("bytes") or fixed + per_weight * best_params
+        if least_bytes > self.budget_bytes and self.backend != "tflite-micro":
             raise HwcError(f"size budget {self.budget_bytes} B cannot be met: the smallest reachable runtime artifact is "
-                           f"about {int(best_params * self.bytes_per_weight)} B")
+                           f"about {int(least_bytes)} B")
         if self.backend != "tflite-micro":
             least, ram_how = self.ram_floor()
             if least > self.ram_budget * self.margin:

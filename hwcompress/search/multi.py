@@ -25,6 +25,7 @@ targets differ only as far as their timings do (timings hold the machine alone: 
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 import time
@@ -130,7 +131,9 @@ def fit_many(cfg: FitConfig, targets: list[str], engine: str = "serial", workers
         load_target(t)
     out = Path(cfg.out)
     check_writable(out, "dir")
-    with OutputLock(out, inside=True):
+    # stdout is for the results (--json): Ray forwards its workers' and raylets' lines to the
+    # driver's stdout, so during the run everything printed goes to stderr, beside our logs
+    with OutputLock(out, inside=True), contextlib.redirect_stdout(sys.stderr):
         eng = (RayEngine(out, workers=workers, address=address, task_cpus=cfg.torch_threads or 1, log=log)
                if engine == "ray" else SerialEngine(cfg.torch_threads, out / ".tasks" / "serial"))
         try:
