@@ -61,6 +61,12 @@ def sshd_keys(d: Path) -> None:
     os.chmod(d / "authorized_keys", 0o600)
 
 
+@pytest.fixture(autouse=True)
+def _private_locks(tmp_path, monkeypatch) -> None:
+    """Device locks in the test's folder, not the user's cache (ssh_env shares one per module)."""
+    monkeypatch.setenv("HWCOMPRESS_DEVICE_LOCKS", str(tmp_path / "locks"))
+
+
 @pytest.fixture(scope="module")
 def sshd_pool(tmp_path_factory):
     """Three sshd on three loopback ports sharing one host key; the third is stopped once it has
@@ -80,7 +86,7 @@ def sshd_pool(tmp_path_factory):
     (d / "known_hosts").write_text("".join(f"[127.0.0.1]:{port} {kind} {key}\n" for port in ports))
     (d / "ssh_config").write_text(f"Host *\n  UserKnownHostsFile {d / 'known_hosts'}\n")
     hosts = [f"{USER}@127.0.0.1:{port}" for port in ports]
-    yield {"ports": ports, "hosts": hosts, "up": hosts[:2], "down": hosts[2], "key": d / "client",
+    yield {"ports": ports, "hosts": hosts, "up": hosts[:2], "down": hosts[2], "key": d / "client", "dir": d,
            "env": {"HWCOMPRESS_SSH_CONFIG": str(d / "ssh_config"), "HWCOMPRESS_DEVICE_LOCKS": str(d / "locks")}}
     for proc in procs[:2]:
         proc.terminate()
@@ -195,6 +201,37 @@ def test_pool_spreads_measurements_over_hosts_one_at_a_time(ssh_env, tiny_tflite
     assert [d["host"] for d in state["down"]] == [ssh_env["down"]]
     assert "SSH connection failed" in state["down"][0]["reason"]
     assert len(logs) == 1 and logs[0].startswith(f"warning: pool host {ssh_env['down']} is down"), logs
+
+
+def test_host_that_stops_mid_run_is_retried_elsewhere(ssh_env, tiny_tflite, tmp_path) -> None:
+    """A host that answered the pool's probe and then stopped: the measurement that finds it gone
+    is recorded as failed there, the host is down with its reason, and the figure comes from another."""
+    from hwcompress.targets import load_target
+
+    port = _free_port()
+    while port in ssh_env["ports"]:
+        port = _free_port()
+    kind, key = (ssh_env["dir"] / "host.pub").read_text().split()[:2]
+    with open(ssh_env["dir"] / "known_hosts", "a") as fh:
+        fh.write(f"[127.0.0.1]:{port} {kind} {key}\n")
+    proc = start_sshd(ssh_env["dir"], port)
+    stopping = f"{USER}@127.0.0.1:{port}"
+    logs: list[str] = []
+    try:
+        pool = _pool(ssh_env, tmp_path, [stopping, ssh_env["up"][0]], logs)
+        tg = load_target("raspberrypi4")
+        assert [h.name for h in pool.probe(tg)] == [stopping, ssh_env["up"][0]]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    # both unused so far: the first listed, the stopped one, is tried first
+    results = [pool.measure(tg, tiny_tflite, 20, 2, f"after the stop {i}") for i in range(2)]
+    assert [r["device"]["host"] for r in results] == [ssh_env["up"][0]] * 2
+    state = pool.state()
+    assert [d["host"] for d in state["down"]] == [stopping] and "SSH connection failed" in state["down"][0]["reason"]
+    failed = [m for m in state["measurements"] if not m["ok"]]
+    assert [m["host"] for m in failed] == [stopping] and failed[0]["what"] == "after the stop 0"
+    assert len(logs) == 1 and logs[0].startswith(f"warning: pool host {stopping} is down"), logs
 
 
 def test_pool_sweep_rounds_name_their_hosts(ssh_env, converter, tmp_path) -> None:

@@ -326,7 +326,8 @@ class Fitter:
         """The most pruned model's RAM: measured where it ran here, else by `ram_model`."""
         floor = self._floor_probe or {}
         if self.measurable and "peak_memory_bytes" in floor:
-            return float(floor["peak_memory_bytes"]), f"measured on {floor.get('measured_on') or 'this machine'}"
+            return float(floor["peak_memory_bytes"]), (f"measured on {floor['measured_on']}" if floor.get("measured_on")
+                                                       else "measured here")
         fixed, per_weight, how = self.ram_model()
         return fixed + per_weight * self.oracle.params(self.floor_ratios), how
 
@@ -340,7 +341,8 @@ class Fitter:
             if not cached:
                 cached = {"calibration_log": self.calibration_log, **self._probe(floor)}
                 write_keyed(self.out / "floor.json", key, cached)
-            best_ms, how = cached["measured_ms"], f"measured on {cached.get('measured_on') or 'this machine'}"
+            best_ms = cached["measured_ms"]
+            how = f"measured on {cached['measured_on']}" if cached.get("measured_on") else "measured here"
             self._floor_probe = cached
         self.floor_ms = best_ms
         self.floor_how = how
