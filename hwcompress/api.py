@@ -50,10 +50,11 @@ def compress(model: Any, out: str | Path, data: str | Path | None = None, **opti
 
 
 def fit(model: Any, target: str, budget_ms: float | list[float] | None = None, out: str | Path = "fit",
-        data: str | Path | None = None, **options: Any) -> dict:
+        data: str | Path | None = None, pool: Any = None, **options: Any) -> dict:
     """`hwcompress fit` in Python: per-layer sparsity and codebook sizes chosen to meet the target's
     budgets, exported, measured and reported under `out`. `options` are
-    hwcompress.search.fit.FitConfig fields (budget_bytes, weights, prune_steps, ...)."""
+    hwcompress.search.fit.FitConfig fields (budget_bytes, weights, prune_steps, ...); `pool`: a
+    hwcompress.profile.pool.DevicePool (`build_pool(host=..., pool_file=...)`) to time on."""
     from hwcompress.search.fit import FitConfig, fit as _fit
 
     budgets = [] if budget_ms is None else [float(b) for b in (budget_ms if isinstance(budget_ms, (list, tuple))
@@ -63,4 +64,4 @@ def fit(model: Any, target: str, budget_ms: float | list[float] | None = None, o
     cfg = FitConfig(target=target, out=Path(out), budgets_ms=budgets,
                     model=label if label is not None else getattr(net, "source", type(net).__name__),
                     data=Path(data) if data is not None else None, **options)
-    return _fit(cfg, model=net)
+    return _fit(cfg, model=net, pool=pool)

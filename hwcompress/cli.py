@@ -480,9 +480,15 @@ def fit(
     workers: Annotated[Optional[int], typer.Option(help="Run the tasks (sensitivities, calibrations, each (target, budget)) on a local Ray runtime with this many task slots (needs the ray extra). Default: serially in this process, no Ray.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Run the tasks on the existing Ray cluster whose head is at HOST:PORT (every node needs this hwcompress and must see --out and --data at the same paths).")] = None,
     torch_threads: Annotated[int, typer.Option(min=0, help="torch threads of each task (with Ray also the CPUs each task asks for; 0: torch's default serially, 1 per task with Ray). The same value gives the same results serially and in parallel.")] = 0,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    identity: IdentityOpt = None,
+    remote_python: RemotePythonOpt = "python3",
+    pool_file: PoolOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Find per-layer sparsity and codebook sizes that meet the target's budgets, then compress, export, verify and report."""
+    """Find per-layer sparsity and codebook sizes that meet the target's budgets, then compress, export, verify and report.
+    With --host/--pool (LiteRT targets) every latency is timed on those devices: the target becomes measurable."""
     from hwcompress.search.fit import FitConfig
     from hwcompress.search.fit import fit as run_fit
 
@@ -507,11 +513,14 @@ def fit(
                     measure_runs=measure_runs, allocation=allocation, weights=weights,
                     finetune_target=finetune_target, dnsmos=dnsmos, codebook_tolerance=codebook_tolerance,
                     activations=activations, torch_threads=torch_threads)
+    pool = _device_pool(host, port, identity, remote_python, pool_file)  # checked here, in seconds
     if len(targets) > 1 or workers is not None or ray_address is not None:
         from hwcompress.search.multi import fit_many
 
+        spec = None if pool is None else {"host": host, "port": port, "identity": identity,
+                                          "python": remote_python, "pool_file": pool_file}
         report = fit_many(cfg, targets, engine="serial" if workers is None and ray_address is None else "ray",
-                          workers=workers, address=ray_address, log=lambda m: typer.echo(m, err=True))
+                          workers=workers, address=ray_address, log=lambda m: typer.echo(m, err=True), pool=spec)
         if len(targets) > 1:
             if json_:
                 _print_json(report)
@@ -519,7 +528,7 @@ def fit(
                 _multi_table(report, out)
             return
     else:
-        report = run_fit(cfg, log=lambda m: typer.echo(m, err=True))
+        report = run_fit(cfg, log=lambda m: typer.echo(m, err=True), pool=pool)
     if json_:
         _print_json(report)
         return
@@ -537,6 +546,8 @@ def fit(
         table.add_row(f"{s['budget_ms']:g}", f"{s['latency_ms']:.3f}", s["latency_source"], "yes" if s["budget_met"] else "NO",
                       str(s["runtime_bytes"]), str(s["hwc_bytes"]), f"{s['pesq_wb']:.2f}", f"{s['stoi']:.3f}")
     _console().print(table)
+    if pool is not None:
+        typer.echo(pool.summary())
     typer.echo(f"report: {out / 'report.md'} (also report.json, report.html)")
 
 
@@ -680,10 +691,24 @@ def predict(
 # ---------------------------------------------------------------- profile
 
 
+HostOpt = Annotated[Optional[str], typer.Option(help="Measure on these devices over SSH: [user@]address[:port], several separated by commas (a device pool: the measurements spread over them, one at a time per device; a host that cannot be reached is skipped and reported).")]
+PortOpt = Annotated[Optional[int], typer.Option(help="SSH port of the --host entries that give none.")]
+IdentityOpt = Annotated[Optional[Path], typer.Option(help="SSH private key for --host.")]
+RemotePythonOpt = Annotated[str, typer.Option(help="Python on the --host devices that has ai-edge-litert or tflite-runtime.")]
+PoolOpt = Annotated[Optional[Path], typer.Option("--pool", metavar="FILE", help="Device pool file (TOML): [[host]] tables with address, port, identity, python and the targets / arch each serves (README, Latency figures).")]
+
+
+def _device_pool(host: Optional[str], port: Optional[int], identity: Optional[Path], remote_python: str,
+                 pool_file: Optional[Path]):
+    from hwcompress.profile.pool import build_pool
+
+    return build_pool(host, port, identity, remote_python, pool_file, log=lambda m: typer.echo(m, err=True))
+
+
 @app.command()
 def profile(
     target: Annotated[str, typer.Option(help="Target name or .toml path.")],
-    model: ModelOpt = "default",
+    model: Annotated[Optional[list[str]], typer.Option("--model", help="Model file (.pt/.hwc), zoo preset, 'default', your own model's code (net.py:build), or an exported streaming artifact; several --model with --host/--pool are timed on the pool's devices at once.")] = None,
     model_weights: ModelWeightsOpt = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed streaming hops (after the warm-up).")] = 500,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed hops first.")] = 50,
@@ -693,58 +718,73 @@ def profile(
     weights: Annotated[Optional[str], typer.Option(help="fp32 (default); int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128). Not with an exported artifact: it keeps its own.")] = None,
     sweep: Annotated[bool, typer.Option(help="Build profiles/<target>.json: time a spread of model shapes here and fit the latency model.")] = False,
     rounds: Annotated[int, typer.Option(min=1, help="With --sweep: interleaved timing rounds per model, a fresh process each (the median is kept; the committed tables used 7, OpenVINO 9: a shared host needs several).")] = 5,
-    host: Annotated[Optional[str], typer.Option(help="Measure on this device over SSH ([user@]address): copies the .tflite and a runner there.")] = None,
-    port: Annotated[Optional[int], typer.Option(help="SSH port of --host.")] = None,
-    identity: Annotated[Optional[Path], typer.Option(help="SSH private key for --host.")] = None,
-    remote_python: Annotated[str, typer.Option(help="Python on --host that has ai-edge-litert or tflite-runtime.")] = "python3",
+    host: HostOpt = None,
+    port: PortOpt = None,
+    identity: IdentityOpt = None,
+    remote_python: RemotePythonOpt = "python3",
+    pool_file: PoolOpt = None,
     activations: Annotated[Optional[str], typer.Option(help="Activation precision, one the target lists (targets/*.toml `activations`; x86-openvino: f32, bf16). Default: the target's first.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Per-hop streaming latency on this machine (measured), or predicted when the target is another CPU.
     MODEL may also be an exported streaming artifact (.onnx, OpenVINO .xml, .tflite): that very file is
-    timed in its runtime with the target's threads (what benchmark_app would be compared with)."""
+    timed in its runtime with the target's threads (what benchmark_app would be compared with).
+    With --host/--pool the LiteRT file is timed on those devices over SSH, named in every figure."""
     from hwcompress.models.io import load_model
     from hwcompress.profile.measure import measure_local, profile_artifact
 
     from hwcompress.export import check_mode, is_artifact
 
-    artifact = is_artifact(model)
-    if artifact:
-        given = [flag for flag, v in (("--weights", weights), ("--out", out), ("--host", host),
-                                      ("--model-weights", model_weights)) if v is not None]
+    models = model or ["default"]
+    pooled = host is not None or pool_file is not None
+    if len(models) > 1 and (not pooled or sweep):
+        raise HwcError("several --model are timed at once on a device pool (--host a,b or --pool FILE), without "
+                       "--sweep; here give one")
+    model = models[0]
+    artifacts = [m for m in models if is_artifact(m)]
+    if artifacts:
+        given = [flag for flag, v in (("--weights", weights), ("--out", out), ("--model-weights", model_weights))
+                 if v is not None]
         given += ["--sweep"] if sweep else []
         if given:
-            raise HwcError(f"{model}: profile times an exported artifact as it is, here; the options {', '.join(given)} "
+            raise HwcError(f"{artifacts[0]}: profile times an exported artifact as it is; the options {', '.join(given)} "
                            "are for a model that profile exports (.pt, .hwc, a zoo preset or 'default')")
+    artifact = is_artifact(model)
     weights = weights or "fp32"
     check_mode("stream", weights)
     tg = load_target(target)
-    if activations is not None and (host is not None or sweep):
-        raise HwcError("--activations applies to a timing here; not with --host or --sweep")
-    if host is not None:
-        from hwcompress.profile.remote import SshDevice, measure_over_ssh
+    if activations is not None and (pooled or sweep):
+        raise HwcError("--activations applies to a timing here; not with --host, --pool or --sweep")
+    if backend is not None and pooled:
+        raise HwcError("--backend chooses a runtime here; pool devices run LiteRT (.tflite) with the device runner")
+    pool = _device_pool(host, port, identity, remote_python, pool_file)
+    if pool is not None and not sweep:
+        from hwcompress.profile.pool import profile_models
 
-        r = measure_over_ssh(load_model(model, model_weights), tg, SshDevice(host, port, str(identity) if identity else None,
-                                                              remote_python), runs=runs, warmup=warmup,
-                             weights=weights, out_dir=out)
-        r["model"] = model
+        done = profile_models(models, tg, pool, runs=runs, warmup=warmup, weights=weights, out_dir=out,
+                              model_weights=model_weights)
         if json_:
-            _print_json(r)
+            # one model: its fields also at the top level, as `fit` does with one budget
+            _print_json({**(done["results"][0] if len(done["results"]) == 1 else {}), **done})
             return
-        typer.echo(f"{model} on {tg.name} at {host} ({r['device']['machine']}): MEASURED median {r['median_ms']:.3f} ms, "
-                   f"p90 {r['p90_ms']:.3f} ms over {r['runs']} hops; {r['runtime']} {r['runtime_version']}, "
-                   f"{r['threads']} thread(s), {weights} weights, artifact {r['artifact']['bytes']} B")
-        if r.get("warning"):
-            typer.echo(f"note: {r['warning']}")
+        for r in done["results"]:
+            d = r["device"]
+            typer.echo(f"{r['model']} on {tg.name} at {d['host']} ({d['machine']}, {d['cpu']}): MEASURED median "
+                       f"{r['median_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms over {r['runs']} hops; {r['runtime']} "
+                       f"{r['runtime_version']}, {r['threads']} thread(s), {r['weights']} weights, artifact "
+                       f"{r['artifact']['bytes']} B; budget {tg.latency_budget_ms:g} ms")
+        for note in dict.fromkeys(r["warning"] for r in done["results"] if r.get("warning")):
+            typer.echo(f"note: {note}")
+        typer.echo(pool.summary())
         return
     if sweep:
         from hwcompress.profile.table import sweep as run_sweep
         from hwcompress.profile.table import write_table
 
-        table = run_sweep(tg, runs=min(runs, 300), repeats=rounds)
+        table = run_sweep(tg, runs=min(runs, 300), repeats=rounds, pool=pool)
         path = write_table(table)
         if json_:
-            _print_json(table)
+            _print_json({**table, **({"pool": pool.state()} if pool is not None else {})})
             return
         t = Table(title=f"{path}: {table['provenance']}", box=box.SIMPLE_HEAD, show_edge=False)
         for col in ("model", "weights", "params", "measured ms", "fitted ms", "error"):
@@ -753,6 +793,8 @@ def profile(
             t.add_row(r["model"], r["weights"], str(r["params"]), f"{r['measured_ms']:.3f}", f"{r['fitted_ms']:.3f}",
                       f"{100 * (r['fitted_ms'] / r['measured_ms'] - 1):+.1f}%")
         _console().print(t)
+        if pool is not None:
+            typer.echo(pool.summary())
         return
     if artifact:
         r = profile_artifact(model, tg, backend=backend, runs=runs, warmup=warmup, top=top, activations=activations)

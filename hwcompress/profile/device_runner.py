@@ -8,6 +8,11 @@ then `tflite_runtime.interpreter`. Never import hwcompress here.
 
     python3 device_runner.py MODEL.tflite INPUTS.npz OUT_DIR [--runs N] [--warmup W]
         [--threads T] [--carry auto|none|IN=OUT,...] [--latency-source device]
+    python3 - --probe < device_runner.py     # what this machine is and runs: one JSON line
+
+`--probe` (the script fed on stdin, nothing copied) prints the machine, its CPU model, load,
+Python, numpy and the TFLite interpreter it would use, or fails when it has none: a device
+pool (`hwcompress.profile.pool`) checks each host with it before timing anything there.
 
 INPUTS.npz holds one array per model input (named as the input of the model's first
 signature, or of the plain input tensor when the model has no signature). An array
@@ -19,11 +24,14 @@ so a streaming model's `state_i` follows `state_out_i`.
 
 Writes OUT_DIR/outputs.npz (every output stacked over the N recorded invokes:
 [N, *shape]) and OUT_DIR/info.json (per-invoke latency median/p90 in ms, runtime name
-and version, threads, machine). `--warmup` invokes happen first, from the initial
-inputs, and are neither recorded nor timed; the recorded sequence then restarts from
-the initial state. One timed invoke = the signature-runner call: copy inputs in,
+and version, threads, machine, CPU model, load average, peak memory). `--warmup` invokes
+happen first, from the initial inputs, and are neither recorded nor timed; the recorded
+sequence then restarts from the initial state. One timed invoke = the signature-runner call: copy inputs in,
 invoke, copy outputs out (what a streaming app pays per hop), tensors set by index on the
 allocated interpreter (the signature runner would resize and re-allocate on every call).
+The peak memory is what loading the model and the warm-up invokes add to the process
+(Linux: VmHWM after them minus VmRSS after the imports, the peak reset in between), taken
+before the recorded outputs pile up.
 """
 
 from __future__ import annotations
@@ -105,6 +113,56 @@ class Model:
         return {n: self.interpreter.get_tensor(d["index"]) for n, d in self._out.items()}
 
 
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo ("model name" on x86, "Model"/"Hardware" on Arm boards).
+    The same lookup as hwcompress.profile.measure.host_cpu, written again: this file imports
+    nothing of hwcompress."""
+    try:
+        with open("/proc/cpuinfo", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        text = ""
+    for key in ("model name", "Model", "Hardware", "cpu model"):
+        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
+        if m:
+            return m.group(1).strip()
+    return platform.processor() or "unknown"
+
+
+def load_avg() -> list | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            m = re.search(rf"^{key}:\s*(\d+)\s*kB", fh.read(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def _reset_peak() -> bool:
+    # Linux >= 4.0: writing 5 resets VmHWM to the current RSS
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def probe() -> dict:
+    """What this machine is and would run a model with (raises SystemExit without an interpreter)."""
+    _, runtime, runtime_version = load_interpreter_class()
+    return {"format": FORMAT, "machine": platform.machine(), "platform": platform.platform(), "cpu": cpu_model(),
+            "logical_cpus": os.cpu_count(), "load_avg": load_avg(), "python": platform.python_version(),
+            "numpy": np.__version__, "runtime": {"name": runtime, "version": runtime_version}}
+
+
 def carry_pairs(spec: str, inputs: list, outputs: list) -> dict:
     """{input name: output name feeding it on the next invoke}."""
     if spec == "none":
@@ -142,6 +200,9 @@ def run(model_path: str, inputs_path: str, out_dir: str, runs: int, warmup: int 
     if runs < 1:
         raise SystemExit("device_runner: --runs must be at least 1")
     interpreter_cls, runtime, runtime_version = load_interpreter_class()
+    load_before = load_avg()
+    reset = _reset_peak()
+    base_kib = _status_kib("VmRSS")
     t0 = time.perf_counter()
     model = Model(interpreter_cls, model_path, threads)
     load_ms = (time.perf_counter() - t0) * 1e3
@@ -176,6 +237,8 @@ def run(model_path: str, inputs_path: str, out_dir: str, runs: int, warmup: int 
 
     for _ in range(warmup):
         model(feeds_at(0, {}))
+    hwm_kib = _status_kib("VmHWM")
+    peak = (hwm_kib - base_kib) * 1024 if reset and base_kib is not None and hwm_kib is not None else None
 
     carried: dict = {}
     recorded = {n: [] for n in model.outputs}
@@ -209,6 +272,13 @@ def run(model_path: str, inputs_path: str, out_dir: str, runs: int, warmup: int 
         "threads": threads,
         "machine": platform.machine(),
         "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "load_avg": load_before,
+        "load_avg_after": load_avg(),
+        "peak_memory_bytes": peak,
+        "peak_memory_method": ("VmHWM after loading the model and the warm-up invokes minus VmRSS after the imports "
+                               "(/proc/self/status, peak reset with clear_refs 5), in the runner's process"
+                               if peak is not None else "not available (needs Linux /proc)"),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "signature": model.signature,
@@ -223,15 +293,21 @@ def run(model_path: str, inputs_path: str, out_dir: str, runs: int, warmup: int 
 
 def main(argv: list | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model")
-    ap.add_argument("inputs")
-    ap.add_argument("out_dir")
+    ap.add_argument("model", nargs="?")
+    ap.add_argument("inputs", nargs="?")
+    ap.add_argument("out_dir", nargs="?")
+    ap.add_argument("--probe", action="store_true", help="print what this machine is and runs (JSON), run nothing")
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--carry", default="auto", help="auto, none, or IN=OUT pairs separated by commas")
     ap.add_argument("--latency-source", default="device", help="label stored in info.json (device, emulated)")
     args = ap.parse_args(argv)
+    if args.probe:
+        print(json.dumps(probe()))
+        return 0
+    if args.out_dir is None:
+        ap.error("MODEL, INPUTS and OUT_DIR are required (or --probe)")
     info = run(args.model, args.inputs, args.out_dir, args.runs, args.warmup, args.threads, args.carry,
                args.latency_source)
     lat = info["latency_ms"]

@@ -27,6 +27,7 @@ well it predicts.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -192,10 +193,14 @@ def load_table(target: Target) -> dict | None:
 
 
 def time_specs(specs: list[tuple[str, str, dict]], backend: str, threads: int, runs: int, repeats: int = 3,
-               weights: tuple[str, ...] = ("fp32", "int8")) -> list[dict]:
+               weights: tuple[str, ...] = ("fp32", "int8"), pool: Any = None, target: Target | None = None) -> list[dict]:
     """Export every (spec, weights) once, then time them in `repeats` interleaved rounds,
     each artifact in a fresh process per round. Returns one dict per artifact with
     `repeat_ms` (one median per round) and `median_ms` (their median).
+
+    With a device `pool` (profile/pool.py) each round's artifacts are timed on the pool's hosts
+    serving `target`, one at a time per host and the hosts at once; `repeat_hosts` names the
+    host of each round's figure.
 
     Interleaved, not back to back: on this shared 2-vCPU host the slow periods last
     seconds to tens of seconds, so back-to-back repeats of one model land in the same
@@ -218,10 +223,19 @@ def time_specs(specs: list[tuple[str, str, dict]], backend: str, threads: int, r
             model = zoo.build(arch, config).eval()
             path = get_backend(backend).export(model, Path(tmp) / str(i), "stream", weights=w)
             out.append({"model": label, "arch": arch, "config": config, "weights": w, "net": model, "path": path,
-                        "repeat_ms": [], "runtime_repeat_ms": []})
+                        "repeat_ms": [], "runtime_repeat_ms": [], **({"repeat_hosts": []} if pool else {})})
             bar.advance(task)
         task = bar.add_task(f"time {len(items)} artifacts x {repeats} rounds", total=len(items) * repeats)
         for _ in range(max(1, repeats)):
+            if pool is not None:
+                timed = pool.parallel(target, [
+                    functools.partial(pool.measure, target, item["path"], runs, 30, f"{item['model']} {item['weights']}")
+                    for item in out], progress=lambda: bar.advance(task))
+                for item, m in zip(out, timed):
+                    item["repeat_ms"].append(m["median_ms"])
+                    item["repeat_hosts"].append(m["device"]["host"])
+                    item["runtime_version"] = f"{m['runtime']} {m['runtime_version']}"
+                continue
             for item in out:
                 m = measure_artifact(backend, item["path"], threads, runs=runs, warmup=30, top=0)
                 item["repeat_ms"].append(m["median_ms"])
@@ -249,32 +263,49 @@ def sweep_backend(target: Target) -> str:
 
 
 def sweep(target: Target, runs: int = 200, specs: list[tuple[str, str, dict]] | None = None,
-          repeats: int = 3) -> dict:
-    """Time every sweep model on this machine and fit the table (see module docstring)."""
-    backend = sweep_backend(target)
+          repeats: int = 3, pool: Any = None) -> dict:
+    """Time every sweep model on this machine, or on the hosts of a device `pool` serving
+    `target`, and fit the table (see module docstring)."""
+    if pool is None:
+        backend = sweep_backend(target)
+    else:
+        pool.probe(target)  # a LiteRT target some host serves and is up, before the exports
+        backend = "litert"
     specs = specs or sweep_specs()
-    return table_from_timings(target, time_specs(specs, backend, target.threads, runs, repeats), runs, repeats)
+    timings = time_specs(specs, backend, target.threads, runs, repeats, pool=pool, target=target)
+    if pool is None:
+        return table_from_timings(target, timings, runs, repeats)
+    used = {h for t in timings for h in t["repeat_hosts"]}
+    hosts = [r for r in pool.state()["hosts"] if r["host"] in used]
+    where = ("on pool hosts " + ", ".join(f"{r['host']} ({r['cpu']}, {r['machine']})" for r in hosts)
+             + " over SSH with the device runner (each row's repeat_hosts names the host of each round)")
+    return table_from_timings(target, timings, runs, repeats, where=where,
+                              runtime=next((t.get("runtime_version") for t in timings), None))
 
 
 def table_from_timings(target: Target, timings: list[dict], runs: int, repeats: int,
-                       command: str | None = None) -> dict:
+                       command: str | None = None, where: str | None = None, runtime: str | None = None) -> dict:
     """The profile table of `timings` (time_specs' results), fitted. Split from sweep so a
-    benchmark can time the sweep and its held-out models in the same rounds."""
+    benchmark can time the sweep and its held-out models in the same rounds. `where` and
+    `runtime` (name and version) describe a sweep timed elsewhere than here (a device pool)."""
     from hwcompress.profile.measure import RUNTIME_BACKENDS, host_cpu, runtime_version
 
     backend = RUNTIME_BACKENDS[target.runtime]
     rows = []
     for t in timings:
         net = t.pop("net")
+        t.pop("runtime_version", None)
         rows.append({**t, "params": int(sum(p.numel() for p in net.parameters())), "measured_ms": t.pop("median_ms")})
+    how = "the device runner on the host" if where else "one fresh process per model per round"
     return refit({
         "format": TABLE_FORMAT, "target": target.name, "runtime": target.runtime, "backend": backend,
-        "runtime_version": runtime_version(backend), "threads": target.threads,
+        "runtime_version": runtime or runtime_version(backend), "threads": target.threads,
         "cache_bytes": int(target.value("cache_bytes")),
-        "provenance": (f"measured here: {command or f'hwcompress profile --sweep --target {target.name}'}; "
+        "provenance": (f"measured {'on devices' if where else 'here'}: "
+                       f"{command or f'hwcompress profile --sweep --target {target.name}'}; "
                        f"{len({t['model'] for t in timings})} models x "
-                       f"fp32/int8, each the median of {repeats} interleaved rounds (one fresh process per model "
-                       f"per round, median of {runs} streaming hops), on {host_cpu()} ({platform.machine()}), "
+                       f"fp32/int8, each the median of {repeats} interleaved rounds ({how}, median of {runs} "
+                       f"streaming hops), {where or f'on {host_cpu()} ({platform.machine()})'}, "
                        f"{datetime.date.today().isoformat()}"),
         "rows": rows,
     })

@@ -133,7 +133,8 @@ def sensitivity_items(model: torch.nn.Module, data: Path, cfg: FitConfig) -> lis
 class Fitter:
     """One fit run: shared state (model, target, calibration, sensitivities) across budgets."""
 
-    def __init__(self, cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | None = None) -> None:
+    def __init__(self, cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | None = None,
+                 pool: Any = None) -> None:
         from hwcompress.export import get_backend
         from hwcompress.models.io import load_model
         from hwcompress.profile.measure import RUNTIME_BACKENDS, host_arch
@@ -150,7 +151,9 @@ class Fitter:
             raise HwcError(f"target {self.target.name}: runtime {self.target.runtime!r} has no export backend")
         self.backend = RUNTIME_BACKENDS[self.target.runtime]
         get_backend(self.backend)  # a missing runtime fails now, with its install hint
-        self.measurable = self.target.arch == host_arch()
+        #: a device pool (profile/pool.py) whose hosts time every latency of this target
+        self.pool = pool
+        self.measurable = pool is not None or self.target.arch == host_arch()
         # a microcontroller is not measurable here, but its exported file can be priced per
         # operator (profile/mcu.py): that prediction, not the torch-layer roofline, is what the
         # latency model is calibrated on and what the verified latency is
@@ -172,6 +175,9 @@ class Fitter:
         self.activations = target_activations(self.target, cfg.activations)
         self.key = {"model": model_digest(self.model), "target": digest(self.target.to_dict()),
                     "weights": cfg.weights, "backend": self.backend, "activations": self.activations}
+        if pool is not None:  # a LiteRT target a host serves, and one up: else one line, in seconds
+            pool.probe(self.target)
+            self.key["timed_on"] = pool.key(self.target)
         from hwcompress.export import WEIGHT_BITS, check_mode
 
         if cfg.weights not in ("int8", "int4", "mixed"):
@@ -218,7 +224,9 @@ class Fitter:
             self._calibration_audio = [row["noisy"] for row in eval_set(self.data, "valid", self.cfg.sensitivity_items)]
         return self._calibration_audio or []
 
-    def _measure(self, path: str, runs: int | None = None) -> dict:
+    def _measure(self, path: str, runs: int | None = None, what: str | None = None) -> dict:
+        if self.pool is not None:  # on a free pool host serving the target, named in the result's `device`
+            return self.pool.measure(self.target, Path(path), runs or self.cfg.measure_runs, what=what)
         from hwcompress.profile.measure import measure_artifact
 
         with quiet():  # in a parallel fit, no other task's step runs on this machine meanwhile
@@ -239,8 +247,13 @@ class Fitter:
             art = self._export(net, Path(tmp), check=False)
             result = {"bytes": art["bytes"], "params": sum(p.numel() for p in net.parameters())}
             if self.measurable:
-                m = self._measure(art["path"])
+                m = self._measure(art["path"], what="pruned model " + ", ".join(
+                    f"{g} {r:.0%}" for g, r in ratios.items() if r) if any(ratios.values()) else "dense model")
                 result.update(measured_ms=m["median_ms"], p90_ms=m["p90_ms"], peak_memory_bytes=m["peak_memory_bytes"])
+                if "device" in m:  # a pool host; one without Linux's /proc reports no peak
+                    result["measured_on"] = m["device"]["host"]
+                    if m["peak_memory_bytes"] is None:
+                        del result["peak_memory_bytes"]
             elif self.per_op:
                 from hwcompress.profile.mcu import predict_tflm
 
@@ -263,7 +276,7 @@ class Fitter:
             self.calibration_log = cached["log"]
             return
         self.log(f"calibrate: exporting the dense model to {self.backend} {self.cfg.weights}"
-                 + (" and timing it here" if self.measurable else ""))
+                 + ((" and timing it on the device pool" if self.pool else " and timing it here") if self.measurable else ""))
         probe = self._probe({})
         self.bytes_per_weight = probe["bytes"] / probe["params"]
         predicted = self.oracle.latency_ms({}) / self.oracle.calibration
@@ -347,7 +360,8 @@ class Fitter:
         """The most pruned model's RAM: measured where it ran here, else by `ram_model`."""
         floor = self._floor_probe or {}
         if self.measurable and "peak_memory_bytes" in floor:
-            return float(floor["peak_memory_bytes"]), "measured here"
+            return float(floor["peak_memory_bytes"]), (f"measured on {floor['measured_on']}" if floor.get("measured_on")
+                                                       else "measured here")
         fixed, per_weight, how = self.ram_model()
         return fixed + per_weight * self.oracle.params(self.floor_ratios), how
 
@@ -370,7 +384,8 @@ class Fitter:
                 cached = {"calibration_log": self.calibration_log, **self._probe(floor)}
                 write_keyed(self.out / "floor.json", key, cached)
             if self.measurable:
-                best_ms, how = cached["measured_ms"], "measured here"
+                best_ms = cached["measured_ms"]
+                how = f"measured on {cached['measured_on']}" if cached.get("measured_on") else "measured here"
             self._floor_probe = cached
         self.floor_ms = best_ms
         self.floor_how = how
@@ -710,6 +725,10 @@ class Fitter:
                      peak_memory_source="measured", peak_memory_method=m["peak_memory_method"],
                      how=f"median of {runs} streaming hops of the exported artifact in a fresh "
                          f"subprocess, {self.target.threads} thread(s), host load {m['host'].get('load_avg')}")
+            if "device" in m:  # timed on a pool host: named, with what its runner reported
+                d = m["device"]
+                v.update(device=f"{d['cpu']} ({d['machine']}) at {d['host']} over SSH", how=m["how"],
+                         measured_on={**d, **({"warning": m["warning"]} if m.get("warning") else {})})
         else:
             state_bytes = _state_bytes(compressed)
             v.update(latency_ms=prediction["latency_ms"], p90_ms=None, latency_source="predicted",
@@ -752,7 +771,7 @@ class Fitter:
         if cached is not None:
             self.log(f"  verified measurement reused from {path} (same artifact bytes; delete it to time again)")
             return cached["measurement"]
-        m = self._measure(art["path"], runs=runs)
+        m = self._measure(art["path"], runs=runs, what=f"verify {path.parent.name}")
         write_keyed(path, key, {"measurement": m})
         return m
 
@@ -892,23 +911,25 @@ class SearchState:
 
 
 def fit(cfg: FitConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
-        model: torch.nn.Module | None = None) -> dict:
+        model: torch.nn.Module | None = None, pool: Any = None) -> dict:
     """Run every stage for every budget; returns the report (also written to cfg.out).
-    `model`: a model object to fit instead of loading `cfg.model` (which then only labels it)."""
+    `model`: a model object to fit instead of loading `cfg.model` (which then only labels it).
+    `pool`: a hwcompress.profile.pool.DevicePool whose hosts serve the target: every latency
+    (calibration, floor, allocation probes, the verified figure) is timed on them."""
     check_writable(Path(cfg.out), "dir")
     with OutputLock(Path(cfg.out), inside=True):
-        return _fit(cfg, log, model)
+        return _fit(cfg, log, model, pool)
 
 
 def prepare(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | None = None,
-            strict: bool = True) -> Fitter:
+            strict: bool = True, pool: Any = None) -> Fitter:
     """The per-target stages before the search: the model and target checked, the corpus found,
     the size precheck, the calibration and the feasibility check (each cached under cfg.out)."""
     from hwcompress.data.corpus import ensure_default_corpus
 
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    f = Fitter(cfg, log, model)
+    f = Fitter(cfg, log, model, pool)
     f.data = cfg.data if cfg.data is not None else ensure_default_corpus()
     f.precheck_size()
     f.calibrate()
@@ -1000,6 +1021,7 @@ def fit_budget(f: Fitter, p: Plan, budget: float, baseline_q: dict) -> dict:
         "runtime": v["runtime"], "runtime_version": v["runtime_version"], "threads": v["threads"],
         "activations": f.activations,
         "device": v["device"],
+        "measured_on": v.get("measured_on"),  # a device pool's host: host, machine, cpu, platform
         "predicted_ms": v["predicted_ms"],
         "size_bytes": creport["size_bytes"],
         "dense_fp32_bytes": creport["dense_fp32_bytes"],
@@ -1035,9 +1057,9 @@ def fit_budget(f: Fitter, p: Plan, budget: float, baseline_q: dict) -> dict:
     }
 
 
-def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | None = None) -> dict:
+def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | None = None, pool: Any = None) -> dict:
     started = time.time()
-    f = prepare(cfg, log, model)
+    f = prepare(cfg, log, model, pool=pool)
     p = plan(f)
     baseline_q = baseline_quality(f)
     results = [fit_budget(f, p, budget, baseline_q) for budget in f.budgets]
@@ -1061,6 +1083,7 @@ def assemble(f: Fitter, p: Plan, results: list[dict], seconds: float, write: boo
                         "bytes_per_weight": f.bytes_per_weight, "measurable_here": f.measurable},
         "sensitivity": {"structured": p.structured, "codebooks": p.codebooks},
         "codebooks": p.ks,
+        "pool": f.pool.state() if f.pool is not None else None,
         "results": results,
         "seconds": seconds,
     }

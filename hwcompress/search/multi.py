@@ -65,8 +65,24 @@ def _model(cfg: FitConfig, model: torch.nn.Module | None) -> torch.nn.Module:
 # ---------------------------------------------------------------- tasks (module level: Ray pickles them by name)
 
 
-def task_prepare(cfg: FitConfig, model: torch.nn.Module | None) -> dict:
-    f = prepare(cfg, _log(f"{cfg.target}"), model, strict=False)
+def _pool(spec: dict | None, target: str) -> Any:
+    """The device pool for `target` (profile/pool.py), rebuilt in each task from its spec (a task
+    may run in another process or machine); None when no pool is given or none of its hosts
+    serves the target (then the target is timed here or predicted, as without a pool)."""
+    if not spec:
+        return None
+    from hwcompress.profile.pool import build_pool
+
+    pool = build_pool(**spec, log=_log("pool"))
+    return pool if pool is not None and pool.serves(load_target(target)) else None
+
+
+def _prepare(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | None, pool: dict | None) -> Fitter:
+    return prepare(cfg, log, model, strict=False, pool=_pool(pool, cfg.target))
+
+
+def task_prepare(cfg: FitConfig, model: torch.nn.Module | None, pool: dict | None = None) -> dict:
+    f = _prepare(cfg, _log(f"{cfg.target}"), model, pool)
     return {"unreachable": {f"{b:g}": why for b, why in f.unreachable.items()}, "measurable": f.measurable,
             "floor_ms": f.floor_ms, "floor_how": f.floor_how}
 
@@ -100,14 +116,14 @@ def task_codebook_base(cfg: FitConfig, model: torch.nn.Module | None) -> dict:
     return {"base": store["base"]}
 
 
-def task_plan(cfg: FitConfig, model: torch.nn.Module | None) -> dict:
-    f = prepare(cfg, _log(f"{cfg.target}"), model, strict=False)
+def task_plan(cfg: FitConfig, model: torch.nn.Module | None, pool: dict | None = None) -> dict:
+    f = _prepare(cfg, _log(f"{cfg.target}"), model, pool)
     return {"ks": plan(f).ks}
 
 
-def task_budget(cfg: FitConfig, model: torch.nn.Module | None, budget: float) -> dict:
+def task_budget(cfg: FitConfig, model: torch.nn.Module | None, budget: float, pool: dict | None = None) -> dict:
     log = _log(f"{cfg.target} {budget:g} ms")
-    f = prepare(cfg, log, model, strict=False)
+    f = _prepare(cfg, log, model, pool)
     if budget in f.unreachable:
         raise HwcError(f.unreachable[budget])
     p = plan(f)
@@ -119,10 +135,12 @@ def task_budget(cfg: FitConfig, model: torch.nn.Module | None, budget: float) ->
 
 def fit_many(cfg: FitConfig, targets: list[str], engine: str = "serial", workers: int | None = None,
              address: str | None = None, log: Callable[[str], None] = _log("fit"),
-             model: torch.nn.Module | None = None) -> dict:
+             model: torch.nn.Module | None = None, pool: dict | None = None) -> dict:
     """Fit `cfg`'s model to every target in `targets` and every budget in cfg.budgets_ms, each
     (target, budget) a task. engine "serial": in this process; "ray": `workers` task slots on a
-    local Ray runtime, or the cluster at `address`. Returns the combined report (written to cfg.out)."""
+    local Ray runtime, or the cluster at `address`. `pool`: build_pool's arguments (host, port,
+    identity, remote_python, pool_file) of a device pool timing the targets its hosts serve.
+    Returns the combined report (written to cfg.out)."""
     if not targets:
         raise HwcError("--target names no target")
     if len(set(targets)) != len(targets):
@@ -137,13 +155,13 @@ def fit_many(cfg: FitConfig, targets: list[str], engine: str = "serial", workers
         eng = (RayEngine(out, workers=workers, address=address, task_cpus=cfg.torch_threads or 1, log=log)
                if engine == "ray" else SerialEngine(cfg.torch_threads, out / ".tasks" / "serial"))
         try:
-            return _run(cfg, targets, eng, log, model)
+            return _run(cfg, targets, eng, log, model, pool)
         finally:
             eng.close()
 
 
 def _run(cfg: FitConfig, targets: list[str], eng: SerialEngine | RayEngine, log: Callable[[str], None],
-         model: torch.nn.Module | None) -> dict:
+         model: torch.nn.Module | None, pool: dict | None) -> dict:
     started = time.time()
     out = Path(cfg.out)
     one = len(targets) == 1
@@ -162,7 +180,7 @@ def _run(cfg: FitConfig, targets: list[str], eng: SerialEngine | RayEngine, log:
     net, items, _ = _sensitivity(first, model)
     groups, layers = sens.structured_groups(net), sens.codebook_layers(net)
     base = float(sens.score_fn(items)(net))  # every group's intact score: computed once, not per task
-    analysis = ([Call(f"calibrate {t}", "analysis", task_prepare, (cfgs[t], model)) for t in targets]
+    analysis = ([Call(f"calibrate {t}", "analysis", task_prepare, (cfgs[t], model, pool)) for t in targets]
                 + [Call("dense quality", "analysis", task_baseline, (first, model)),
                    Call("codebook sensitivity base", "analysis", task_codebook_base, (first, model))]
                 + [Call(f"pruning sensitivity {g}", "analysis", task_structured, (first, model, g, base)) for g in groups]
@@ -178,14 +196,14 @@ def _run(cfg: FitConfig, targets: list[str], eng: SerialEngine | RayEngine, log:
 
     # plan: per target, the codebooks on its grids
     planned = [t for t in targets if t not in failed]
-    plans = [Call(f"codebooks {t}", "plan", task_plan, (cfgs[t], model)) for t in planned]
+    plans = [Call(f"codebooks {t}", "plan", task_plan, (cfgs[t], model, pool)) for t in planned]
     for c, o in zip(plans, run(plans, "plan")):
         if o.record.error:
             failed[c.args[0].target] = o.record.error
 
     # budgets: one task per (target, budget) the target can reach
     pairs = [(t, b) for t in targets if t not in failed for b in _budgets(cfgs[t])]
-    calls = [Call(f"budget {t} {b:g}ms", "budgets", task_budget, (cfgs[t], model, b))
+    calls = [Call(f"budget {t} {b:g}ms", "budgets", task_budget, (cfgs[t], model, b, pool))
              for t, b in pairs if b not in unreachable[t]]
     results: dict[tuple[str, float], Outcome] = {}
     for c, o in zip(calls, run(calls, "budgets")):
@@ -210,7 +228,7 @@ def _run(cfg: FitConfig, targets: list[str], eng: SerialEngine | RayEngine, log:
         if ok:
             from hwcompress.search.report import write_reports
 
-            f = prepare(cfgs[t], _log(t), model, strict=False)  # every stage cached: seconds
+            f = _prepare(cfgs[t], _log(t), model, pool)  # every stage cached: seconds
             rep = assemble(f, plan(f), ok, time.time() - started, write=False)
             rep.update(unmet=unmet, engine=eng.describe())
             if one:  # the run is this target's fit: its report holds the tasks too

@@ -101,6 +101,10 @@ def markdown(report: dict) -> str:
     for r in report["results"]:
         lines += [f"## Budget {r['budget_ms']:g} ms", "",
                   f"- latency: **{r['latency_ms']:.3f} ms per hop, {r['latency_source'].upper()}** ({r['latency_how']})",
+                  *([f"- timed on pool host {r['measured_on']['host']} ({r['measured_on']['machine']}, "
+                     f"{r['measured_on']['cpu']})" + (f"; note: {r['measured_on']['warning']}"
+                                                     if r["measured_on"].get("warning") else "")]
+                    if r.get("measured_on") else []),
                   f"- roofline prediction for this model: {r['predicted_ms']:.3f} ms",
                   f"- runtime artifact: {r['runtime_artifact_bytes']} B ({', '.join(Path(f).name for f in r['files']['runtime'])}), "
                   f"parity vs torch: max |diff| {r['parity_vs_torch']['max_abs_diff']:.2e}, SNR {r['parity_vs_torch']['snr_db']:.1f} dB",
@@ -145,8 +149,23 @@ def markdown(report: dict) -> str:
                   f"{ex['seconds']:g} s; SI-SDR vs clean): " + ", ".join(
                       f"{path}" + (f" ({ex['si_sdr_db'][key]:.2f} dB)" if key in ex["si_sdr_db"] else "")
                       for key, path in ex["files"].items()) + ". Players and spectrograms: report.html.", ""]
+    lines += pool_lines(report.get("pool"))
     lines.append(f"Run time {report['seconds'] / 60:.1f} min.")
     return "\n".join(lines) + "\n"
+
+
+def pool_lines(pool: dict | None) -> list[str]:
+    """The device pool the latencies were timed on: each host, its status and what it reported."""
+    if not pool:
+        return []
+    lines = ["## Device pool", "", f"Latencies timed over SSH on these hosts ({pool['how']}):", "",
+             "| host | serves | status | measurements | machine | CPU | runtime | why down |",
+             "| --- | --- | --- | ---: | --- | --- | --- | --- |"]
+    for h in pool["hosts"]:
+        cells = [h["host"], h["serves"], h["status"], h["measurements"], h.get("machine") or "-", h.get("cpu") or "-",
+                 h.get("runtime") or "-", h.get("reason") or ""]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return lines + [""]
 
 
 def tflm_lines(r: dict) -> list[str]:
