@@ -13,15 +13,17 @@
 #        bash tools/gpu_check.sh
 #    installs those into /tmp/hwc-site when they are missing, runs the checks and writes
 #    benchmarks/gpu_check.md there and $OUT/gpu_check.md (what comes back): copy it to
-#    benchmarks/gpu_check.md here and commit it. About 4 minutes on an H100 machine (estimated).
-# 3. On a CPU, to check the script itself (tiny models, under 3 minutes on 2 cores):
+#    benchmarks/gpu_check.md here and commit it. About 4 minutes on an H100 machine (estimated, not yet run there).
+# 3. On a CPU, to check the script itself (tiny models; about 3 CPU-minutes: 6.3 min wall on a
+#    2-core host loaded 8-9 by other work):
 #        DEVICE=cpu bash tools/gpu_check.sh          # writes runs/gpu_check-cpu.md
 #
 # Settings (environment): DEVICE (cuda), PYTHON (.venv/bin/python if present, else python3), DATA
 # (.gpu-check/corpus, else the tests' small corpus), REPORT (benchmarks/gpu_check.md; with
 # DEVICE=cpu runs/gpu_check-cpu.md), TRAIN_MODEL / BENCH_MODEL (crn-small / crn; tiny-crn with
-# DEVICE=cpu), TRAIN_STEPS (10), BENCH_STEPS (5 on the device, 2 on the CPU), FIT_MODEL (tiny-crn),
-# FIT_TARGET (generic-onnx, measured here on onnxruntime), FIT_BUDGET_MS (5).
+# DEVICE=cpu), TRAIN_STEPS (10; 3 with DEVICE=cpu), BENCH_STEPS (5 on the device, 2 on the CPU),
+# FIT_MODEL (tiny-crn), FIT_TARGET (generic-onnx, measured on onnxruntime), FIT_BUDGET_MS (5),
+# FIT_STEPS (prune steps 20, and half as many centroid fine-tuning steps), FIT_EVAL_ITEMS (3).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -68,15 +70,17 @@ EOF
 fi
 
 DEVICE="${DEVICE:-cuda}"
-if [ "$DEVICE" = cpu ]; then SMALL=tiny-crn; REPORT="${REPORT:-runs/gpu_check-cpu.md}"; else SMALL=; fi
+if [ "$DEVICE" = cpu ]; then SMALL=tiny-crn; STEPS=3; REPORT="${REPORT:-runs/gpu_check-cpu.md}"; else SMALL=; STEPS=10; fi
 REPORT="${REPORT:-benchmarks/gpu_check.md}"
 TRAIN_MODEL="${TRAIN_MODEL:-${SMALL:-crn-small}}"
 BENCH_MODEL="${BENCH_MODEL:-${SMALL:-crn}}"
-TRAIN_STEPS="${TRAIN_STEPS:-10}"
+TRAIN_STEPS="${TRAIN_STEPS:-$STEPS}"
 BENCH_STEPS="${BENCH_STEPS:-5}"
 FIT_MODEL="${FIT_MODEL:-tiny-crn}"
 FIT_TARGET="${FIT_TARGET:-generic-onnx}"
 FIT_BUDGET_MS="${FIT_BUDGET_MS:-5}"
+FIT_STEPS="${FIT_STEPS:-20}"
+FIT_EVAL_ITEMS="${FIT_EVAL_ITEMS:-3}"
 if [ -z "${DATA:-}" ]; then
     if [ -f "$PACK/corpus/manifest.json" ]; then DATA="$PACK/corpus"; else DATA="$HOME/.cache/hwcompress-tests/small-corpus-v1"; fi
 fi
@@ -151,7 +155,8 @@ EOF
 
 # 3. a tiny fit: sensitivity, allocation, compression fine-tuning and torch scoring on the device
 run fit "$PY" -m hwcompress fit --target "$FIT_TARGET" --budget-ms "$FIT_BUDGET_MS" --model "$FIT_MODEL" --data "$DATA" \
-    --out "$WORK/fit" --prune-steps 40 --cluster-steps 20 --eval-items 4 --measure-runs 50 --no-dnsmos \
+    --out "$WORK/fit" --prune-steps "$FIT_STEPS" --cluster-steps "$((FIT_STEPS / 2))" --eval-items "$FIT_EVAL_ITEMS" \
+    --measure-runs 50 --no-dnsmos \
     --device "$DEVICE" --json
 
 mkdir -p "$(dirname "$REPORT")"
@@ -174,12 +179,13 @@ lines = [
     f"Produced by `DEVICE={device} bash tools/gpu_check.sh` at commit {commit}; every figure below was measured in that one run",
     "on one machine (wall times of whole commands include Python and torch start-up).", "",
     "| what | value |", "| --- | --- |",
-    f"| host CPU | {cpu}, {os.cpu_count()} logical CPUs |",
+    f"| host CPU | {cpu}, {os.cpu_count()} logical CPUs; load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())} |",
     f"| GPU (nvidia-smi) | {gpu or 'none'} |",
     f"| Python / torch | {platform.python_version()} / {torch.__version__} (CUDA {torch.version.cuda}) |",
     f"| torch device asked for | `--device {device}` |", "",
     "## train (and a resume with `--device auto`)", "",
-    "| epoch | device (history.json) | train loss | valid loss | seconds since start |", "| --- | --- | --- | --- | --- |",
+    "| epoch | device (history.json) | train loss | valid loss | seconds since that command started |",
+    "| --- | --- | --- | --- | --- |",
     *[f"| {h['epoch']} | {h['device']} | {h['train_loss']:.4f} | {h['valid_loss']:.4f} | {h['seconds']:.1f} |" for h in history],
     "", f"Whole commands: first epoch {secs('train'):.1f} s, resumed second epoch {secs('train-resume'):.1f} s (wall).", "",
     f"## training step, {bench['model']} ({bench['params']:,} parameters), batch 8 x 4 s", "",
