@@ -7,6 +7,9 @@ rank layers. Results are cached in JSON files next to the run, keyed by the exac
 the validation items (evaluation_key), so a resumed or repeated fit (e.g. several budgets)
 measures nothing twice and a changed model or corpus measures afresh.
 
+Scores are computed where the model lives (the fit's `--device`: hwcompress.device); a cache of
+scores computed on a GPU is keyed by it (evaluation_key), so it never mixes with CPU scores.
+
 Determinism: for given weights and items every score is bit-identical run to run (fixed
 items, deterministic clustering, no sampling). Untrained zoo presets are a different
 model on every load unless their initialisation is seeded, which is what made two
@@ -30,6 +33,7 @@ import torch
 from hwcompress.compress.cluster import apply_clustering, cluster_model
 from hwcompress.compress.prune import _fingerprint, sensitivity
 from hwcompress.data.loader import eval_set
+from hwcompress.device import device_key, device_of
 from hwcompress.models.cost import layer_paths
 from hwcompress.models.zoo import SEModel
 from hwcompress.progress import progress_bar
@@ -63,12 +67,13 @@ def with_teacher(items: list[dict], teacher: SEModel, weight: float) -> list[dic
         return items
     was_training = teacher.training
     teacher.eval()
+    device = device_of(teacher)  # run where the teacher lives; the outputs are kept on the CPU
     out = []
     with torch.no_grad():
         for it in items:
-            spec = stft(torch.from_numpy(it["noisy"])[None])
-            target, _ = teacher(spec, teacher.initial_state(1))
-            out.append({**it, "teacher": target[0].numpy().astype(np.float32), "teacher_weight": float(weight)})
+            spec = stft(torch.from_numpy(it["noisy"])[None].to(device))
+            target, _ = teacher(spec, [s.to(device) for s in teacher.initial_state(1)])
+            out.append({**it, "teacher": target[0].cpu().numpy().astype(np.float32), "teacher_weight": float(weight)})
     teacher.train(was_training)
     return out
 
@@ -101,10 +106,14 @@ def items_digest(items: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
-def evaluation_key(items: list[dict]) -> dict:
-    """What a score depends on besides the weights: the cache key part for score_fn(items)."""
-    return {"score": _objective(items), "score_version": SCORE_VERSION, "items": items_digest(items),
-            "n_items": len(items), "samples": sorted({int(np.asarray(it["noisy"]).size) for it in items})}
+def evaluation_key(items: list[dict], device: torch.device | str = "cpu") -> dict:
+    """What a score depends on besides the weights: the cache key part for score_fn(items) run
+    on `device` (the key of a CPU score is what it always was; another device rounds otherwise,
+    and the noise floor is measured on one)."""
+    key = {"score": _objective(items), "score_version": SCORE_VERSION, "items": items_digest(items),
+           "n_items": len(items), "samples": sorted({int(np.asarray(it["noisy"]).size) for it in items})}
+    where = device_key(device)
+    return {**key, "device": where} if where is not None else key
 
 
 def noise_floor(model: SEModel, score: Callable[[SEModel], float], base: float) -> dict:
@@ -152,7 +161,7 @@ def structured(model: SEModel, items: list[dict], cache: Path, ratios: Sequence[
 
     log = log or _warn
     score = score_fn(items)
-    key = evaluation_key(items)
+    key = evaluation_key(items, device_of(model))
     groups = [g.name for g in model_groups(model)]
     with progress_bar() as bar:
         task = bar.add_task("pruning sensitivity", total=len(groups))
@@ -187,7 +196,8 @@ def codebooks(model: SEModel, items: list[dict], cache: Path, ks: Sequence[int] 
     cache = Path(cache)
     check_writable(cache, "file")
     score = score_fn(items)
-    key = {"what": "codebook sensitivity", "weights": _fingerprint(model), "evaluation": evaluation_key(items)}
+    key = {"what": "codebook sensitivity", "weights": _fingerprint(model),
+           "evaluation": evaluation_key(items, device_of(model))}
     store = _codebook_store(cache, key, log)
     if not store:
         store = {"base": float(score(model)), "scores": {}, "noise": None, "scale": None}
