@@ -37,23 +37,27 @@ def _as_model(model: Any):
     return model
 
 
-def compress(model: Any, out: str | Path, data: str | Path | None = None, **options: Any) -> dict:
+def compress(model: Any, out: str | Path, data: str | Path | None = None, device: str = "auto",
+             **options: Any) -> dict:
     """Sparse regularization, pruning and per-layer k-means clustering of `model` into a .hwc at
     `out`. `options` are hwcompress.compress.pipeline.CompressConfig fields (sparsity, codebook,
-    structured, layers, prune_steps, cluster_steps, finetune_target, ...)."""
+    structured, layers, prune_steps, cluster_steps, finetune_target, ...). `device`: where the
+    fine-tuning runs, as `--device` (auto, cpu, cuda, cuda:N); the model ends where it was."""
     from hwcompress.compress.pipeline import CompressConfig, compress as _compress
     from hwcompress.data.corpus import ensure_default_corpus
+    from hwcompress.device import resolve_device
 
+    dev = resolve_device(device)
     net = _as_model(model)
     cfg = CompressConfig(**options)
-    return _compress(net, cfg, Path(data) if data is not None else ensure_default_corpus(), Path(out))
+    return _compress(net, cfg, Path(data) if data is not None else ensure_default_corpus(), Path(out), device=dev)
 
 
 def fit(model: Any, target: str, budget_ms: float | list[float] | None = None, out: str | Path = "fit",
         data: str | Path | None = None, pool: Any = None, **options: Any) -> dict:
     """`hwcompress fit` in Python: per-layer sparsity and codebook sizes chosen to meet the target's
     budgets, exported, measured and reported under `out`. `options` are
-    hwcompress.search.fit.FitConfig fields (budget_bytes, weights, prune_steps, ...); `pool`: a
+    hwcompress.search.fit.FitConfig fields (budget_bytes, weights, prune_steps, device, ...); `pool`: a
     hwcompress.profile.pool.DevicePool (`build_pool(host=..., pool_file=...)`) to time on."""
     from hwcompress.search.fit import FitConfig, fit as _fit
 

@@ -211,6 +211,16 @@ def _corpus(data: Optional[Path]) -> Path:
 ModelOpt = Annotated[str, typer.Option("--model", help="Model file (.pt/.hwc), zoo preset, 'default', or your own model's code: path/to/net.py:build or package.module:build.")]
 ModelWeightsOpt = Annotated[Optional[Path], typer.Option("--model-weights", metavar="FILE", help="Weights of a model given as code (--model net.py:build): a state_dict .pt (weights_only), a .safetensors, or a .pt hwcompress saved of that model.")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Corpus folder (default: built-in corpus).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Where torch runs: auto (a CUDA GPU when there is one, else the CPU, said on stderr), cpu, cuda or cuda:N.")]
+
+
+def _one_process(command: str) -> None:
+    """compress and fit run as one process: a torchrun launch of several is refused in one line."""
+    from hwcompress.device import torchrun_ranks
+
+    if torchrun_ranks() is not None:
+        raise HwcError(f"{command} runs as one process (one device); data-parallel training under torchrun is "
+                       "`hwcompress train`: launch this command without torchrun")
 
 
 def reject_artifact(model: str, command: str) -> None:
@@ -243,10 +253,17 @@ def train(
     max_minutes: Annotated[float, typer.Option(min=0.0, help="Stop cleanly after this wall time (0: no limit).")] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt if present.")] = True,
+    device: DeviceOpt = "auto",
 ) -> None:
-    """Train a model (a zoo preset, or continue from a file) with on-the-fly mixing."""
+    """Train a model (a zoo preset, or continue from a file) with on-the-fly mixing. Launched by
+    torchrun with several processes (`torchrun --nproc_per_node N -m hwcompress train ...`) it
+    trains data-parallel: one GPU per process with --device cuda/auto, gloo between CPU processes
+    with --device cpu; rank 0 validates and writes OUT (docs/gpu.md)."""
+    from contextlib import nullcontext
+
+    from hwcompress.device import describe, resolve_device, torchrun_ranks
     from hwcompress.models.io import load_model
-    from hwcompress.train import TrainConfig
+    from hwcompress.train import TrainConfig, data_parallel
     from hwcompress.train import train as run_train
 
     reject_artifact(model, "train")
@@ -254,11 +271,18 @@ def train(
     for name, value in (("lr", lr), ("seconds", seconds), ("max-minutes", max_minutes)):
         if not math.isfinite(value):
             raise HwcError(f"--{name} must be finite, got {value:g}")
+    ranks = torchrun_ranks()
+    dev = resolve_device(device, local_rank=ranks.local if ranks else None, say=ranks is None or ranks.rank == 0)
     net = load_model(model, model_weights)
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch, seconds=seconds, lr=lr,
                       patience=patience, seed=seed, max_minutes=max_minutes)
-    state = run_train(net, _corpus(data), out, cfg, resume=resume)
-    typer.echo(f"best valid loss {state['best']:.4f} after {state['epoch']} epochs: {out / 'model.pt'}")
+    corpus = _corpus(data)
+    with data_parallel(ranks, dev) if ranks is not None else nullcontext():
+        state = run_train(net, corpus, out, cfg, resume=resume, device=dev)
+    if ranks is None or ranks.rank == 0:
+        where = describe(dev) + (f", {ranks.world} data-parallel processes" if ranks is not None else "")
+        typer.echo(f"best valid loss {state['best']:.4f} after {state['epoch']} epochs: {out / 'model.pt'} "
+                   f"(trained on {where})")
 
 
 @app.command("eval")
@@ -393,6 +417,7 @@ def compress(
     batch: Annotated[int, typer.Option(min=1)] = 8,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-4,
     finetune_target: Annotated[str, typer.Option(help="Fine-tuning target: teacher (distil: the dense model's output on the same noisy batch), clean (the clean speech), or mix (0.5/0.5).")] = "teacher",
+    device: DeviceOpt = "auto",
     json_: JsonOpt = False,
 ) -> None:
     """Prune, cluster and fine-tune a model into a .hwc artifact (Tan & Wang pipeline)."""
@@ -409,8 +434,12 @@ def compress(
         raise HwcError(f"{out}: the output must be a .hwc file")
     check_writable(out, "file")
     reject_artifact(model, "compress")
+    _one_process("compress")
+    from hwcompress.device import resolve_device
+
+    dev = resolve_device(device)
     net = load_model(model, model_weights)
-    report = run_compress(net, cfg, _corpus(data), out, log=lambda m: typer.echo(m, err=True))
+    report = run_compress(net, cfg, _corpus(data), out, log=lambda m: typer.echo(m, err=True), device=dev)
     report["model"] = model
     if json_:
         _print_json(report)
@@ -427,7 +456,7 @@ def compress(
     _console().print(table)
     macs = report["macs_per_frame"]
     typer.echo(f"MACs per frame: {macs['before']} -> {macs['after']}")
-    typer.echo(f"fine-tuning target: {report['finetune_target']}")
+    typer.echo(f"fine-tuning target: {report['finetune_target']}, on {report['torch_device']}")
 
 
 # ---------------------------------------------------------------- fit
@@ -485,6 +514,7 @@ def fit(
     identity: IdentityOpt = None,
     remote_python: RemotePythonOpt = "python3",
     pool_file: PoolOpt = None,
+    device: Annotated[str, typer.Option("--device", help="Where torch runs the sensitivity scoring, the compression fine-tuning and the torch quality scoring: auto (a CUDA GPU when there is one, else the CPU, said on stderr), cpu, cuda or cuda:N. Exports, runtime timings and the runtime artifact stay on the CPU.")] = "auto",
     json_: JsonOpt = False,
 ) -> None:
     """Find per-layer sparsity and codebook sizes that meet the target's budgets, then compress, export, verify and report.
@@ -493,6 +523,10 @@ def fit(
     from hwcompress.search.fit import fit as run_fit
 
     reject_artifact(model, "fit")
+    _one_process("fit")
+    from hwcompress.device import resolve_device
+
+    resolve_device(device)  # before the output folder is locked and anything loads (the fit keeps the spelling)
     targets = [t.strip() for t in target.split(",")]
     if not all(targets):
         raise HwcError(f"--target takes names separated by single commas (e.g. raspberrypi4,generic-onnx), got {target!r}")
@@ -512,7 +546,7 @@ def fit(
                     prune_steps=prune_steps, cluster_steps=cluster_steps, eval_items=eval_items, emulate=emulate,
                     measure_runs=measure_runs, allocation=allocation, weights=weights,
                     finetune_target=finetune_target, dnsmos=dnsmos, codebook_tolerance=codebook_tolerance,
-                    activations=activations, torch_threads=torch_threads)
+                    activations=activations, torch_threads=torch_threads, device=device)
     pool = _device_pool(host, port, identity, remote_python, pool_file)  # checked here, in seconds
     if len(targets) > 1 or workers is not None or ray_address is not None:
         from hwcompress.search.multi import fit_many
@@ -548,6 +582,7 @@ def fit(
     _console().print(table)
     if pool is not None:
         typer.echo(pool.summary())
+    typer.echo(f"torch (sensitivity, fine-tuning, torch scoring) ran on {report['torch_device']}")
     typer.echo(f"report: {out / 'report.md'} (also report.json, report.html)")
 
 

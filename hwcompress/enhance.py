@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hwcompress.device import device_of
 from hwcompress.errors import HwcError
 from hwcompress.models.stft import StftConfig, StreamingStft, istft, stft
 from hwcompress.models.zoo import SEModel
@@ -104,12 +105,14 @@ def n_frames_for(n_samples: int, cfg: StftConfig = STFT) -> int:
 def torch_runner(model: SEModel) -> tuple[Runner, list[torch.Tensor]]:
     """A `Runner` for a torch model and its initial (zero) state."""
 
+    device = device_of(model)  # run where the model lives; audio in and out on the CPU
+
     def run(spec: np.ndarray, state: list[torch.Tensor]) -> tuple[np.ndarray, list[torch.Tensor]]:
         with torch.no_grad():
-            out, state = model(torch.from_numpy(spec), state)
-        return out.numpy(), state
+            out, state = model(torch.from_numpy(spec).to(device), state)
+        return out.cpu().numpy(), state
 
-    return run, model.initial_state(1)
+    return run, [s.to(device) for s in model.initial_state(1)]
 
 
 def enhance_chunked(
@@ -168,9 +171,10 @@ def enhance(model: SEModel, audio: np.ndarray, progress: Progress | None = None)
     if n_frames_for(audio.size) > WHOLE_MAX_FRAMES:
         run, state = torch_runner(model)
         return enhance_chunked(run, audio, state, chunk_frames=WHOLE_MAX_FRAMES, progress=progress)
-    x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
-    spec, _ = model(stft(x, STFT), model.initial_state(1))
-    out = istft(spec, x.shape[-1], STFT)[0].numpy()
+    device = device_of(model)  # run where the model lives; audio in and out on the CPU
+    x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(device)
+    spec, _ = model(stft(x, STFT), [s.to(device) for s in model.initial_state(1)])
+    out = istft(spec, x.shape[-1], STFT)[0].cpu().numpy()
     if progress is not None:
         progress(spec.shape[1], spec.shape[1])
     return out

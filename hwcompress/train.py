@@ -1,19 +1,32 @@
-"""Training with on-the-fly mixing, checkpoints every epoch, resume and early stopping."""
+"""Training with on-the-fly mixing, checkpoints every epoch, resume and early stopping, on the
+CPU or a CUDA GPU, and data-parallel over several processes (torchrun, `data_parallel`).
+
+Data parallel (torch.distributed, DistributedDataParallel): every process (rank) holds a
+replica of the model, draws its own batches (rank 0 the ones a single process would draw,
+rank r > 0 from the seed [seed, epoch, r]), and the gradients are averaged over the ranks
+before each optimiser step, so the replicas stay identical (checked at every checkpoint).
+Rank 0 alone validates, logs and writes model.pt, last.pt and history.json; its validation
+loss (and a time-limit stop) is broadcast, so every rank takes the same early-stopping and
+learning-rate decisions. The effective batch is `batch` x the number of ranks.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
+from hwcompress.device import Ranks, describe, device_of, to_cpu
 from hwcompress.errors import HwcError
 from hwcompress.hostlock import cpu_share
 from hwcompress.progress import progress_bar
@@ -22,6 +35,7 @@ from hwcompress.data.loader import MixtureSampler, eval_set
 from hwcompress.models.io import save_model
 from hwcompress.models.stft import StftConfig, stft
 from hwcompress.models.zoo import SEModel
+from hwcompress.workdir import model_digest
 
 STFT = StftConfig()
 
@@ -62,15 +76,21 @@ def target_loss(est: torch.Tensor, spec: torch.Tensor, clean: torch.Tensor, teac
     if w <= 0.0:
         return spectral_loss(est, stft(clean))
     with torch.no_grad():
-        target, _ = teacher(spec, teacher.initial_state(spec.shape[0]))
+        target, _ = teacher(spec, initial_state(teacher, spec.shape[0], spec.device))
     loss = spectral_loss(est, target.detach())
     if w < 1.0:
         loss = w * loss + (1.0 - w) * spectral_loss(est, stft(clean))
     return loss
 
 
+def initial_state(model: torch.nn.Module, batch: int, device: torch.device) -> list[torch.Tensor]:
+    """The model's zero state for `batch` sequences, on `device`."""
+    return [s.to(device) for s in model.initial_state(batch)]
+
+
 def fit_normalizer(model: SEModel, sampler: MixtureSampler, rng: np.random.Generator, n: int = 64) -> None:
     noisy, _ = sampler.batch(rng, n, int(STFT.sample_rate * 4))
+    noisy = noisy.to(model.feat_mean.device)
     logp = torch.log(stft(noisy).pow(2).sum(-1) + 1e-10).reshape(-1, STFT.n_bins)
     model.feat_mean.copy_(logp.mean(0))
     model.feat_std.copy_(logp.std(0).clamp_min(1e-3))
@@ -83,17 +103,18 @@ def validation_loss(model: SEModel, items: list[dict]) -> float:
     search.sensitivity.with_teacher) is scored w x loss against it + (1 - w) x the clean loss."""
     was_training = model.training
     model.eval()
+    device = device_of(model)  # scored where the model lives
     total = 0.0
     with torch.no_grad():
         for item in items:
             with cpu_share():  # one item: a parallel fit's timing waits at most this long
-                noisy = torch.from_numpy(item["noisy"])[None]
+                noisy = torch.from_numpy(item["noisy"])[None].to(device)
                 spec = stft(noisy)
-                est, _ = model(spec, model.initial_state(1))
+                est, _ = model(spec, initial_state(model, 1, device))
                 w = float(item.get("teacher_weight", 0.0)) if "teacher" in item else 0.0
-                loss = w * spectral_loss(est, torch.from_numpy(item["teacher"])[None]).item() if w > 0 else 0.0
+                loss = w * spectral_loss(est, torch.from_numpy(item["teacher"])[None].to(device)).item() if w > 0 else 0.0
                 if w < 1.0:
-                    loss += (1.0 - w) * spectral_loss(est, stft(torch.from_numpy(item["clean"])[None])).item()
+                    loss += (1.0 - w) * spectral_loss(est, stft(torch.from_numpy(item["clean"])[None].to(device))).item()
             total += loss
     model.train(was_training)
     return total / len(items)
@@ -104,13 +125,16 @@ def validation_loss(model: SEModel, items: list[dict]) -> float:
 RESUME_FIELDS = ("seed", "batch", "steps_per_epoch", "seconds", "lr", "valid_items", "halve_on_plateau")
 
 
-def _resume(last: Path, model: SEModel, opt: torch.optim.Optimizer, cfg: TrainConfig) -> dict:
-    """Load last.pt into `model` and `opt` (and the torch RNG) and return the loop state.
-    A checkpoint that is corrupt, of another model or of other settings is one HwcError
-    line, before anything is changed on disk."""
+def _resume(last: Path, model: SEModel, opt: torch.optim.Optimizer, cfg: TrainConfig, world: int = 1,
+            blob: bytes | None = None) -> dict:
+    """Load last.pt (or `blob`, its bytes as rank 0 read them) into `model` and `opt` (and the
+    torch RNG) and return the loop state. A checkpoint that is corrupt, of another model, of
+    other settings or of another number of data-parallel processes (`world`: the batches each
+    step averages) is one HwcError line, before anything is changed on disk. The checkpoint's
+    tensors load onto the model's device."""
     hint = "pass --no-resume (or another --out) to start afresh"
     try:
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        ckpt = torch.load(io.BytesIO(blob) if blob is not None else last, map_location="cpu", weights_only=True)
         state = json.loads(ckpt["state"])
         saved_cfg = json.loads(ckpt["train_config"]) if "train_config" in ckpt else None
         same_model = ckpt.get("arch", getattr(model, "arch", None)) == getattr(model, "arch", None) and (
@@ -121,6 +145,10 @@ def _resume(last: Path, model: SEModel, opt: torch.optim.Optimizer, cfg: TrainCo
         raise HwcError(f"{last}: corrupt or unreadable training checkpoint ({type(exc).__name__}); {hint}") from None
     if not same_model:
         raise HwcError(f"{last}: checkpoint of another model ({ckpt.get('arch')}); {hint}")
+    saved_world = ckpt.get("world_size", 1)
+    if saved_world != world:
+        raise HwcError(f"{last}: written by a data-parallel run of {saved_world} process(es), this run has {world}; "
+                       f"resume with the same number (torchrun --nproc_per_node x --nnodes) or {hint}")
     if saved_cfg is not None:
         changed = [f for f in RESUME_FIELDS if f in saved_cfg and saved_cfg[f] != getattr(cfg, f)]
         if changed:
@@ -136,6 +164,12 @@ def _resume(last: Path, model: SEModel, opt: torch.optim.Optimizer, cfg: TrainCo
     return state
 
 
+def epoch_rng(seed: int, epoch: int, rank: int = 0) -> np.random.Generator:
+    """The batches of one epoch on one rank: rank 0 draws what a single process draws (so a
+    resume, or a one-process run, is exact), rank r > 0 its own stream [seed, epoch, r]."""
+    return np.random.default_rng([seed, epoch] if rank == 0 else [seed, epoch, rank])
+
+
 def train(
     model: SEModel,
     data: Path,
@@ -149,6 +183,7 @@ def train(
     log: Callable[[str], None] = lambda msg: print(msg, flush=True),
     teacher: torch.nn.Module | None = None,
     teacher_weight: float = 1.0,
+    device: torch.device | str | None = None,
 ) -> dict:
     """Train `model` in place; `out` holds last.pt (resume state), best model in model.pt
     and history.json. `regularizer` adds a penalty (sparse regularisation); `after_step`
@@ -159,43 +194,69 @@ def train(
     each noisy batch is the target, weighted `teacher_weight` against the clean target
     (`target_loss`). With a teacher the input normalizer is never refitted: the student
     starts as the teacher's copy and refitting would make them differ before any step.
-    The validation loss stays against clean speech (what the history reports)."""
+    The validation loss stays against clean speech (what the history reports).
+
+    `device`: where the steps run (a resolved torch device, see hwcompress.device); the model
+    (and the teacher, and `parameters`) must live there or be movable there: the model is
+    moved in place, the teacher and `parameters` must already be on it. None: the model's own
+    device. Inside an initialised torch.distributed process group of several processes
+    (`data_parallel`) the model is trained data-parallel (see the module docstring)."""
     if not 0.0 <= teacher_weight <= 1.0:
         raise HwcError(f"teacher weight must be in [0, 1], got {teacher_weight}")
+    device = torch.device(device) if device is not None else device_of(model)
+    model.to(device)
+    rank, world = _dist_rank_world()
+    if world > 1 and parameters is not None:
+        raise HwcError("data-parallel training updates the model's own parameters, not a separate `parameters` list")
+    say = log if rank == 0 else (lambda _msg: None)
     distil = teacher is not None and teacher_weight > 0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sampler = MixtureSampler(data, "train")
-    valid = eval_set(data, "valid", cfg.valid_items)
+    valid = eval_set(data, "valid", cfg.valid_items) if rank == 0 else []
     trained = list(parameters) if parameters is not None else list(model.parameters())
     opt = torch.optim.Adam(trained, lr=cfg.lr)
     state = {"epoch": 0, "best": math.inf, "bad_epochs": 0, "history": [], "lr": cfg.lr}
     last = out / "last.pt"
-    if resume and last.exists():
-        state = _resume(last, model, opt, cfg)
-        log(f"resumed from {last} at epoch {state['epoch']}")
+    # data parallel: rank 0 reads the checkpoint and hands its bytes to every rank (the other
+    # machines of a multi-node run need no copy of --out)
+    blob = _from_rank0(lambda: last.read_bytes() if resume and last.exists() else None) if world > 1 else None
+    if blob is not None or (world == 1 and resume and last.exists()):
+        state = _resume(last, model, opt, cfg, world, blob)
+        say(f"resumed from {last} at epoch {state['epoch']}")
     elif not distil and not getattr(model, "meta", {}).get("trained") and hasattr(model, "feat_mean"):
         # the zoo's models normalise their features with statistics fitted here; a model of your
         # own (hwcompress.models.wrap) computes exactly the features its front end declares
         fit_normalizer(model, sampler, np.random.default_rng([cfg.seed, 999]))
     for group in opt.param_groups:
         group["lr"] = state["lr"]
+    where = describe(device)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # built after the normalizer and the resume: it broadcasts rank 0's weights and buffers
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        say(f"data parallel: {world} processes ({torch.distributed.get_backend()}), {cfg.batch} mixtures each per "
+            f"step ({cfg.batch * world} per step in all); rank 0 on {where}")
+    else:
+        net = model
     started = time.time()
     samples = int(cfg.seconds * STFT.sample_rate)
     model.train()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[info]}")]
-    with progress_bar(*columns) as progress:
+    with progress_bar(*columns, disable=rank != 0) as progress:
         while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
             epoch = state["epoch"]
-            rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch seed: resume is exact
+            rng = epoch_rng(cfg.seed, epoch, rank)  # per-epoch seed: resume is exact
             task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=cfg.steps_per_epoch, info="")
             running = 0.0
             for step in range(cfg.steps_per_epoch):
                 with cpu_share():  # one step (hostlock: a parallel fit's timings wait for it, not longer)
                     noisy, clean = sampler.batch(rng, cfg.batch, samples)
+                    noisy, clean = noisy.to(device), clean.to(device)
                     spec = stft(noisy)
-                    est, _ = model(spec, model.initial_state(cfg.batch))
+                    est, _ = net(spec, initial_state(model, cfg.batch, device))
                     loss = target_loss(est, spec, clean, teacher, teacher_weight)
                     total = loss + (regularizer(model) if regularizer else 0.0)
                     opt.zero_grad()
@@ -208,32 +269,112 @@ def train(
                         after_step(model)
                 running += loss.item()
                 progress.update(task, advance=1, info=f"loss {running / (step + 1):.4f}")
-            val = validation_loss(model, valid)
+            if world > 1:  # the epoch's train loss over every rank's batches; rank 0's verdicts for all
+                running = _mean_over_ranks(running, device)
+                late = lambda: bool(cfg.max_minutes and (time.time() - started) / 60 > cfg.max_minutes)  # noqa: E731
+                val, stop = _from_rank0(lambda: (validation_loss(model, valid), late()))
+            else:
+                val, stop = validation_loss(model, valid), None  # the time limit: checked once the files are written
             state["epoch"] += 1
             improved = val < state["best"] - 1e-4
             state["history"].append({"epoch": state["epoch"], "train_loss": running / cfg.steps_per_epoch,
-                                     "valid_loss": val, "lr": state["lr"], "seconds": time.time() - started})
+                                     "valid_loss": val, "lr": state["lr"], "seconds": time.time() - started,
+                                     "device": where, **({"processes": world} if world > 1 else {})})
             if improved:
                 state["best"], state["bad_epochs"] = val, 0
-                save_model(out / "model.pt", model, {"trained": True, "epochs": state["epoch"], "valid_loss": val,
-                                                     "train_config": asdict(cfg)})
             else:
                 state["bad_epochs"] += 1
                 if cfg.halve_on_plateau:
                     state["lr"] /= 2
                     for group in opt.param_groups:
                         group["lr"] = state["lr"]
-            log(f"epoch {state['epoch']}: train {running / cfg.steps_per_epoch:.4f} valid {val:.4f}"
-                f"{' (best)' if improved else ''} lr {state['lr']:.2e}")
-            tmp = last.with_name("last.pt.tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": json.dumps(state),
-                        "arch": getattr(model, "arch", None), "config": json.dumps(getattr(model, "config", None)),
-                        "train_config": json.dumps(asdict(cfg)), "torch_rng": torch.get_rng_state()}, tmp)
-            os.replace(tmp, last)
-            tmp = out / "history.json.tmp"
-            tmp.write_text(json.dumps(state["history"], indent=1))
-            os.replace(tmp, out / "history.json")
-            if cfg.max_minutes and (time.time() - started) / 60 > cfg.max_minutes:
-                log("stopping: time limit reached (resume with the same command)")
+            digests = _replica_digests(model, state["epoch"]) if world > 1 else None
+            if rank == 0:
+                if improved:
+                    save_model(out / "model.pt", model, {"trained": True, "epochs": state["epoch"], "valid_loss": val,
+                                                         "train_config": asdict(cfg), "device": where,
+                                                         "processes": world})
+                say(f"epoch {state['epoch']}: train {running / cfg.steps_per_epoch:.4f} valid {val:.4f}"
+                    f"{' (best)' if improved else ''} lr {state['lr']:.2e}"
+                    + (f" ({world} replicas identical)" if digests else ""))
+                tmp = last.with_name("last.pt.tmp")
+                torch.save({"model": to_cpu(model.state_dict()), "optimizer": to_cpu(opt.state_dict()),
+                            "state": json.dumps(state), "arch": getattr(model, "arch", None),
+                            "config": json.dumps(getattr(model, "config", None)),
+                            "train_config": json.dumps(asdict(cfg)), "torch_rng": torch.get_rng_state(),
+                            **({"world_size": world, "replica_digests": json.dumps(digests)} if world > 1 else {})},
+                           tmp)
+                os.replace(tmp, last)
+                tmp = out / "history.json.tmp"
+                tmp.write_text(json.dumps(state["history"], indent=1))
+                os.replace(tmp, out / "history.json")
+            if stop is None:
+                stop = bool(cfg.max_minutes and (time.time() - started) / 60 > cfg.max_minutes)
+            if stop:
+                say("stopping: time limit reached (resume with the same command)")
                 break
+    if world > 1:
+        torch.distributed.barrier()  # every rank returns once rank 0's files are written
     return state
+
+
+# ---------------------------------------------------------------- data parallel (torchrun)
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    """(rank, processes) of the initialised process group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _mean_over_ranks(value: float, device: torch.device) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+def _from_rank0(compute: Callable[[], Any]) -> Any:
+    """`compute()` run on rank 0 and its result broadcast to every rank."""
+    import torch.distributed as dist
+
+    box = [compute() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _replica_digests(model: torch.nn.Module, epoch: int) -> list[str]:
+    """Every rank's weight digest (hwcompress.workdir.model_digest), gathered on every rank. DDP
+    averages the gradients before each step, so the replicas must be bit-identical; one that is
+    not is a bug (a buffer or parameter outside DDP's reach), stopped here, not trained on."""
+    import torch.distributed as dist
+
+    digests: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, model_digest(model))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"data-parallel replicas differ after epoch {epoch}: weight digests {digests}")
+    return digests
+
+
+@contextmanager
+def data_parallel(ranks: Ranks, device: torch.device) -> Iterator[None]:
+    """The torch.distributed process group of a torchrun launch around a `train` call: NCCL
+    between CUDA GPUs (one per process, `device` = cuda:LOCAL_RANK), gloo between CPU processes;
+    rendezvous from torchrun's environment (MASTER_ADDR, MASTER_PORT)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise HwcError("this torch has no torch.distributed: data-parallel training is not available")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world,
+                            **({"device_id": device} if device.type == "cuda" else {}))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

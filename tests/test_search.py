@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from hwcompress.models.io import load_model
 from hwcompress.search import allocate as alloc
@@ -122,6 +123,9 @@ def fitted(small_corpus, tmp_path_factory):
 def test_fit_report_schema_and_files(fitted) -> None:
     out, report, _ = fitted
     assert report["target"] == "generic-onnx" and len(report["results"]) == 2
+    # torch's device (--device auto): the CPU here, a CUDA GPU where there is one
+    assert report["settings"]["device"] == "auto"
+    assert report["torch_device"] == "cpu" or (torch.cuda.is_available() and report["torch_device"].startswith("cuda:"))
     for r in report["results"]:
         assert r["latency_source"] == "measured" and r["runtime"] == "onnxruntime" and r["threads"] == 1
         assert r["budget_met"] is (r["latency_ms"] <= r["budget_ms"] and r["runtime_artifact_bytes"] <= r["budget_bytes"])

@@ -475,8 +475,11 @@ class CentroidTuner:
         params = dict(model.named_parameters())
         self._weights = {n: _target(params, n, c) for n, c in clustered.items()}
         self._shapes = {n: tuple(c.shape) for n, c in clustered.items()}
-        self.codebooks = {n: nn.Parameter(c.codebook.detach().clone().to(torch.float32)) for n, c in clustered.items()}
-        flat = {n: c.indices.reshape(-1).long() for n, c in clustered.items()}
+        # codebooks, positions and labels live where their weight does (a Clustered is on the CPU)
+        dev = {n: w.device for n, w in self._weights.items()}
+        self.codebooks = {n: nn.Parameter(c.codebook.detach().to(device=dev[n], dtype=torch.float32, copy=True))
+                          for n, c in clustered.items()}
+        flat = {n: c.indices.reshape(-1).long().to(dev[n]) for n, c in clustered.items()}
         self._positions = {n: torch.nonzero(f >= 0).squeeze(1) for n, f in flat.items()}
         self._labels = {n: flat[n][self._positions[n]] for n in flat}
         self.materialize()
@@ -500,7 +503,7 @@ class CentroidTuner:
     def materialize(self) -> None:
         """Rewrite the model's clustered weights from the codebooks; pruned stay 0."""
         for name, weight in self._weights.items():
-            flat = torch.zeros(weight.numel(), dtype=weight.dtype)
+            flat = torch.zeros(weight.numel(), dtype=weight.dtype, device=weight.device)
             flat[self._positions[name]] = self.codebooks[name].detach().to(weight.dtype)[self._labels[name]]
             weight.copy_(flat.reshape(weight.shape))
 
@@ -517,7 +520,7 @@ class CentroidTuner:
         for name in self._weights:
             shape = self._shapes[name]
             mask = np.zeros(int(np.prod(shape, dtype=np.int64)), dtype=bool)
-            mask[self._positions[name].numpy()] = True
-            book = self.codebooks[name].detach().to(torch.float32).numpy()
-            out[name] = _canonical(book, self._labels[name].numpy(), mask, shape)
+            mask[self._positions[name].cpu().numpy()] = True
+            book = self.codebooks[name].detach().to(torch.float32).cpu().numpy()
+            out[name] = _canonical(book, self._labels[name].cpu().numpy(), mask, shape)
         return out

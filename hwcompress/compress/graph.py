@@ -103,7 +103,7 @@ class Slot:
 
     def indices(self, units: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Positions (ascending) of the given units along this slot's axis."""
-        units = torch.as_tensor(units, dtype=torch.long).reshape(-1)
+        units = torch.as_tensor(units, dtype=torch.long, device="cpu").reshape(-1)
         return torch.isin(self._units, units).nonzero().reshape(-1)
 
 

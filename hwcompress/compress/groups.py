@@ -56,7 +56,7 @@ class LayerHandler:
     def _select(self, spec, params: Params, keep: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
         out = dict(params)
         for name, axis, gates in spec:
-            out[name] = out[name].index_select(axis, self._expand(keep, n, gates))
+            out[name] = out[name].index_select(axis, self._expand(keep, n, gates).to(out[name].device))
         return out
 
     def prune_outputs(self, params: Params, keep: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
@@ -69,7 +69,7 @@ class LayerHandler:
 
     def _zero(self, spec, masks: dict[str, torch.Tensor], drop: torch.Tensor, n: int) -> None:
         for name, axis, gates in spec:
-            masks[name].index_fill_(axis, self._expand(drop, n, gates), 0.0)
+            masks[name].index_fill_(axis, self._expand(drop, n, gates).to(masks[name].device), 0.0)
 
     def mask_outputs(self, masks: dict[str, torch.Tensor], drop: torch.Tensor, n: int) -> None:
         """Zero, in place, the mask entries of the dropped output units."""
@@ -361,7 +361,7 @@ def group_weight_counts(model: nn.Module, groups: list[Group] | None = None) -> 
 
 def dropped_units(group: Group, kept: Sequence[int] | torch.Tensor) -> torch.Tensor:
     """The group's units not in `kept` (validated: distinct, in range, at least one)."""
-    kept = torch.as_tensor(kept, dtype=torch.long).reshape(-1)
+    kept = torch.as_tensor(kept, dtype=torch.long, device="cpu").reshape(-1)  # unit indices: on the CPU
     if kept.numel() == 0:
         raise HwcError(f"group {group.name}: at least one unit must be kept")
     if kept.min() < 0 or kept.max() >= group.size or kept.unique().numel() != kept.numel():

@@ -15,6 +15,10 @@ spectral loss against the teacher's output on the same noisy batch, computed on 
 under no_grad. So the compressed model is pulled back towards what the dense model did,
 not towards a clean target the dense model itself never reached. `clean` is the loss
 against the clean speech (the training loss), `mix` the mean of both.
+
+Device (`compress(..., device=)`, `--device`): the fine-tuning stages, the teacher and the
+pruning and clustering bookkeeping run where the model is put (a CUDA GPU or the CPU); stage
+results and the `.hwc` are written from the CPU, and the caller's model ends where it was.
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from hwcompress.compress.artifact import save_artifact
 from hwcompress.compress.cluster import GRID_Q, INITS, METHODS, CentroidTuner, cluster_model, clusterable, snap_to_grid
 from hwcompress.compress.groups import model_groups
 from hwcompress.compress.prune import GradualPruner, apply_masks, magnitude_masks, structured_masks
 from hwcompress.compress.regularize import Regularizer
 from hwcompress.compress.shrink import shrink
+from hwcompress.device import describe, device_of, placed
 from hwcompress.errors import HwcError
 from hwcompress.models.cost import layer_paths, total_macs
 from hwcompress.models.io import load_model, save_model
@@ -158,11 +165,12 @@ def layer_settings(model: SEModel, cfg: CompressConfig) -> dict[str, LayerSettin
 
 
 def _stage(work: Path, name: str, run: Callable[[], SEModel], log: Callable[[str], None],
-           template: SEModel | None = None) -> SEModel:
+           template: SEModel | None = None, device: torch.device | None = None) -> SEModel:
     done = work / name / "result.pt"
     if done.exists():
         log(f"{name}: already done, resuming after it ({done})")
-        return load_model(str(done), template=template)  # template: rebuilds a model of the user's code
+        model = load_model(str(done), template=template)  # template: rebuilds a model of the user's code
+        return model.to(device) if device is not None else model
     model = run()
     save_model(done, model, getattr(model, "meta", {}))
     return model
@@ -174,22 +182,32 @@ def compress(
     data: Path,
     out: Path,
     log: Callable[[str], None] = lambda m: print(m, flush=True),
+    device: torch.device | str | None = None,
 ) -> dict:
     """Run the pipeline on `model` and write `out` (.hwc). Returns the artifact report
-    extended with per-layer settings, MACs before/after and the stages run."""
+    extended with per-layer settings, MACs before/after, the stages run and `torch_device`.
+    `device`: where the fine-tuning runs (a resolved torch device, hwcompress.device); None:
+    where `model` lives. The model is changed in place as before and ends where it started;
+    the artifact is written from the CPU. Not a setting of the work folder: a run interrupted
+    on one device resumes on another."""
     settings = layer_settings(model, cfg)
     out = Path(out)
     check_writable(out, "file")
     with OutputLock(out):
         folder = WorkFolder(out.with_name(out.name + ".work"),
                             {"model": model_digest(model), "data": data_digest(data), "config": asdict(cfg)}, log)
-        report = _compress(model, cfg, settings, data, out, folder.path, log)
+        home = device_of(model)
+        try:
+            report = _compress(model, cfg, settings, data, out, folder.path, log,
+                               torch.device(device) if device is not None else home)
+        finally:
+            model.to(home)
         folder.remove()  # the artifact is written: its stages are not needed again
     return report
 
 
 def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSetting], data: Path, out: Path,
-              work: Path, log: Callable[[str], None]) -> dict:
+              work: Path, log: Callable[[str], None], device: torch.device) -> dict:
     macs_before = total_macs(model)
     teacher_weight = FINETUNE_TARGETS[cfg.finetune_target]
     teacher = None
@@ -198,8 +216,11 @@ def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSett
         # it is in no optimiser; parameters without grad switch torch's RNNs to another kernel
         # whose output differs in the last bits, and an unpruned student would no longer match it
         teacher = copy.deepcopy(model).eval()
-    # what a resumed stage of a model of the user's code is rebuilt from (its file names the code only)
+    # what a resumed stage of a model of the user's code is rebuilt from (its file names the code only);
+    # it stays where the model was given (resumed stages load on the CPU), the teacher runs on `device`
     template = teacher if teacher is not None or model.arch != "user" else copy.deepcopy(model).eval()
+    teacher = placed(teacher, device) if teacher is not None else None
+    model.to(device)
 
     def finetune(net: SEModel, stage: str, steps: int, **hooks) -> None:
         # epochs of at most 50 steps (a validation pass and a checkpoint each) that add up to exactly `steps`
@@ -209,13 +230,13 @@ def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSett
                            seconds=cfg.seconds, lr=cfg.lr, patience=10**6, seed=cfg.seed, valid_items=8,
                            halve_on_plateau=False)
         train(net, data, work / stage, tcfg, resume=False, log=log, teacher=teacher, teacher_weight=teacher_weight,
-              **hooks)
+              device=device, **hooks)
 
     if cfg.regularize_steps and (cfg.l1 or cfg.group_lasso):
         def regularize() -> SEModel:
             finetune(model, "regularize", cfg.regularize_steps, regularizer=Regularizer(l1=cfg.l1, group=cfg.group_lasso))
             return model
-        model = _stage(work, "regularize", regularize, log, template)
+        model = _stage(work, "regularize", regularize, log, template, device)
 
     requested = dict(settings)
     groups = {g.name for g in model_groups(model)}
@@ -237,7 +258,7 @@ def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSett
             smaller = shrink(model)
             smaller.meta = getattr(model, "meta", {})
             return smaller
-        model = _stage(work, "prune-structured", prune_structured, log, template)
+        model = _stage(work, "prune-structured", prune_structured, log, template, device)
         settings = {**{n: LayerSetting(0.0, s.codebook, grid=s.grid) for n, s in settings.items()},
                     **{n: settings[n] for n in unstructured}}
     if unstructured:
@@ -248,7 +269,7 @@ def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSett
                 finetune(model, "prune", cfg.prune_steps, after_step=pruner)
             apply_masks(model, magnitude_masks(model, unstructured))
             return model
-        model = _stage(work, "prune", prune_unstructured, log, template)
+        model = _stage(work, "prune", prune_unstructured, log, template, device)
 
     # per weight matrix of a weight layer (a LayerNorm over two axes is no weight: not clustered)
     layer_of = {path: n for n, path in layer_paths(model).items()}
@@ -269,8 +290,9 @@ def _compress(model: SEModel, cfg: CompressConfig, settings: dict[str, LayerSett
     meta["compression"] = {"config": asdict(cfg), "stages": sorted(p.name for p in work.iterdir() if p.is_dir()),
                            "finetune": {"target": cfg.finetune_target, "teacher_weight": teacher_weight,
                                         "teacher": "the dense input model (eval mode, frozen)" if teacher else None}}
-    report = save_artifact(out, model, clustered, meta)
+    report = save_artifact(out, model.cpu(), clustered, meta)  # written from the CPU
     report["layers"] = {n: asdict(s) for n, s in requested.items()}
     report["macs_per_frame"] = {"before": macs_before, "after": total_macs(model)}
     report["finetune_target"] = cfg.finetune_target
+    report["torch_device"] = describe(device)  # where the fine-tuning ran
     return report

@@ -42,7 +42,7 @@ def apply_masks(model: SEModel, masks: Mapping[str, torch.Tensor]) -> None:
     for name, mask in masks.items():
         if name not in params:
             raise HwcError(f"mask for unknown parameter {name!r}")
-        params[name].mul_(mask.to(params[name].dtype))
+        params[name].mul_(mask.to(device=params[name].device, dtype=params[name].dtype))
 
 
 def mask_hook(masks: Mapping[str, torch.Tensor]) -> Callable[[SEModel], None]:
@@ -159,7 +159,7 @@ def select_units(model: SEModel, ratios: float | Mapping[str, float] | None = No
             rms = (norms[g.name] / counts[g.name].clamp_min(1)).sqrt()
             n_drop = max(n_drop, int((rms < threshold).sum()))
         n_drop = min(n_drop, g.size - 1)
-        keep[g.name] = torch.sort(order[n_drop:]).values
+        keep[g.name] = torch.sort(order[n_drop:]).values.cpu()  # unit indices: bookkeeping, on the CPU
     return keep
 
 
@@ -215,7 +215,7 @@ def kept_units(model: SEModel, masks: Mapping[str, torch.Tensor] | None = None) 
     keep = {}
     for name, n in norms.items():
         alive = (n > 0).nonzero().reshape(-1)
-        keep[name] = alive if alive.numel() else n.argmax().reshape(1)
+        keep[name] = (alive if alive.numel() else n.argmax().reshape(1)).cpu()  # unit indices, on the CPU
     return keep
 
 

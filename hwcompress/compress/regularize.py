@@ -94,7 +94,7 @@ class Regularizer:
     def __call__(self, model: SEModel) -> torch.Tensor:
         f = self.factor(self.step)
         self.step += 1
-        penalty = torch.zeros(())
+        penalty = torch.zeros((), device=next(model.parameters()).device)  # where the model trains
         if self.l1 and f:
             penalty = penalty + l1_penalty(model, self.l1 * f)
         if self.group and f:

@@ -31,7 +31,8 @@ def save_model(path: Path, model: zoo.SEModel, meta: dict | None = None) -> None
         "version": 1,
         "arch": model.arch,
         "config": model.config,
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        # on the CPU (a copy): a model trained on a GPU loads anywhere
+        "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         "meta": meta or {},
     }
     if model.arch == "user":  # a FrontEndModel: its front end; its code is named by config["source"]

@@ -27,8 +27,8 @@ class StftConfig:
     def overlap(self) -> int:
         return self.win - self.hop
 
-    def window(self) -> torch.Tensor:
-        return torch.hann_window(self.win, periodic=True).sqrt()
+    def window(self, device: torch.device | str | None = None) -> torch.Tensor:
+        return torch.hann_window(self.win, periodic=True, device=device).sqrt()
 
 
 def stft(audio: torch.Tensor, cfg: StftConfig = StftConfig()) -> torch.Tensor:
@@ -37,14 +37,14 @@ def stft(audio: torch.Tensor, cfg: StftConfig = StftConfig()) -> torch.Tensor:
     n = audio.shape[-1]
     n_frames = -(-(n + cfg.overlap) // cfg.hop)
     padded = torch.nn.functional.pad(audio, (cfg.overlap, n_frames * cfg.hop - n))
-    frames = padded.unfold(-1, cfg.win, cfg.hop) * cfg.window()
+    frames = padded.unfold(-1, cfg.win, cfg.hop) * cfg.window(audio.device)
     return torch.view_as_real(torch.fft.rfft(frames, dim=-1))
 
 
 def istft(spec: torch.Tensor, length: int, cfg: StftConfig = StftConfig()) -> torch.Tensor:
     """spectrum [B, T, F, 2] -> audio [B, length], inverse of `stft` (overlap-add)."""
     frames = torch.fft.irfft(torch.view_as_complex(spec.contiguous()), n=cfg.win, dim=-1)
-    frames = frames * cfg.window()
+    frames = frames * cfg.window(frames.device)
     b, t, _ = frames.shape
     total = (t - 1) * cfg.hop + cfg.win
     out = torch.nn.functional.fold(

@@ -174,7 +174,7 @@ def state_shapes(gm: fx.GraphModule, specs: tuple[StateSpec, ...], x: torch.Tens
                     shape[spec.time] = spec.frames
                     del shape[spec.batch]
                 shapes[i] = tuple(int(d) for d in shape)
-                return torch.zeros(1, *shape)
+                return torch.zeros(1, *shape, device=x.device)
             return super().run_node(n)
 
     with torch.no_grad():
@@ -722,7 +722,7 @@ def verify(step: Callable, derived: Derived, core: nn.Module | None, make_input:
     the whole utterance on random features; return the max |diff| of streaming vs whole.
     `step(features, state)` runs the derived module (and wraps a user step)."""
     x = make_input(1, frames)
-    zeros = [torch.zeros(1, *s) for s in derived.state_shapes]
+    zeros = [torch.zeros(1, *s, device=x.device) for s in derived.state_shapes]
 
     def run(feats: torch.Tensor, state: list[torch.Tensor], what: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
         try:

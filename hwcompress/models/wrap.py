@@ -123,7 +123,13 @@ class FrontEndModel(nn.Module):
         return tuple((name, tuple(t.shape)) for name, t in self.core.state_dict().items())
 
     def initial_state(self, batch: int = 1) -> list[torch.Tensor]:
-        return [torch.zeros((batch, *s)) for s in self.state_shapes()]
+        """Zero state on the model's device."""
+        return [torch.zeros((batch, *s), device=self._device()) for s in self.state_shapes()]
+
+    def _device(self) -> torch.device:
+        from hwcompress.device import device_of
+
+        return device_of(self.core)
 
     def step(self, feats: torch.Tensor, state: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The core's streaming step on features (any T from the given state)."""
@@ -142,7 +148,8 @@ class FrontEndModel(nn.Module):
         """Features of a random spectrum (own generator: the caller's RNG is left alone)."""
         gen = torch.Generator().manual_seed(1000 * batch + frames)
         spec = torch.randn(batch, frames, self.n_bins, 2, generator=gen)
-        return features(spec, self.front_end)
+        core = getattr(self, "core", None)  # drawn on the CPU (the same numbers anywhere), run where the core is
+        return features(spec.to(self._device()) if core is not None else spec, self.front_end)
 
     def check_streaming(self, core: nn.Module | None = None) -> float:
         """Whole utterance vs frame by frame on random features (and vs `core` itself when

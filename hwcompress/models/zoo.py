@@ -41,7 +41,8 @@ class SEModel(nn.Module):
         raise NotImplementedError
 
     def initial_state(self, batch: int = 1) -> list[torch.Tensor]:
-        return [torch.zeros((batch, *s)) for s in self.state_shapes()]
+        """Zero state on the model's device."""
+        return [torch.zeros((batch, *s), device=self.feat_mean.device) for s in self.state_shapes()]
 
     def features(self, spec: torch.Tensor) -> torch.Tensor:
         power = spec.pow(2).sum(-1)

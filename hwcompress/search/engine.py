@@ -179,7 +179,7 @@ class RayEngine:
     kind = "ray"
 
     def __init__(self, out: Path, workers: int | None = None, address: str | None = None, task_cpus: int = 1,
-                 log: Callable[[str], None] = print) -> None:
+                 task_gpus: float = 0, log: Callable[[str], None] = print) -> None:
         if address is None:
             # a local runtime serves this machine only: Ray binds its ports to the loopback
             # address (Ray's own switch for single-machine runtimes; on Linux it otherwise
@@ -197,6 +197,7 @@ class RayEngine:
             ray_constants.ENABLE_RAY_CLUSTER = False
         self.ray, self.out, self.log = ray, Path(out), log
         self.workers, self.address, self.task_cpus = workers, address, max(1, int(task_cpus))
+        self.task_gpus = task_gpus
         # this run's attempt counters (a resumed run counts afresh)
         self.tasks_dir = str(self.out / ".tasks" / f"{os.getpid()}-{int(time.time())}")
         if address is not None:
@@ -248,7 +249,7 @@ class RayEngine:
 
     def describe(self) -> dict:
         return {"kind": self.kind, "workers": self.workers, "address": self.address, "ray_version": self.ray.__version__,
-                "task_cpus": self.task_cpus, "torch_threads_per_task": self.task_cpus,
+                "task_cpus": self.task_cpus, "task_gpus": self.task_gpus, "torch_threads_per_task": self.task_cpus,
                 "task_retries_on_worker_death": TASK_RETRIES, "nodes": self.nodes,
                 "quiet_timings": "timings hold each machine alone (hostlock): other tasks pause at their next step"}
 
@@ -256,7 +257,7 @@ class RayEngine:
         ray = self.ray
         refs = {}
         for i, c in enumerate(calls):
-            ref = self._remote.options(name=c.name, num_cpus=self.task_cpus).remote(
+            ref = self._remote.options(name=c.name, num_cpus=self.task_cpus, num_gpus=self.task_gpus).remote(
                 c.fn, c.args, c.name, c.phase, self.tasks_dir, self.task_cpus, quiet_lock_path(), "ray")
             refs[ref] = i
         results: list[Outcome | None] = [None] * len(calls)

@@ -41,6 +41,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from hwcompress.device import describe
 from hwcompress.errors import HwcError
 from hwcompress.hostlock import cpu_share, quiet
 from hwcompress.models.zoo import SEModel
@@ -93,6 +94,7 @@ class FitConfig:
     # of a multi-target run (search/multi.py), so the analysis is made once per model and data
     shared: Path | None = None
     torch_threads: int = 0  # torch intra-op threads for this fit's own work (0: torch's default)
+    device: str = "auto"  # where torch runs fine-tuning, sensitivity and torch scoring: auto, cpu, cuda, cuda:N
 
 
 def _read_json(path: Path) -> Any:
@@ -133,6 +135,10 @@ def sensitivity_items(model: torch.nn.Module, data: Path, cfg: FitConfig) -> lis
 class Fitter:
     """One fit run: shared state (model, target, calibration, sensitivities) across budgets."""
 
+    #: where torch works (set from cfg.device in __init__); the CPU for a Fitter built without it
+    device = torch.device("cpu")
+    _torch_model: torch.nn.Module | None = None
+
     def __init__(self, cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | None = None,
                  pool: Any = None) -> None:
         from hwcompress.export import get_backend
@@ -145,6 +151,10 @@ class Fitter:
         from hwcompress.compress.pipeline import check_finetune_target
 
         check_finetune_target(cfg.finetune_target)  # before any long work
+        from hwcompress.device import resolve_device
+
+        #: where torch works (hwcompress.device); self.model stays on the CPU (exports, digests)
+        self.device = resolve_device(cfg.device)
         self.target = load_target(cfg.target)
         self.budgets, self.budget_bytes, self.ram_budget = check_budgets(cfg, self.target)
         if self.target.runtime not in RUNTIME_BACKENDS:
@@ -477,16 +487,24 @@ class Fitter:
         self.oracle.calibration = self.floor_ms / max(predicted, 1e-12)
         self.log(f"  latency model re-anchored on the most pruned model's measurement ({self.floor_ms:.3f} ms)")
 
+    def torch_model(self) -> SEModel:
+        """The dense model on the torch device: self.model itself on the CPU, else one copy there."""
+        if self._torch_model is None:
+            from hwcompress.device import placed
+
+            self._torch_model = placed(self.model, self.device)
+        return self._torch_model
+
     def sensitivity_items(self, data: Path) -> list[dict]:
         """The validation mixtures every sensitivity is scored on, against the objective the
         fine-tuning uses (`finetune_target`: distance to the dense model's output by default)."""
-        return sensitivity_items(self.model, data, self.cfg)
+        return sensitivity_items(self.torch_model(), data, self.cfg)
 
     def sensitivities(self, data: Path) -> tuple[dict, dict]:
         items = self.sensitivity_items(data)
         self.log(f"sensitivity: {len(items)} validation mixtures, cached in {self.shared / 'sensitivity'}")
-        s = sens.structured(self.model, items, self.shared / "sensitivity" / "structured.json", log=self.log)
-        k = sens.codebooks(self.model, items, self.shared / "sensitivity" / "codebooks.json", log=self.log)
+        s = sens.structured(self.torch_model(), items, self.shared / "sensitivity" / "structured.json", log=self.log)
+        k = sens.codebooks(self.torch_model(), items, self.shared / "sensitivity" / "codebooks.json", log=self.log)
         return s, k
 
     def allocate(self, curves: dict, budget_ms: float) -> tuple[alloc.Allocation, list[dict]]:
@@ -604,7 +622,7 @@ class Fitter:
         items = self.sensitivity_items(self.data)
         cache = self.out / "sensitivity" / "codebooks-joint.json"
         key = {"what": "joint codebook check", "model": model_digest(self.model),
-               "evaluation": sens.evaluation_key(items), "k_sens": digest(k_sens), "budget": budget,
+               "evaluation": sens.evaluation_key(items, self.device), "k_sens": digest(k_sens), "budget": budget,
                # the grids the codebooks are held on (none, or per layer by K: see `grids`)
                "grids": digest(self.grids({layer: 2 for layer in weights})) + digest(self.grids({layer: 256 for layer in weights}))}
         cached = read_keyed(cache, key, self.log)
@@ -634,7 +652,7 @@ class Fitter:
             # the codebooks as the .hwc will hold them: on their runtime grid where it has one
             apply_clustering(net, {n: snap_to_grid(c, grid_of[n]) if grid_of[n] else c
                                    for n, c in cluster_model(net, per_param).items()})
-            joint = float(k_sens["base"]) - score(net)
+            joint = float(k_sens["base"]) - score(net.to(self.device))
             trials.append({"tolerance": tolerance, "ks": ks, "joint_loss": joint})
             self.log(f"codebooks: joint objective increase {joint:.6f} (budget {budget:.6f}) with K "
                      + ", ".join(f"{n}={k}" for n, k in ks.items()))
@@ -672,7 +690,7 @@ class Fitter:
             return _read_json(done)
         import copy
 
-        report = compress(copy.deepcopy(self.model), cfg, data, hwc, log=self.log)
+        report = compress(copy.deepcopy(self.model), cfg, data, hwc, log=self.log, device=self.device)
         atomic_json(done, report)
         return report
 
@@ -839,7 +857,9 @@ class Fitter:
             r = evaluate_artifact(Path(artifact), data, "test", limit=self.cfg.eval_items, dnsmos=self.cfg.dnsmos,
                                   threads=self.target.threads, precision=self.activations)
         else:
-            r = evaluate(net, data, "test", limit=self.cfg.eval_items, dnsmos=self.cfg.dnsmos)
+            from hwcompress.device import placed
+
+            r = evaluate(placed(net, self.device), data, "test", limit=self.cfg.eval_items, dnsmos=self.cfg.dnsmos)
         mean = r["summary"]["overall"]["mean"]
         result = {"set": "test", "n": r["n"], "n_requested": self.cfg.eval_items,
                   "noisy": {m: mean[f"noisy_{m}"] for m in metrics},
@@ -1085,6 +1105,7 @@ def assemble(f: Fitter, p: Plan, results: list[dict], seconds: float, write: boo
         "codebooks": p.ks,
         "pool": f.pool.state() if f.pool is not None else None,
         "results": results,
+        "torch_device": describe(f.device),  # where fine-tuning, sensitivity and torch scoring ran
         "seconds": seconds,
     }
     if len(results) == 1:  # one budget: its fields at the top level, as documented

@@ -94,7 +94,10 @@ def task_baseline(cfg: FitConfig, model: torch.nn.Module | None) -> dict:
 
 
 def _sensitivity(cfg: FitConfig, model: torch.nn.Module | None) -> tuple[torch.nn.Module, list[dict], Path]:
-    net = _model(cfg, model)
+    """The dense model on the fit's torch device (--device), its validation items, the cache folder."""
+    from hwcompress.device import placed, resolve_device
+
+    net = placed(_model(cfg, model), resolve_device(cfg.device))
     return net, sensitivity_items(net, _data(cfg), cfg), Path(cfg.shared or cfg.out) / "sensitivity"
 
 
@@ -152,7 +155,12 @@ def fit_many(cfg: FitConfig, targets: list[str], engine: str = "serial", workers
     # stdout is for the results (--json): Ray forwards its workers' and raylets' lines to the
     # driver's stdout, so during the run everything printed goes to stderr, beside our logs
     with OutputLock(out, inside=True), contextlib.redirect_stdout(sys.stderr):
-        eng = (RayEngine(out, workers=workers, address=address, task_cpus=cfg.torch_threads or 1, log=log)
+        from hwcompress.device import resolve_device
+
+        # Ray hides GPUs from a task that asks for none: a CUDA fit's tasks ask for one each
+        gpus = 1 if engine == "ray" and resolve_device(cfg.device).type == "cuda" else 0
+        eng = (RayEngine(out, workers=workers, address=address, task_cpus=cfg.torch_threads or 1, task_gpus=gpus,
+                         log=log)
                if engine == "ray" else SerialEngine(cfg.torch_threads, out / ".tasks" / "serial"))
         try:
             return _run(cfg, targets, eng, log, model, pool)

@@ -150,7 +150,9 @@ def markdown(report: dict) -> str:
                       f"{path}" + (f" ({ex['si_sdr_db'][key]:.2f} dB)" if key in ex["si_sdr_db"] else "")
                       for key, path in ex["files"].items()) + ". Players and spectrograms: report.html.", ""]
     lines += pool_lines(report.get("pool"))
-    lines.append(f"Run time {report['seconds'] / 60:.1f} min.")
+    lines.append(f"Run time {report['seconds'] / 60:.1f} min"
+                 + (f" (torch on {report['torch_device']}: fine-tuning, sensitivity, torch scoring)"
+                    if report.get("torch_device") else "") + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,9 @@ rank layers. Results are cached in JSON files next to the run, keyed by the exac
 the validation items (evaluation_key), so a resumed or repeated fit (e.g. several budgets)
 measures nothing twice and a changed model or corpus measures afresh.
 
+Scores are computed where the model lives (the fit's `--device`: hwcompress.device); a cache of
+scores computed on a GPU is keyed by it (evaluation_key), so it never mixes with CPU scores.
+
 Determinism: for given weights and items every score is bit-identical run to run (fixed
 items, deterministic clustering, no sampling). Untrained zoo presets are a different
 model on every load unless their initialisation is seeded, which is what made two
@@ -30,6 +33,7 @@ import torch
 from hwcompress.compress.cluster import apply_clustering, cluster_model
 from hwcompress.compress.prune import _fingerprint, sensitivity
 from hwcompress.data.loader import eval_set
+from hwcompress.device import device_key, device_of
 from hwcompress.models.cost import layer_paths
 from hwcompress.models.zoo import SEModel
 from hwcompress.progress import progress_bar
@@ -63,12 +67,13 @@ def with_teacher(items: list[dict], teacher: SEModel, weight: float) -> list[dic
         return items
     was_training = teacher.training
     teacher.eval()
+    device = device_of(teacher)  # run where the teacher lives; the outputs are kept on the CPU
     out = []
     with torch.no_grad():
         for it in items:
-            spec = stft(torch.from_numpy(it["noisy"])[None])
-            target, _ = teacher(spec, teacher.initial_state(1))
-            out.append({**it, "teacher": target[0].numpy().astype(np.float32), "teacher_weight": float(weight)})
+            spec = stft(torch.from_numpy(it["noisy"])[None].to(device))
+            target, _ = teacher(spec, [s.to(device) for s in teacher.initial_state(1)])
+            out.append({**it, "teacher": target[0].cpu().numpy().astype(np.float32), "teacher_weight": float(weight)})
     teacher.train(was_training)
     return out
 
@@ -101,10 +106,14 @@ def items_digest(items: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
-def evaluation_key(items: list[dict]) -> dict:
-    """What a score depends on besides the weights: the cache key part for score_fn(items)."""
-    return {"score": _objective(items), "score_version": SCORE_VERSION, "items": items_digest(items),
-            "n_items": len(items), "samples": sorted({int(np.asarray(it["noisy"]).size) for it in items})}
+def evaluation_key(items: list[dict], device: torch.device | str = "cpu") -> dict:
+    """What a score depends on besides the weights: the cache key part for score_fn(items) run
+    on `device` (the key of a CPU score is what it always was; another device rounds otherwise,
+    and the noise floor is measured on one)."""
+    key = {"score": _objective(items), "score_version": SCORE_VERSION, "items": items_digest(items),
+           "n_items": len(items), "samples": sorted({int(np.asarray(it["noisy"]).size) for it in items})}
+    where = device_key(device)
+    return {**key, "device": where} if where is not None else key
 
 
 def noise_floor(model: SEModel, score: Callable[[SEModel], float], base: float) -> dict:
@@ -167,7 +176,7 @@ def structured_part(model: SEModel, items: list[dict], cache: Path, group: str,
     # a stale part (other weights or items) is recomputed without a word: the merged file's
     # reader (structured) has said why once for all of them
     return sensitivity(model, score_fn(items), layers=[group], ratios=ratios, structured=True,
-                       cache=part_path(Path(cache).with_suffix(""), group), key=evaluation_key(items),
+                       cache=part_path(Path(cache).with_suffix(""), group), key=evaluation_key(items, device_of(model)),
                        log=log or _quiet, base=base)
 
 
@@ -180,8 +189,8 @@ def structured(model: SEModel, items: list[dict], cache: Path, ratios: Sequence[
     log = log or _warn
     check_writable(Path(cache), "file")
     groups = structured_groups(model)
-    key = {"what": "pruning sensitivity (merged)", "weights": _fingerprint(model), "evaluation": evaluation_key(items),
-           "ratios": [float(r) for r in ratios]}
+    key = {"what": "pruning sensitivity (merged)", "weights": _fingerprint(model),
+           "evaluation": evaluation_key(items, device_of(model)), "ratios": [float(r) for r in ratios]}
     cached = read_keyed(Path(cache), key, log)
     try:
         if cached is not None and set(cached["scores"]) == set(groups):
@@ -232,7 +241,8 @@ def codebook_layers(model: SEModel) -> list[str]:
 
 
 def _codebook_key(model: SEModel, items: list[dict]) -> dict:
-    return {"what": "codebook sensitivity", "weights": _fingerprint(model), "evaluation": evaluation_key(items)}
+    return {"what": "codebook sensitivity", "weights": _fingerprint(model),
+            "evaluation": evaluation_key(items, device_of(model))}
 
 
 def codebook_part(model: SEModel, items: list[dict], cache: Path, layer: str, ks: Sequence[int] = CODEBOOKS,
