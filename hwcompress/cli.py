@@ -487,7 +487,7 @@ def check_budget_value(v: float, what: str, unit: str) -> None:
 
 @app.command()
 def fit(
-    target: Annotated[str, typer.Option(help="Target name or .toml path.")],
+    target: Annotated[str, typer.Option(help="Target name or .toml path; several separated by commas (e.g. raspberrypi4,x86-openvino,generic-onnx): one run shares the sensitivity analysis, fits each (target, budget) as its own task, and writes each target's report in OUT/<target>/ plus a combined report with a Pareto table per target in OUT.")],
     budget_ms: Annotated[Optional[str], typer.Option(help="Latency budget(s) per 10 ms hop, e.g. 8 or 2,4,8 (default: the target's).")] = None,
     budget_kb: Annotated[Optional[float], typer.Option(help="Runtime artifact size budget in KiB (default: the target's storage budget).")] = None,
     budget_mb_ram: Annotated[Optional[float], typer.Option(help="Runtime RAM budget in MiB (default: the target's memory budget): the peak a fresh process adds loading and running the artifact, measured where the target is this machine (the search models it from the dense and most pruned models' measured peaks), else predicted as artifact + state bytes; on tflite-micro the measured tensor arena.")] = None,
@@ -506,6 +506,9 @@ def fit(
     dnsmos: Annotated[bool, typer.Option(help="Score DNSMOS P.835 in the report (about 2 s per clip and condition here).")] = True,
     codebook_tolerance: Annotated[float, typer.Option(min=0.0, help="What the per-layer codebooks may cost, summed over layers: the fine-tuning objective's increase (distance to the dense model's output by default) relative to the dense model's clean validation loss.")] = 0.01,
     activations: Annotated[Optional[str], typer.Option(help="Runtime activation precision, one the target lists (targets/*.toml `activations`; x86-openvino: f32 or bf16). Every timed run and parity check uses it, and with other than f32 the quality is scored on the shipped file run at it. Default: the target's first.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Run the tasks (sensitivities, calibrations, each (target, budget)) on a local Ray runtime with this many task slots (needs the ray extra). Default: serially in this process, no Ray.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Run the tasks on the existing Ray cluster whose head is at HOST:PORT (every node needs this hwcompress and must see --out and --data at the same paths).")] = None,
+    torch_threads: Annotated[int, typer.Option(min=0, help="torch threads of each task (with Ray also the CPUs each task asks for; 0: torch's default serially, 1 per task with Ray). The same value gives the same results serially and in parallel.")] = 0,
     host: HostOpt = None,
     port: PortOpt = None,
     identity: IdentityOpt = None,
@@ -524,6 +527,13 @@ def fit(
     from hwcompress.device import resolve_device
 
     resolve_device(device)  # before the output folder is locked and anything loads (the fit keeps the spelling)
+    targets = [t.strip() for t in target.split(",")]
+    if not all(targets):
+        raise HwcError(f"--target takes names separated by single commas (e.g. raspberrypi4,generic-onnx), got {target!r}")
+    if workers is not None and workers < 1:
+        raise HwcError(f"--workers must be at least 1 (leave it out to run serially without Ray), got {workers}")
+    if workers is not None and ray_address is not None:
+        raise HwcError("--workers starts a local Ray runtime; with --ray-address the cluster's CPUs decide: give one of the two")
     budgets = _budget_list(budget_ms)
     if budget_kb is not None:
         check_budget_value(budget_kb, "size budget", "KiB")
@@ -536,9 +546,23 @@ def fit(
                     prune_steps=prune_steps, cluster_steps=cluster_steps, eval_items=eval_items, emulate=emulate,
                     measure_runs=measure_runs, allocation=allocation, weights=weights,
                     finetune_target=finetune_target, dnsmos=dnsmos, codebook_tolerance=codebook_tolerance,
-                    activations=activations, device=device)
-    pool = _device_pool(host, port, identity, remote_python, pool_file)
-    report = run_fit(cfg, log=lambda m: typer.echo(m, err=True), pool=pool)
+                    activations=activations, torch_threads=torch_threads, device=device)
+    pool = _device_pool(host, port, identity, remote_python, pool_file)  # checked here, in seconds
+    if len(targets) > 1 or workers is not None or ray_address is not None:
+        from hwcompress.search.multi import fit_many
+
+        spec = None if pool is None else {"host": host, "port": port, "identity": identity,
+                                          "python": remote_python, "pool_file": pool_file}
+        report = fit_many(cfg, targets, engine="serial" if workers is None and ray_address is None else "ray",
+                          workers=workers, address=ray_address, log=lambda m: typer.echo(m, err=True), pool=spec)
+        if len(targets) > 1:
+            if json_:
+                _print_json(report)
+            else:
+                _multi_table(report, out)
+            return
+    else:
+        report = run_fit(cfg, log=lambda m: typer.echo(m, err=True), pool=pool)
     if json_:
         _print_json(report)
         return
@@ -560,6 +584,36 @@ def fit(
         typer.echo(pool.summary())
     typer.echo(f"torch (sensitivity, fine-tuning, torch scoring) ran on {report['torch_device']}")
     typer.echo(f"report: {out / 'report.md'} (also report.json, report.html)")
+
+
+def _multi_table(report: dict, out: Path) -> None:
+    from hwcompress.search.multi_report import pareto_rows
+
+    e = report["engine"]
+    table = Table(title=f"{report['model']} on {len(report['targets'])} targets ({e['kind']}"
+                        f"{', ' + str(e['workers']) + ' workers' if e.get('workers') else ''}; {report['seconds']:.0f} s)",
+                  caption="* on the target's Pareto front (no faster and better budget); latency: measured here, "
+                          "predicted (roofline) or per-op cycles, as `how` says",
+                  box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, pad_edge=False)
+    for col in ("target", "budget", "latency ms", "how", "met", "", "runtime B", "PESQ", "STOI"):
+        table.add_column(col, justify="left" if col in ("target", "how", "met", "") else "right", no_wrap=True)
+    for t in report["targets"]:
+        pt = report["per_target"][t]
+        if pt["error"]:
+            table.add_row(t, "-", "-", "-", "NO", "", "-", "-", "-")
+            continue
+        for r in sorted(pareto_rows(pt["budgets"]), key=lambda r: r["budget_ms"]):
+            table.add_row(t, f"{r['budget_ms']:g}", f"{r['latency_ms']:.3f}", r["latency_source"],
+                          "yes" if r["budget_met"] else "NO", "*" if r["pareto"] else "", str(r["runtime_bytes"]),
+                          f"{r['pesq_wb']:.2f}", f"{r['stoi']:.3f}")
+        for u in pt.get("unmet") or []:
+            table.add_row(t, f"{u['budget_ms']:g}", "-", "-", "NO", "", "-", "-", "-")
+    _console().print(table)
+    for t in report["targets"]:
+        pt = report["per_target"][t]
+        for why in ([pt["error"]] if pt["error"] else [u["why"] for u in pt.get("unmet") or []]):
+            typer.echo(f"not fitted: {t}: {why}", err=True)
+    typer.echo(f"report: {out / 'report.md'} (also report.json, report.html; each target's in {out}/<target>/)")
 
 
 # ---------------------------------------------------------------- export

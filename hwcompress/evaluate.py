@@ -18,6 +18,7 @@ from hwcompress.progress import progress_bar
 from hwcompress import metrics
 from hwcompress.data.loader import eval_set
 from hwcompress.enhance import enhance
+from hwcompress.hostlock import cpu_share
 from hwcompress.models.zoo import SEModel
 
 
@@ -52,12 +53,14 @@ def evaluate_with(enhance_fn: Callable[[np.ndarray], np.ndarray], data: Path, se
     with progress_bar(transient=True) as progress:
         task = progress.add_task(f"enhancing {set_name}", total=len(items))
         for item in items:
-            enhanced = enhance_fn(item["noisy"])
+            with cpu_share():
+                enhanced = enhance_fn(item["noisy"])
             meta = {k: v for k, v in item.items() if k not in ("noisy", "clean")}
             scored.append((item["clean"], item["noisy"], enhanced, meta))
             progress.advance(task)
     started = time.perf_counter()
-    rows = metrics.score_many(scored, workers=workers, dnsmos=dnsmos)
+    with cpu_share():
+        rows = metrics.score_many(scored, workers=workers, dnsmos=dnsmos)
     result = {"set": set_name, "n": len(rows), "summary": metrics.summarize(rows, "snr_db"), "rows": rows}
     if dnsmos:
         result["dnsmos"] = {"what": metrics.dnsmos_provenance(), "threads_per_process": metrics.DNSMOS_THREADS,

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 
 from hwcompress.device import Ranks, describe, device_of, to_cpu
 from hwcompress.errors import HwcError
+from hwcompress.hostlock import cpu_share
 from hwcompress.progress import progress_bar
 
 from hwcompress.data.loader import MixtureSampler, eval_set
@@ -106,13 +107,14 @@ def validation_loss(model: SEModel, items: list[dict]) -> float:
     total = 0.0
     with torch.no_grad():
         for item in items:
-            noisy = torch.from_numpy(item["noisy"])[None].to(device)
-            spec = stft(noisy)
-            est, _ = model(spec, initial_state(model, 1, device))
-            w = float(item.get("teacher_weight", 0.0)) if "teacher" in item else 0.0
-            loss = w * spectral_loss(est, torch.from_numpy(item["teacher"])[None].to(device)).item() if w > 0 else 0.0
-            if w < 1.0:
-                loss += (1.0 - w) * spectral_loss(est, stft(torch.from_numpy(item["clean"])[None].to(device))).item()
+            with cpu_share():  # one item: a parallel fit's timing waits at most this long
+                noisy = torch.from_numpy(item["noisy"])[None].to(device)
+                spec = stft(noisy)
+                est, _ = model(spec, initial_state(model, 1, device))
+                w = float(item.get("teacher_weight", 0.0)) if "teacher" in item else 0.0
+                loss = w * spectral_loss(est, torch.from_numpy(item["teacher"])[None].to(device)).item() if w > 0 else 0.0
+                if w < 1.0:
+                    loss += (1.0 - w) * spectral_loss(est, stft(torch.from_numpy(item["clean"])[None].to(device))).item()
             total += loss
     model.train(was_training)
     return total / len(items)
@@ -250,20 +252,21 @@ def train(
             task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=cfg.steps_per_epoch, info="")
             running = 0.0
             for step in range(cfg.steps_per_epoch):
-                noisy, clean = sampler.batch(rng, cfg.batch, samples)
-                noisy, clean = noisy.to(device), clean.to(device)
-                spec = stft(noisy)
-                est, _ = net(spec, initial_state(model, cfg.batch, device))
-                loss = target_loss(est, spec, clean, teacher, teacher_weight)
-                total = loss + (regularizer(model) if regularizer else 0.0)
-                opt.zero_grad()
-                total.backward()
-                if after_backward:
-                    after_backward()
-                torch.nn.utils.clip_grad_norm_(trained, 5.0)
-                opt.step()
-                if after_step:
-                    after_step(model)
+                with cpu_share():  # one step (hostlock: a parallel fit's timings wait for it, not longer)
+                    noisy, clean = sampler.batch(rng, cfg.batch, samples)
+                    noisy, clean = noisy.to(device), clean.to(device)
+                    spec = stft(noisy)
+                    est, _ = net(spec, initial_state(model, cfg.batch, device))
+                    loss = target_loss(est, spec, clean, teacher, teacher_weight)
+                    total = loss + (regularizer(model) if regularizer else 0.0)
+                    opt.zero_grad()
+                    total.backward()
+                    if after_backward:
+                        after_backward()
+                    torch.nn.utils.clip_grad_norm_(trained, 5.0)
+                    opt.step()
+                    if after_step:
+                        after_step(model)
                 running += loss.item()
                 progress.update(task, advance=1, info=f"loss {running / (step + 1):.4f}")
             if world > 1:  # the epoch's train loss over every rank's batches; rank 0's verdicts for all

@@ -187,7 +187,8 @@ def write_keyed(path: Path, key: dict, payload: dict) -> None:
     """Atomic JSON cache entry `{"key": key, **payload}`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    # unique per writer (process and call), so two workers writing one key never share a temporary file
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(json.dumps({"key": _plain(key), **payload}, indent=1, default=float))
     tmp.replace(path)
 

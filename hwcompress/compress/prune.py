@@ -296,7 +296,7 @@ SENSITIVITY_CACHE_VERSION = 2  # bump when what a cached score means changes
 def sensitivity(model: SEModel, eval_fn: Callable[[SEModel], float], layers: Sequence[str] | None = None,
                 ratios: Sequence[float] = (0.25, 0.5, 0.75), structured: bool = True,
                 cache: str | Path | dict | None = None, key: Mapping | None = None,
-                log: Callable[[str], None] | None = None) -> dict:
+                log: Callable[[str], None] | None = None, base: float | None = None) -> dict:
     """Score of the model with one layer (structured: one group) pruned at each ratio, the
     rest intact. eval_fn(model) -> score, higher is better (e.g. PESQ on a few
     utterances). Scores are cached in `cache` (a dict, or a JSON file updated after
@@ -306,6 +306,9 @@ def sensitivity(model: SEModel, eval_fn: Callable[[SEModel], float], layers: Seq
     (JSON-able) must name everything `eval_fn` depends on (data fingerprint, number and
     crop of the items, the metric); a file cache whose weights, mode or key differ, or that
     is corrupt, is rebuilt after one line to `log` (default: stderr).
+
+    `base`: the intact model's score when the caller has it already (the same eval_fn on the
+    same weights: several caches, one per group, need it once, not once each).
 
     Returns {"base": score, "structured": bool, "scores": {layer: {ratio: score}}}.
     """
@@ -330,7 +333,7 @@ def sensitivity(model: SEModel, eval_fn: Callable[[SEModel], float], layers: Seq
             write_keyed(path, full_key, {k: v for k, v in store.items() if k != "key"})
 
     if store["base"] is None:
-        store["base"] = float(eval_fn(model))
+        store["base"] = float(base) if base is not None else float(eval_fn(model))
         save()
     result: dict[str, dict[float, float]] = {}
     for layer in layers:

@@ -43,6 +43,7 @@ import torch
 
 from hwcompress.device import describe
 from hwcompress.errors import HwcError
+from hwcompress.hostlock import cpu_share, quiet
 from hwcompress.models.zoo import SEModel
 from hwcompress.search import allocate as alloc
 from hwcompress.search import sensitivity as sens
@@ -88,6 +89,11 @@ class FitConfig:
     dnsmos: bool = True  # DNSMOS P.835 in the quality rows (1-2 s per test mixture and condition)
     finetune_target: str = "teacher"  # compression fine-tuning target: teacher (dense model), clean or mix
     activations: str | None = None  # runtime activation precision (the target's `activations`); None: its default
+    # where the caches that depend on the model and corpus but not on the target live (sensitivity
+    # scores, the dense model's quality): `out` for one target; one folder shared by every target
+    # of a multi-target run (search/multi.py), so the analysis is made once per model and data
+    shared: Path | None = None
+    torch_threads: int = 0  # torch intra-op threads for this fit's own work (0: torch's default)
     device: str = "auto"  # where torch runs fine-tuning, sensitivity and torch scoring: auto, cpu, cuda, cuda:N
 
 
@@ -116,6 +122,14 @@ def check_budgets(cfg: FitConfig, target: Target) -> tuple[list[float], int, int
 def _state_bytes(model: SEModel) -> int:
     """Bytes of one set of the model's fp32 streaming state tensors."""
     return 4 * sum(int(np.prod(s)) for s in model.state_shapes())
+
+
+def sensitivity_items(model: torch.nn.Module, data: Path, cfg: FitConfig) -> list[dict]:
+    """The validation mixtures the sensitivities of `model` are scored on (Fitter.sensitivity_items)."""
+    from hwcompress.compress.pipeline import FINETUNE_TARGETS
+
+    items = sens.validation_items(data, cfg.sensitivity_items)
+    return sens.with_teacher(items, model, FINETUNE_TARGETS[cfg.finetune_target])
 
 
 class Fitter:
@@ -157,6 +171,9 @@ class Fitter:
         self.out = Path(cfg.out)
         check_writable(self.out, "dir")
         self.out.mkdir(parents=True, exist_ok=True)
+        self.shared = Path(cfg.shared) if cfg.shared is not None else self.out
+        #: latency budgets the most pruned model cannot meet, with why (check_feasible(strict=False))
+        self.unreachable: dict[float, str] = {}
         # a model object (the Python API) or what --model names
         self.model = (model if model is not None else load_model(cfg.model, cfg.model_weights)).eval()
         # what every cache under --out is keyed by, so a resumed run with another model,
@@ -204,8 +221,9 @@ class Fitter:
         if self.cfg.weights == "mixed":  # the same layers at 4 bits in every export, probes included
             options = {"int4_layers": list(self.int4_layers), **options}
         # parity is recorded, not raised: a failed check marks the budget not met in the report
-        return export_checked(model, self.backend, out_dir, ["stream"], weights=self.cfg.weights, stem="model",
-                              check=check, enforce=False, options=options, precision=self.activations)[0]
+        with cpu_share():
+            return export_checked(model, self.backend, out_dir, ["stream"], weights=self.cfg.weights, stem="model",
+                                  check=check, enforce=False, options=options, precision=self.activations)[0]
 
     def calibration_audio(self) -> list[np.ndarray]:
         """Noisy validation mixtures of the fit's corpus (as many as the sensitivity scores on),
@@ -221,8 +239,9 @@ class Fitter:
             return self.pool.measure(self.target, Path(path), runs or self.cfg.measure_runs, what=what)
         from hwcompress.profile.measure import measure_artifact
 
-        return measure_artifact(self.backend, Path(path), self.target.threads, runs or self.cfg.measure_runs,
-                                precision=self.activations)
+        with quiet():  # in a parallel fit, no other task's step runs on this machine meanwhile
+            return measure_artifact(self.backend, Path(path), self.target.threads, runs or self.cfg.measure_runs,
+                                    precision=self.activations)
 
     def _probe(self, ratios: dict[str, float]) -> dict:
         """Export and (if measurable) time the one-shot pruned model of `ratios`."""
@@ -305,12 +324,26 @@ class Fitter:
     def budget_params(self) -> int:
         """The most weights the allocation may keep: the size budget's, and the RAM budget's
         (`ram_model`) where the weights are what the runtime holds in RAM."""
-        size = int(self.budget_bytes / self.bytes_per_weight)
+        fixed, per_weight = self.size_model()
+        size = int((self.budget_bytes - fixed) / per_weight)
         model = self.ram_model()
         if model is None:
             return size
         fixed, per_weight, _ = model
         return max(0, min(size, int((self.ram_budget * self.margin - fixed) / per_weight)))
+
+    def size_model(self) -> tuple[float, float]:
+        """Runtime artifact bytes as fixed bytes + bytes per kept weight: the line through the
+        dense and the most pruned model's exported files where both were exported (a file's
+        graph, names and metadata do not shrink with pruning: tiny-crn's 45-48 KB files are
+        mostly that), else all bytes per weight (the dense file's bytes / its weights)."""
+        dense = self.calibration_log[0] if self.calibration_log else {}
+        floor = self._floor_probe or {}
+        if self.backend != "tflite-micro" and "bytes" in dense and "bytes" in floor and dense["params"] > floor["params"]:
+            per_weight = (dense["bytes"] - floor["bytes"]) / (dense["params"] - floor["params"])
+            if per_weight > 0:
+                return max(0.0, floor["bytes"] - per_weight * floor["params"]), per_weight
+        return 0.0, self.bytes_per_weight
 
     def ram_model(self) -> tuple[float, float, str] | None:
         """Runtime RAM as fixed bytes + bytes per kept weight, and how it was had. Measurable
@@ -330,7 +363,8 @@ class Fitter:
             per_weight = max(per_weight, self.bytes_per_weight)
             return (floor["peak_memory_bytes"] - per_weight * floor["params"], per_weight,
                     "measured peaks of the dense and the most pruned model, a line through the two")
-        return 2.0 * _state_bytes(self.model), self.bytes_per_weight, "predicted: artifact bytes + input and output state buffers"
+        fixed, per_weight = self.size_model()
+        return 2.0 * _state_bytes(self.model) + fixed, per_weight, "predicted: artifact bytes + input and output state buffers"
 
     def ram_floor(self) -> tuple[float, str]:
         """The most pruned model's RAM: measured where it ran here, else by `ram_model`."""
@@ -341,30 +375,43 @@ class Fitter:
         fixed, per_weight, how = self.ram_model()
         return fixed + per_weight * self.oracle.params(self.floor_ratios), how
 
-    def check_feasible(self) -> None:
+    def check_feasible(self, strict: bool = True) -> None:
+        """The most pruned model against every budget. A size, RAM or arena budget it cannot meet
+        fails here (one line); so does the tightest latency budget when `strict`. Not `strict`
+        (a multi-target run, where one unreachable budget must not stop the others): each latency
+        budget the floor misses is kept in `unreachable` with the reason, for the report."""
         floor = {g: alloc.MAX_RATIO for g in self.oracle.sizes}
         best_ms, best_params = self.oracle.latency_ms(floor), self.oracle.params(floor)
         how = "predicted"
-        if self.measurable:  # the smallest model the search may build, timed for real: seconds
+        dense_bytes = self.calibration_log[0]["bytes"] if self.calibration_log else 0
+        # the smallest model the search may build, exported (and where the target can be timed
+        # here, timed for real): seconds. A predicted target needs its bytes only when the dense
+        # artifact is over the size budget (the size model's second point: `size_model`)
+        if self.measurable or (self.backend != "tflite-micro" and dense_bytes > self.budget_bytes):
             key = {**self.key, "calibration": digest(self.calibration_log)}
             cached = read_keyed(self.out / "floor.json", key, self.log)
             if not cached:
                 cached = {"calibration_log": self.calibration_log, **self._probe(floor)}
                 write_keyed(self.out / "floor.json", key, cached)
-            best_ms = cached["measured_ms"]
-            how = f"measured on {cached['measured_on']}" if cached.get("measured_on") else "measured here"
+            if self.measurable:
+                best_ms = cached["measured_ms"]
+                how = f"measured on {cached['measured_on']}" if cached.get("measured_on") else "measured here"
             self._floor_probe = cached
         self.floor_ms = best_ms
         self.floor_how = how
         self.floor_ratios = floor
+        self.unreachable = {
+            b: (f"budget {b:g} ms cannot be met on {self.target.name}: the best reachable is about {best_ms:.3g} ms "
+                f"per hop ({how}; {alloc.MAX_RATIO:.0%} of every group pruned, {self.cfg.weights} weights)")
+            for b in self.budgets if best_ms > b * self.margin}
         tight = min(self.budgets)
-        limit = tight * self.margin
-        if best_ms > limit:
-            raise HwcError(f"budget {tight:g} ms cannot be met on {self.target.name}: the best reachable is about "
-                           f"{best_ms:.3g} ms per hop ({how}; {alloc.MAX_RATIO:.0%} of every group pruned, {self.cfg.weights} weights)")
-        if best_params * self.bytes_per_weight > self.budget_bytes and self.backend != "tflite-micro":
+        if strict and tight in self.unreachable:
+            raise HwcError(self.unreachable[tight])
+        fixed, per_weight = self.size_model()
+        least_bytes = (self._floor_probe or {}).get("bytes") or fixed + per_weight * best_params
+        if least_bytes > self.budget_bytes and self.backend != "tflite-micro":
             raise HwcError(f"size budget {self.budget_bytes} B cannot be met: the smallest reachable runtime artifact is "
-                           f"about {int(best_params * self.bytes_per_weight)} B")
+                           f"about {int(least_bytes)} B")
         if self.backend != "tflite-micro":
             least, ram_how = self.ram_floor()
             if least > self.ram_budget * self.margin:
@@ -451,16 +498,13 @@ class Fitter:
     def sensitivity_items(self, data: Path) -> list[dict]:
         """The validation mixtures every sensitivity is scored on, against the objective the
         fine-tuning uses (`finetune_target`: distance to the dense model's output by default)."""
-        from hwcompress.compress.pipeline import FINETUNE_TARGETS
-
-        items = sens.validation_items(data, self.cfg.sensitivity_items)
-        return sens.with_teacher(items, self.torch_model(), FINETUNE_TARGETS[self.cfg.finetune_target])
+        return sensitivity_items(self.torch_model(), data, self.cfg)
 
     def sensitivities(self, data: Path) -> tuple[dict, dict]:
         items = self.sensitivity_items(data)
-        self.log(f"sensitivity: {len(items)} validation mixtures, cached in {self.out / 'sensitivity'}")
-        s = sens.structured(self.torch_model(), items, self.out / "sensitivity" / "structured.json", log=self.log)
-        k = sens.codebooks(self.torch_model(), items, self.out / "sensitivity" / "codebooks.json", log=self.log)
+        self.log(f"sensitivity: {len(items)} validation mixtures, cached in {self.shared / 'sensitivity'}")
+        s = sens.structured(self.torch_model(), items, self.shared / "sensitivity" / "structured.json", log=self.log)
+        k = sens.codebooks(self.torch_model(), items, self.shared / "sensitivity" / "codebooks.json", log=self.log)
         return s, k
 
     def allocate(self, curves: dict, budget_ms: float) -> tuple[alloc.Allocation, list[dict]]:
@@ -897,123 +941,175 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = lambda m: print(m, file=sys
         return _fit(cfg, log, model, pool)
 
 
-def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | None = None, pool: Any = None) -> dict:
+def prepare(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | None = None,
+            strict: bool = True, pool: Any = None) -> Fitter:
+    """The per-target stages before the search: the model and target checked, the corpus found,
+    the size precheck, the calibration and the feasibility check (each cached under cfg.out)."""
     from hwcompress.data.corpus import ensure_default_corpus
-    from hwcompress.models.io import load_model
-    from hwcompress.search.report import write_reports
 
-    started = time.time()
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     f = Fitter(cfg, log, model, pool)
-    data = cfg.data if cfg.data is not None else ensure_default_corpus()
-    f.data = data
+    f.data = cfg.data if cfg.data is not None else ensure_default_corpus()
     f.precheck_size()
     f.calibrate()
-    f.check_feasible()
-    s_sens, k_sens = f.sensitivities(data)
+    f.check_feasible(strict)
+    #: where every budget's search starts: each budget is its own task (search/multi.py), so one
+    #: budget's measured trials must not steer another's (nor make a serial run differ from it)
+    f.base_calibration = f.oracle.calibration
+    return f
+
+
+@dataclass
+class Plan:
+    """What the search decides once per model and target, before any budget: the sensitivity
+    scores, the pruning loss curves the allocation reads and the per-layer codebook sizes."""
+
+    structured: dict
+    codebooks: dict
+    curves: dict
+    ks: dict[str, int]
+
+
+def plan(f: Fitter) -> Plan:
+    s_sens, k_sens = f.sensitivities(f.data)
     curves = alloc.loss_curves(s_sens)
     ks = f.codebooks(k_sens)
     f.use_widths(ks)
     f.check_lut_size(ks)
-    baseline_q = f.quality(f.model, data, f.out / "baseline-quality.json")
-    results = []
-    for budget in f.budgets:
-        work = f.out if len(f.budgets) == 1 else f.out / f"budget-{budget:g}ms"
-        work.mkdir(parents=True, exist_ok=True)
-        log(f"budget {budget:g} ms on {f.target.name}")
-        state = SearchState(work / "search-state.json", {**f.key, "budget_ms": budget, "budget_bytes": f.budget_bytes,
-                                                         "ram_budget_bytes": f.ram_budget}, log)
-        attempt = state.resume(f)
-        while True:
-            allocation, trials = state.allocation(f, curves, budget, attempt)
-            creport = f.compress(work, data, allocation.ratios, ks)
-            compressed = load_model(str(work / "model.hwc"), template=f.model).eval()
-            v = f.verify(compressed, work, ks, budget)
-            checked = v["latency_source"] == "measured" or v.get("latency_model") == "per-op cycles"
-            if not checked or v["latency_ms"] <= budget or attempt >= cfg.retries:
-                break
-            log(f"  verified {v['latency_ms']:.3f} ms ({v['latency_source']}) > {budget:g} ms: tightening and "
-                f"compressing again")
-            # re-scale by what this allocation measured against what the model predicts for it
-            # (not against the budget: an allocation far off the budget would over-correct and
-            # make every later allocation look infeasible)
-            f.oracle.calibration *= v["latency_ms"] / max(f.oracle.latency_ms(allocation.ratios), 1e-9)
-            attempt += 1
-            state.save(attempt, f.oracle.calibration)
-        q = f.quality(compressed, data, work / "quality.json", artifact=v["artifact"]["path"])
-        runtime_bytes = v["artifact"]["bytes"]
-        memory_ok = v["peak_memory_bytes"] is None or v["peak_memory_bytes"] <= f.ram_budget
-        parity_ok = bool(v["parity_vs_torch"]["ok"])
-        # an emulated run that ran and disagreed with this machine fails the budget; one that
-        # could not run leaves it "not verified" in the report (the figures are predicted anyway)
-        emulated_ok = (v.get("emulated_check") or {}).get("status") != "failed"
-        if not parity_ok:
-            par = v["parity_vs_torch"]
-            log(f"  parity: {v['runtime']} output departs from torch (SNR {par['snr_db']:.1f} dB < "
-                f"{par['min_snr_db']:g} dB for {par['weights']}): budget {budget:g} ms not met")
-        results.append({
-            "budget_ms": budget,
-            "budget_bytes": f.budget_bytes,
-            "memory_budget_bytes": f.ram_budget,
-            "ram_model": dict(zip(("fixed_bytes", "bytes_per_weight", "how"), f.ram_model() or ())) or None,
-            "latency_ms": v["latency_ms"],
-            "latency_p90_ms": v.get("p90_ms"),
-            "latency_source": v["latency_source"],
-            "latency_how": v["how"],
-            "runtime": v["runtime"], "runtime_version": v["runtime_version"], "threads": v["threads"],
-            "activations": f.activations,
-            "device": v["device"],
-            "measured_on": v.get("measured_on"),  # a device pool's host: host, machine, cpu, platform
-            "predicted_ms": v["predicted_ms"],
-            "size_bytes": creport["size_bytes"],
-            "dense_fp32_bytes": creport["dense_fp32_bytes"],
-            "runtime_artifact_bytes": runtime_bytes,
-            "runtime_artifact": v["artifact"],
-            "peak_memory_bytes": v["peak_memory_bytes"],
-            "peak_memory_source": v["peak_memory_source"],
-            "peak_memory_method": v["peak_memory_method"],
-            "parity_vs_torch": v["parity_vs_torch"],
-            "emulated_check": v.get("emulated_check"),
-            "lut_layers": v.get("lut_layers"),  # tflite-micro: LUT-encoded weights, read back from the file
-            "tflm_weights": v.get("tflm_weights"),  # tflite-micro: every weight tensor, its layer, K and storage
-            "per_op": v.get("per_op"),  # tflite-micro: every operator of the file priced in cycles (predicted)
-            "layer_widths": v.get("layer_widths"),  # litert: each layer's stored weight width, read back
-            "tflm_storage": v.get("tflm_storage"),  # tflite-micro: LUT vs int8 file, when LUT decoding missed latency
-            "parity_ok": parity_ok,
-            "budget_met": bool(v["latency_ms"] <= budget and runtime_bytes <= f.budget_bytes and memory_ok
-                               and parity_ok and emulated_ok),
-            "not_met_because": [why for why, bad in (
-                ("latency", v["latency_ms"] > budget), ("size", runtime_bytes > f.budget_bytes),
-                ("memory", not memory_ok), ("parity vs torch", not parity_ok),
-                ("emulated check", not emulated_ok)) if bad],
-            "quality": {"noisy": q["noisy"], "baseline": baseline_q["enhanced"], "compressed": q["enhanced"],
-                        "set": "test", "n": q["n"], "dnsmos": q.get("dnsmos"),
-                        "scored": q.get("scored", "the compressed model in torch (f32)")},
-            "finetune_target": cfg.finetune_target,
-            "allocation": {"ratios": allocation.ratios, "predicted_loss": allocation.predicted_loss,
-                           "steps": allocation.steps, "measured_trials": trials,
-                           "calibration": f.oracle.calibration},
-            "macs_per_frame": creport["macs_per_frame"],
-            "layers": _layers_table(f.model, compressed, allocation.ratios, ks, creport),
-            "files": {"hwc": str(work / "model.hwc"), "runtime": v["artifact"]["files"]},
-        })
+    return Plan(s_sens, k_sens, curves, ks)
+
+
+def baseline_quality(f: Fitter) -> dict:
+    """The dense model's quality on the test split (target-independent: cached in the shared folder)."""
+    return f.quality(f.model, f.data, f.shared / "baseline-quality.json")
+
+
+def budget_folder(f: Fitter, budget: float) -> Path:
+    return f.out if len(f.budgets) == 1 else f.out / f"budget-{budget:g}ms"
+
+
+def fit_budget(f: Fitter, p: Plan, budget: float, baseline_q: dict) -> dict:
+    """One budget: allocate -> compress -> export -> verify (tightening after a measured miss),
+    then the quality; the per-budget result of the report."""
+    from hwcompress.models.io import load_model
+
+    cfg, log, data, ks = f.cfg, f.log, f.data, p.ks
+    work = budget_folder(f, budget)
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"budget {budget:g} ms on {f.target.name}")
+    f.oracle.calibration = getattr(f, "base_calibration", f.oracle.calibration)
+    state = SearchState(work / "search-state.json", {**f.key, "budget_ms": budget, "budget_bytes": f.budget_bytes,
+                                                     "ram_budget_bytes": f.ram_budget}, log)
+    attempt = state.resume(f)
+    while True:
+        allocation, trials = state.allocation(f, p.curves, budget, attempt)
+        creport = f.compress(work, data, allocation.ratios, ks)
+        compressed = load_model(str(work / "model.hwc"), template=f.model).eval()
+        v = f.verify(compressed, work, ks, budget)
+        checked = v["latency_source"] == "measured" or v.get("latency_model") == "per-op cycles"
+        if not checked or v["latency_ms"] <= budget or attempt >= cfg.retries:
+            break
+        log(f"  verified {v['latency_ms']:.3f} ms ({v['latency_source']}) > {budget:g} ms: tightening and "
+            f"compressing again")
+        # re-scale by what this allocation measured against what the model predicts for it
+        # (not against the budget: an allocation far off the budget would over-correct and
+        # make every later allocation look infeasible)
+        f.oracle.calibration *= v["latency_ms"] / max(f.oracle.latency_ms(allocation.ratios), 1e-9)
+        attempt += 1
+        state.save(attempt, f.oracle.calibration)
+    q = f.quality(compressed, data, work / "quality.json", artifact=v["artifact"]["path"])
+    runtime_bytes = v["artifact"]["bytes"]
+    memory_ok = v["peak_memory_bytes"] is None or v["peak_memory_bytes"] <= f.ram_budget
+    parity_ok = bool(v["parity_vs_torch"]["ok"])
+    # an emulated run that ran and disagreed with this machine fails the budget; one that
+    # could not run leaves it "not verified" in the report (the figures are predicted anyway)
+    emulated_ok = (v.get("emulated_check") or {}).get("status") != "failed"
+    if not parity_ok:
+        par = v["parity_vs_torch"]
+        log(f"  parity: {v['runtime']} output departs from torch (SNR {par['snr_db']:.1f} dB < "
+            f"{par['min_snr_db']:g} dB for {par['weights']}): budget {budget:g} ms not met")
+    return {
+        "budget_ms": budget,
+        "budget_bytes": f.budget_bytes,
+        "memory_budget_bytes": f.ram_budget,
+        "ram_model": dict(zip(("fixed_bytes", "bytes_per_weight", "how"), f.ram_model() or ())) or None,
+        "latency_ms": v["latency_ms"],
+        "latency_p90_ms": v.get("p90_ms"),
+        "latency_source": v["latency_source"],
+        "latency_how": v["how"],
+        "runtime": v["runtime"], "runtime_version": v["runtime_version"], "threads": v["threads"],
+        "activations": f.activations,
+        "device": v["device"],
+        "measured_on": v.get("measured_on"),  # a device pool's host: host, machine, cpu, platform
+        "predicted_ms": v["predicted_ms"],
+        "size_bytes": creport["size_bytes"],
+        "dense_fp32_bytes": creport["dense_fp32_bytes"],
+        "runtime_artifact_bytes": runtime_bytes,
+        "runtime_artifact": v["artifact"],
+        "peak_memory_bytes": v["peak_memory_bytes"],
+        "peak_memory_source": v["peak_memory_source"],
+        "peak_memory_method": v["peak_memory_method"],
+        "parity_vs_torch": v["parity_vs_torch"],
+        "emulated_check": v.get("emulated_check"),
+        "lut_layers": v.get("lut_layers"),  # tflite-micro: LUT-encoded weights, read back from the file
+        "tflm_weights": v.get("tflm_weights"),  # tflite-micro: every weight tensor, its layer, K and storage
+        "per_op": v.get("per_op"),  # tflite-micro: every operator of the file priced in cycles (predicted)
+        "layer_widths": v.get("layer_widths"),  # litert: each layer's stored weight width, read back
+        "tflm_storage": v.get("tflm_storage"),  # tflite-micro: LUT vs int8 file, when LUT decoding missed latency
+        "parity_ok": parity_ok,
+        "budget_met": bool(v["latency_ms"] <= budget and runtime_bytes <= f.budget_bytes and memory_ok
+                           and parity_ok and emulated_ok),
+        "not_met_because": [why for why, bad in (
+            ("latency", v["latency_ms"] > budget), ("size", runtime_bytes > f.budget_bytes),
+            ("memory", not memory_ok), ("parity vs torch", not parity_ok),
+            ("emulated check", not emulated_ok)) if bad],
+        "quality": {"noisy": q["noisy"], "baseline": baseline_q["enhanced"], "compressed": q["enhanced"],
+                    "set": "test", "n": q["n"], "dnsmos": q.get("dnsmos"),
+                    "scored": q.get("scored", "the compressed model in torch (f32)")},
+        "finetune_target": cfg.finetune_target,
+        "allocation": {"ratios": allocation.ratios, "predicted_loss": allocation.predicted_loss,
+                       "steps": allocation.steps, "measured_trials": trials,
+                       "calibration": f.oracle.calibration},
+        "macs_per_frame": creport["macs_per_frame"],
+        "layers": _layers_table(f.model, compressed, allocation.ratios, ks, creport),
+        "files": {"hwc": str(work / "model.hwc"), "runtime": v["artifact"]["files"]},
+    }
+
+
+def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | None = None, pool: Any = None) -> dict:
+    started = time.time()
+    f = prepare(cfg, log, model, pool=pool)
+    p = plan(f)
+    baseline_q = baseline_quality(f)
+    results = [fit_budget(f, p, budget, baseline_q) for budget in f.budgets]
+    return assemble(f, p, results, time.time() - started)
+
+
+def assemble(f: Fitter, p: Plan, results: list[dict], seconds: float, write: bool = True) -> dict:
+    """The target's report from its per-budget results (written to f.out unless `write` is False)."""
+    from hwcompress.search.report import write_reports
+
+    cfg = f.cfg
     report = {
         "schema": REPORT_SCHEMA,
         "command": "hwcompress " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None,
         "target": f.target.name,
         "target_description": f.target.description,
         "model": cfg.model,
-        "params": sum(p.numel() for p in f.model.parameters()),
+        "params": sum(t.numel() for t in f.model.parameters()),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "calibration": {"factor": f.oracle.calibration, "log": f.calibration_log,
                         "bytes_per_weight": f.bytes_per_weight, "measurable_here": f.measurable},
-        "sensitivity": {"structured": s_sens, "codebooks": k_sens},
-        "codebooks": ks,
+        "sensitivity": {"structured": p.structured, "codebooks": p.codebooks},
+        "codebooks": p.ks,
         "pool": f.pool.state() if f.pool is not None else None,
         "results": results,
         "torch_device": describe(f.device),  # where fine-tuning, sensitivity and torch scoring ran
-        "seconds": time.time() - started,
+        "seconds": seconds,
     }
     if len(results) == 1:  # one budget: its fields at the top level, as documented
         report.update({k: v for k, v in results[0].items()})
-    write_reports(report, f.out, f.model, data=data, target=f.target)
+    if write:
+        write_reports(report, f.out, f.model, data=f.data, target=f.target)
     return report

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,12 @@ from hwcompress.search.html import DNSMOS_COLUMNS, Clip, Example, LayerTimes, dn
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fmt(x: Any, digits: int = 3) -> str:

@@ -148,27 +148,70 @@ def atomic_json(path: Path, obj: Any) -> None:
         raise
 
 
+def _quiet(msg: str) -> None:
+    pass
+
+
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def part_path(folder: Path, name: str) -> Path:
+    """The cache file of one group's or one layer's scores in `folder` (names such as enc.0)."""
+    return Path(folder) / f"{name.replace('/', '_')}.json"
+
+
+def structured_groups(model: SEModel) -> list[str]:
+    from hwcompress.compress.groups import model_groups
+
+    return [g.name for g in model_groups(model)]
+
+
+def structured_part(model: SEModel, items: list[dict], cache: Path, group: str,
+                    ratios: Sequence[float] = STRUCTURED_RATIOS, log: Callable[[str], None] | None = None,
+                    base: float | None = None) -> dict:
+    """One group's pruning scores, cached in its own file under `cache`'s parts folder
+    (structured/<group>.json beside structured.json): groups are independent tasks, so several
+    workers (search/multi.py) can score them at once without sharing a file."""
+    # a stale part (other weights or items) is recomputed without a word: the merged file's
+    # reader (structured) has said why once for all of them
+    return sensitivity(model, score_fn(items), layers=[group], ratios=ratios, structured=True,
+                       cache=part_path(Path(cache).with_suffix(""), group), key=evaluation_key(items, device_of(model)),
+                       log=log or _quiet, base=base)
 
 
 def structured(model: SEModel, items: list[dict], cache: Path, ratios: Sequence[float] = STRUCTURED_RATIOS,
                log: Callable[[str], None] | None = None) -> dict:
     """{"base", "scores": {group: {ratio: score}}} with one group pruned at a time.
-    The cache is keyed by the weights and the items (evaluation_key); a stale or corrupt
-    file is measured again after one line to `log`."""
-    from hwcompress.compress.groups import model_groups
-
+    Each group's scores are cached in its own file (structured_part), keyed by the weights and
+    the items (evaluation_key); a stale or corrupt file is measured again after one line to
+    `log`. The merged result is also written to `cache` (what the report and a reader see)."""
     log = log or _warn
-    score = score_fn(items)
-    key = evaluation_key(items, device_of(model))
-    groups = [g.name for g in model_groups(model)]
+    check_writable(Path(cache), "file")
+    groups = structured_groups(model)
+    key = {"what": "pruning sensitivity (merged)", "weights": _fingerprint(model),
+           "evaluation": evaluation_key(items, device_of(model)), "ratios": [float(r) for r in ratios]}
+    cached = read_keyed(Path(cache), key, log)
+    try:
+        if cached is not None and set(cached["scores"]) == set(groups):
+            return {"base": float(cached["base"]), "structured": True,
+                    "scores": {g: {float(r): float(v) for r, v in per.items()} for g, per in cached["scores"].items()}}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        log(f"{cache}: malformed cache contents; recomputing it")
+    base = None
+    merged: dict[str, dict] = {}
     with progress_bar() as bar:
         task = bar.add_task("pruning sensitivity", total=len(groups))
-        for name in groups:  # one call per group: the bar moves, the cache file is shared
-            sensitivity(model, score, layers=[name], ratios=ratios, structured=True, cache=cache, key=key, log=log)
+        for name in groups:
+            r = structured_part(model, items, cache, name, ratios, None, base)
+            base = r["base"] if base is None else base
+            merged.update(r["scores"])
             bar.advance(task)
-    return sensitivity(model, score, layers=groups, ratios=ratios, structured=True, cache=cache, key=key, log=log)
+    if base is None:
+        base = float(score_fn(items)(model))
+    write_keyed(Path(cache), key, {"base": base, "scores": {g: {f"{r:g}": v for r, v in per.items()}
+                                                            for g, per in merged.items()}})
+    return {"base": base, "structured": True, "scores": merged}
 
 
 def _codebook_store(path: Path, key: dict, log: Callable[[str], None]) -> dict:
@@ -186,18 +229,84 @@ def _codebook_store(path: Path, key: dict, log: Callable[[str], None]) -> dict:
     return {"base": float(base), "scores": dict(scores), "noise": noise, "scale": float(scale) if finite(scale) else None}
 
 
+def _layer_params(model: SEModel) -> dict[str, list[str]]:
+    """Per layer, the names of its weight matrices (parameters of 2 or more dims)."""
+    params = dict(model.named_parameters())
+    return {layer: [n for n, p in params.items() if n.startswith(path + ".") and p.dim() >= 2]
+            for layer, path in layer_paths(model).items()}
+
+
+def codebook_layers(model: SEModel) -> list[str]:
+    return list(_layer_params(model))
+
+
+def _codebook_key(model: SEModel, items: list[dict]) -> dict:
+    return {"what": "codebook sensitivity", "weights": _fingerprint(model),
+            "evaluation": evaluation_key(items, device_of(model))}
+
+
+def codebook_part(model: SEModel, items: list[dict], cache: Path, layer: str, ks: Sequence[int] = CODEBOOKS,
+                  log: Callable[[str], None] | None = None) -> dict[str, float]:
+    """{"layer@K": score} with only `layer`'s weights clustered to each K, cached in the layer's
+    own file under `cache`'s parts folder (codebooks/<layer>.json beside codebooks.json), so
+    layers are independent tasks (search/multi.py). Clustering is deterministic (exact DP or
+    k-means from a linear init), so every worker computes the same scores."""
+    # a stale part is recomputed without a word (codebooks says why once, for the main file)
+    log = log or _quiet
+    path = part_path(Path(cache).with_suffix(""), layer)
+    key = {**_codebook_key(model, items), "layer": layer}
+    store = _codebook_store(path, key, log) or {"base": 0.0, "scores": {}, "noise": None, "scale": None}
+    score = score_fn(items)
+    params = dict(model.named_parameters())
+    names = _layer_params(model)[layer]
+    for k in ks:
+        if f"{layer}@{k}" in store["scores"]:
+            continue
+        saved = {n: params[n].detach().clone() for n in names}
+        try:
+            apply_clustering(model, cluster_model(model, {n: k for n in names}))
+            store["scores"][f"{layer}@{k}"] = float(score(model))
+        finally:
+            with torch.no_grad():
+                for n, v in saved.items():
+                    params[n].copy_(v)
+        write_keyed(path, key, store)
+    return {f"{layer}@{k}": store["scores"][f"{layer}@{k}"] for k in ks}
+
+
 def codebooks(model: SEModel, items: list[dict], cache: Path, ks: Sequence[int] = CODEBOOKS,
               log: Callable[[str], None] | None = None) -> dict:
     """{"base", "scores": {layer: {K: score}}, "noise": noise_floor(...)} with one layer's
-    weights clustered to K at a time (clustering is deterministic: exact DP or k-means from
-    a linear init). The cache is keyed by the weights and the items (evaluation_key); a
-    stale or corrupt file is measured again after one line to `log`."""
+    weights clustered to K at a time. `cache` holds the base score, the noise floor and the
+    scale (and, once all are in, every layer's scores); each layer's scores are cached in its
+    own file (codebook_part). All keyed by the weights and the items (evaluation_key); a stale
+    or corrupt file is measured again after one line to `log`."""
+    log = log or _warn
+    cache = Path(cache)
+    store = codebook_header(model, items, cache, log)
+    layers = codebook_layers(model)
+    missing = [layer for layer in layers if any(f"{layer}@{k}" not in store["scores"] for k in ks)]
+    with progress_bar() as bar:
+        task = bar.add_task("codebook sensitivity", total=len(layers))
+        bar.advance(task, len(layers) - len(missing))
+        for layer in missing:
+            store["scores"].update(codebook_part(model, items, cache, layer, ks))
+            bar.advance(task)
+    if missing:
+        write_keyed(cache, _codebook_key(model, items), store)
+    scores = {layer: {k: store["scores"][f"{layer}@{k}"] for k in ks} for layer in layers}
+    return {"base": store["base"], "scores": scores, "noise": store["noise"], "scale": store["scale"]}
+
+
+def codebook_header(model: SEModel, items: list[dict], cache: Path, log: Callable[[str], None] | None = None) -> dict:
+    """The codebook cache's shared part: the intact model's score, the noise floor (scored
+    twice) and the scale tolerances are relative to (computed once, before or beside the
+    per-layer parts)."""
     log = log or _warn
     cache = Path(cache)
     check_writable(cache, "file")
     score = score_fn(items)
-    key = {"what": "codebook sensitivity", "weights": _fingerprint(model),
-           "evaluation": evaluation_key(items, device_of(model))}
+    key = _codebook_key(model, items)
     store = _codebook_store(cache, key, log)
     if not store:
         store = {"base": float(score(model)), "scores": {}, "noise": None, "scale": None}
@@ -211,26 +320,7 @@ def codebooks(model: SEModel, items: list[dict], cache: Path, ks: Sequence[int] 
         store["scale"] = float(validation_loss(model, [{k: v for k, v in it.items() if k not in ("teacher", "teacher_weight")}
                                                        for it in items]))
         write_keyed(cache, key, store)
-    params = dict(model.named_parameters())
-    by_layer: dict[str, list[str]] = {}
-    for layer, path in layer_paths(model).items():
-        by_layer[layer] = [n for n, p in params.items() if n.startswith(path + ".") and p.dim() >= 2]
-    todo = [(layer, k) for layer in by_layer for k in ks if f"{layer}@{k}" not in store["scores"]]
-    with progress_bar() as bar:
-        task = bar.add_task("codebook sensitivity", total=len(todo))
-        for layer, k in todo:
-            saved = {n: params[n].detach().clone() for n in by_layer[layer]}
-            try:
-                apply_clustering(model, cluster_model(model, {n: k for n in by_layer[layer]}))
-                store["scores"][f"{layer}@{k}"] = float(score(model))
-            finally:
-                with torch.no_grad():
-                    for n, v in saved.items():
-                        params[n].copy_(v)
-            write_keyed(cache, key, store)
-            bar.advance(task)
-    scores = {layer: {k: store["scores"][f"{layer}@{k}"] for k in ks} for layer in by_layer}
-    return {"base": store["base"], "scores": scores, "noise": store["noise"], "scale": store["scale"]}
+    return store
 
 
 def within_noise(k_sens: dict) -> dict:
