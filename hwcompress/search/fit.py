@@ -124,6 +124,15 @@ def _state_bytes(model: SEModel) -> int:
     return 4 * sum(int(np.prod(s)) for s in model.state_shapes())
 
 
+def _scores_only(k_sens: dict) -> dict:
+    """What a codebook choice depends on in the codebook sensitivities: the scores, the scale and
+    the noise floor, not how the floor was had (its `threads` say which process measured it: a
+    multi-target run's task and its driver differ, and must reuse one choice)."""
+    noise = k_sens.get("noise") or {}
+    return {"base": k_sens["base"], "scores": k_sens["scores"], "scale": k_sens.get("scale"),
+            "floor": noise.get("floor")}
+
+
 def sensitivity_items(model: torch.nn.Module, data: Path, cfg: FitConfig) -> list[dict]:
     """The validation mixtures the sensitivities of `model` are scored on (Fitter.sensitivity_items)."""
     from hwcompress.compress.pipeline import FINETUNE_TARGETS
@@ -622,7 +631,7 @@ class Fitter:
         items = self.sensitivity_items(self.data)
         cache = self.out / "sensitivity" / "codebooks-joint.json"
         key = {"what": "joint codebook check", "model": model_digest(self.model),
-               "evaluation": sens.evaluation_key(items, self.device), "k_sens": digest(k_sens), "budget": budget,
+               "evaluation": sens.evaluation_key(items, self.device), "k_sens": digest(_scores_only(k_sens)), "budget": budget,
                # the grids the codebooks are held on (none, or per layer by K: see `grids`)
                "grids": digest(self.grids({layer: 2 for layer in weights})) + digest(self.grids({layer: 256 for layer in weights}))}
         cached = read_keyed(cache, key, self.log)
