@@ -73,10 +73,11 @@ INT4_KINDS: dict[str, tuple[str, ...]] = {
     "openvino": ("LSTM", "GRU", "Linear"),
 }
 #: what a backend offers the layer kinds outside INT4_KINDS, for the message refusing 4 bits there
-_NOT_INT4 = {"openvino": "its CPU plugin decompresses their weights to f32 when the model compiles; "
-                         "it stores them int8 (or fp32)",
-             "litert": "ai-edge-quantizer's 4-bit recipe here takes FULLY_CONNECTED ops only; int8 or fp32",
-             "onnxruntime": "MatMulNBits replaces MatMul only; int8 or fp32"}
+_NOT_INT4 = {"openvino": "its CPU plugin decompresses {kind} weights to f32 when the model compiles; it offers "
+                         "them int8 storage (computed in f32) or fp32",
+             "litert": "ai-edge-quantizer's 4-bit recipe here takes FULLY_CONNECTED ops only; it offers {kind} "
+                       "int8 or fp32",
+             "onnxruntime": "MatMulNBits replaces MatMul only; it offers {kind} int8 or fp32"}
 #: the search gives 4-bit runtime weights (`weights="mixed"`) to the layers it clusters to
 #: K <= 16, holding their codebooks on the 4-bit grid (at most 14 nonzero values, q in
 #: [-7, 7]: zero, which pruned weights need, is one code); `export` of a `.hwc` gives 4 bits to the layers whose
@@ -321,9 +322,9 @@ def check_int4_layers(backend: str, model: torch.nn.Module, int4_layers: list[st
     off = [layer for layer in int4_layers if kinds[layer] not in INT4_KINDS.get(key, ())]
     if off:
         kind = kinds[off[0]]
-        raise HwcError(f"{key} cannot run 4-bit weights in {kind} layers ({', '.join(x for x in off if kinds[x] == kind)}): "
-                       f"4 bits only for {', '.join(INT4_KINDS.get(key, ())) or 'no layer kind'}; for {kind} "
-                       f"{_NOT_INT4.get(key, 'int8 or fp32')}")
+        raise HwcError(f"{key} runs 4-bit weights only in {', '.join(INT4_KINDS.get(key, ())) or 'no'} layers, not in "
+                       f"{kind} layers ({', '.join(x for x in off if kinds[x] == kind)}): "
+                       + _NOT_INT4.get(key, "it offers {kind} int8 or fp32").format(kind=kind))
 
 
 def run_stream(
