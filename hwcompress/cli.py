@@ -406,7 +406,7 @@ def compress(
     codebook: Annotated[int, typer.Option(help="Codebook size K per layer (2..256).")] = 16,
     structured: Annotated[bool, typer.Option(help="Remove whole units/channels (physically shrinks the model).")] = False,
     config: Annotated[Optional[Path], typer.Option(help="TOML of per-layer overrides: [layers.\"rnn.0\"] sparsity/codebook/structured/grid.")] = None,
-    grid: Annotated[int, typer.Option(help="Hold every codebook on the symmetric integer grid of this runtime weight width (4: at most 14 nonzero centroids, q in [-7, 7]; 8: at most 254), one step per layer, so that LiteRT and onnxruntime exports reproduce the .hwc exactly; 0: free k-means centroids (the paper's).")] = 0,
+    grid: Annotated[int, typer.Option(help="Hold every codebook on the symmetric integer grid of this runtime weight width (4: at most 14 nonzero centroids, q in [-7, 7]; 8: at most 254), one step per layer, so that LiteRT, onnxruntime and OpenVINO exports reproduce the .hwc exactly; 0: free k-means centroids (the paper's).")] = 0,
     data: DataOpt = None,
     l1: Annotated[float, typer.Option(help="L1 weight during the regularisation stage.")] = 0.0,
     group_lasso: Annotated[float, typer.Option(help="Group-lasso weight during the regularisation stage.")] = 0.0,
@@ -501,7 +501,7 @@ def fit(
     emulate: Annotated[bool, typer.Option(help="Functional run on the emulated target CPU when it cannot be measured here.")] = True,
     measure_runs: Annotated[int, typer.Option(min=10, help="Timed hops per latency measurement (the final one takes at least 500).")] = 300,
     allocation: Annotated[str, typer.Option(help="search (per layer), or uniform (one ratio and K=16 everywhere: the baseline).")] = "search",
-    weights: Annotated[str, typer.Option(help="Runtime weights: int8 (every backend), int4 (OpenVINO: nncf INT4_ASYM; LiteRT: 4-bit fully-connected; onnxruntime: MatMulNBits; convolutions int8 on both) or mixed (LiteRT, onnxruntime: 4 bits for the recurrent and linear layers the search clusters to K <= 16, held on the 4-bit grid; 8 for the rest). On LiteRT and onnxruntime every codebook is held on its runtime width's integer grid, so the shipped file holds the .hwc weights exactly.")] = "int8",
+    weights: Annotated[str, typer.Option(help="Runtime weights: int8 (every backend), int4 (OpenVINO: the matmuls 4-bit, nncf INT4_ASYM; LiteRT: 4-bit fully-connected; onnxruntime: MatMulNBits; convolutions int8 on all three) or mixed (LiteRT, onnxruntime, OpenVINO: 4 bits for the recurrent and linear layers the search clusters to K <= 16, held on the 4-bit grid; 8 for the rest). On LiteRT, onnxruntime and OpenVINO every codebook is held on its runtime width's integer grid, so the shipped file holds the .hwc weights exactly.")] = "int8",
     finetune_target: Annotated[str, typer.Option(help="Fine-tuning target: teacher (distil from the dense model), clean, or mix (0.5/0.5).")] = "teacher",
     dnsmos: Annotated[bool, typer.Option(help="Score DNSMOS P.835 in the report (about 2 s per clip and condition here).")] = True,
     codebook_tolerance: Annotated[float, typer.Option(min=0.0, help="What the per-layer codebooks may cost, summed over layers: the fine-tuning objective's increase (distance to the dense model's output by default) relative to the dense model's clean validation loss.")] = 0.01,
@@ -626,8 +626,9 @@ def export_cmd(
     model: ModelOpt = "default",
     model_weights: ModelWeightsOpt = None,
     mode: Annotated[Optional[str], typer.Option(help="stream (one hop, state in/out), whole (utterance) or both [default: both; stream for tflm, which runs hop by hop only].")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="fp32; int8 in the runtime's native int8 form; int4 (OpenVINO: nncf INT4_ASYM, groups of 128; LiteRT: 4-bit fully-connected; onnxruntime: MatMulNBits; convolutions int8 on both); mixed (LiteRT, onnxruntime: 4 bits for the layers whose weights lie on the 4-bit integer grid, as compress --grid 4 and the fit leave them, stored exactly; 8 for the rest) [default: for a .hwc on onnx/tflite, mixed when every layer lies on an integer grid (as the fit and compress --grid leave it), else fp32, said on stderr; fp32 otherwise; int8 for tflm, whose 16x8 form is its only one].")] = None,
-    frames: Annotated[int, typer.Option(min=1, help="T of a whole-utterance .tflite (LiteRT fixes T).")] = 100,
+    weights: Annotated[Optional[str], typer.Option(help="fp32; int8 in the runtime's native int8 form; int4 (OpenVINO: the matmuls 4-bit, nncf INT4_ASYM in groups of 128; LiteRT: 4-bit fully-connected; onnxruntime: MatMulNBits; convolutions int8 on all three); mixed (LiteRT, onnxruntime, OpenVINO: 4 bits for the layers whose weights lie on the 4-bit integer grid, as compress --grid 4 and the fit leave them, stored exactly; 8 for the rest) [default: for a .hwc on onnx/tflite/openvino, mixed when every layer lies on an integer grid (as the fit and compress --grid leave it), else fp32, said on stderr; fp32 otherwise; int8 for tflm, whose 16x8 form is its only one].")] = None,
+    int4_layers: Annotated[Optional[str], typer.Option(help="--weights mixed: the layers to store at 4 bits, comma-separated (names as `hwcompress predict` lists them) [default: those whose weights lie on the 4-bit grid]. A layer kind the runtime does not run at 4 bits is refused.")] = None,
+    frames: Annotated[int, typer.Option(min=1, help="T of a whole-utterance .tflite (LiteRT fixes T), and of an onnx/openvino one whose recurrent cells are exported as matmuls (OpenVINO integer weights, onnxruntime int4/mixed: they unroll over T).")] = 100,
     check: Annotated[bool, typer.Option(help="Run each artifact against torch; one beyond its tolerance fails the export.")] = True,
     min_snr_db: Annotated[Optional[float], typer.Option(help="Parity tolerance: least SNR (dB) of the runtime output vs torch (default per weights: fp32 60, int8 25, int4 20).")] = None,
     calibration_data: Annotated[Optional[Path], typer.Option(help="tflm: a corpus folder (hwcompress data build) whose first 8 noisy validation mixtures calibrate the integer activation ranges [default: synthetic speech-like spectra; fit uses its corpus].")] = None,
@@ -669,6 +670,10 @@ def export_cmd(
         from hwcompress.data.loader import eval_set
 
         options["calibration_audio"] = [row["noisy"] for row in eval_set(calibration_data, "valid", 8)]
+    if int4_layers is not None:
+        if weights != "mixed":
+            raise HwcError(f"--int4-layers names the layers --weights mixed stores at 4 bits (weights here: {weights})")
+        options["int4_layers"] = [x.strip() for x in int4_layers.split(",") if x.strip()]
     rows = export_checked(net, backend, out, modes, weights=weights, frames=frames, stem=stem, check=check,
                           min_snr_db=min_snr_db, options=options)
     if json_:

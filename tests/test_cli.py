@@ -98,7 +98,8 @@ def test_export_reports_bytes_and_parity(tmp_path, tiny_model) -> None:
         (["--format", "caffe"], "unknown backend 'caffe'"),
         (["--format", "onnx", "--weights", "int2"], "unknown weight format 'int2'"),
         (["--format", "tflm", "--weights", "int4"], "backend 'tflite-micro' has no native 4-bit"),
-        (["--format", "openvino", "--weights", "mixed"], "backend 'openvino' exports no per-layer 4/8-bit"),
+        (["--format", "tflm", "--weights", "mixed"], "backend 'tflite-micro' exports no per-layer 4/8-bit"),
+        (["--format", "onnx", "--weights", "int8", "--int4-layers", "rnn.0"], "--int4-layers names the layers"),
         (["--format", "onnx", "--mode", "chunk"], "unknown export mode 'chunk'"),
     ],
 )

@@ -24,33 +24,9 @@ from hwcompress.export import distinct_weights, tflite  # noqa: E402
 from hwcompress.export.check import export_checked  # noqa: E402
 from hwcompress.export.probe import stored_weights  # noqa: E402
 from hwcompress.models import zoo  # noqa: E402
+from grid_models import GRIDDED, clustered  # noqa: E402
 
 pytestmark = pytest.mark.slow  # each export runs the litert-torch converter (~10-40 s)
-
-
-def _clustered(k_of: dict[str, int], grid: dict[str, int] | None = None) -> torch.nn.Module:
-    """tiny-crn with the weight matrices of some layers clustered to K values each (what `.hwc`
-    clustering leaves: a per-layer codebook), free k-means centroids unless `grid` names the
-    layer's runtime width (compress.cluster.snap_to_grid); the others dense."""
-    from hwcompress.compress.cluster import cluster_tensor, snap_to_grid
-    from hwcompress.models.cost import layer_paths
-
-    torch.manual_seed(0)
-    model = zoo.build(*zoo.PRESETS["tiny-crn"]).eval()
-    paths = layer_paths(model)
-    with torch.no_grad():
-        for layer, k in k_of.items():
-            for name, p in model.named_parameters():
-                if name.startswith(paths[layer] + ".") and p.dim() >= 2:
-                    c = cluster_tensor(p, k)
-                    p.copy_((snap_to_grid(c, grid[layer]) if (grid or {}).get(layer) else c).dense())
-    return model
-
-
-#: rnn.0 on the 4-bit grid, proj clustered to 16 free centroids (on no grid: not exact at 4
-#: bits, so mixed keeps it 8-bit), the convolutions on the 8-bit grid
-GRIDDED = ({"rnn.0": 16, "proj": 16, "enc.1": 64, "enc.2": 64, "dec.1": 64},
-           {"rnn.0": 4, "enc.1": 8, "enc.2": 8, "dec.1": 8})
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +40,7 @@ def converter():
 
 
 def test_int4_stores_fully_connected_weights_in_4_bits_and_runs(converter, tmp_path) -> None:
-    model = _clustered({})
+    model = clustered({})
     (src,) = [r["path"] for r in export_checked(model, "litert", tmp_path / "fp32", ["stream"], check=False)]
     files = {}
     for weights in ("int8", "int4"):
@@ -87,7 +63,7 @@ def test_mixed_gives_4_bits_to_the_layers_on_the_4_bit_grid_and_stores_them_exac
     from hwcompress.export._litert_convert import tensor_layers
     from hwcompress.models.cost import layer_paths
 
-    model = _clustered(*GRIDDED)
+    model = clustered(*GRIDDED)
     ks = distinct_weights(model)
     assert ks["rnn.0"] <= 15 and ks["proj"] == 16 and ks["enc.1"] > 16
     assert grid_bits(model) == {"rnn.0": 4, "enc.1": 8, "enc.2": 8, "dec.1": 8}
@@ -111,9 +87,9 @@ def test_mixed_gives_4_bits_to_the_layers_on_the_4_bit_grid_and_stores_them_exac
 def test_mixed_on_a_backend_without_it_is_one_line(capsys, tmp_path) -> None:
     from conftest import cli, user_error
 
-    proc = cli(capsys, "export", "--model", "tiny-crn", "--format", "openvino", "--weights", "mixed", "--out",
+    proc = cli(capsys, "export", "--model", "tiny-crn", "--format", "tflm", "--weights", "mixed", "--out",
                str(tmp_path / "x"), "--mode", "stream")
-    user_error(proc, "mixed weights", "openvino", "litert", "int4 (every layer)")
+    user_error(proc, "mixed weights", "tflite-micro", "litert", "openvino")
     assert not (tmp_path / "x").exists() or not list((tmp_path / "x").iterdir())
 
 
@@ -174,7 +150,7 @@ def test_onnxruntime_int4_stores_the_matmuls_in_4_bits_and_runs(tmp_path) -> Non
 def test_onnxruntime_mixed_follows_the_grid_and_stores_the_weights_exactly(tmp_path) -> None:
     from hwcompress.export.onnx import exact_weights, layer_widths
 
-    model = _clustered(*GRIDDED)
+    model = clustered(*GRIDDED)
     (row,) = export_checked(model, "onnxruntime", tmp_path, ["stream"], weights="mixed")
     ops = _onnx_ops(row["path"])
     assert ops.get("MatMulNBits") == 2, ops  # rnn.0's input and recurrent matmuls; proj (no grid) stays int8
@@ -277,7 +253,7 @@ def test_export_of_a_hwc_defaults_to_the_narrowest_exact_widths(capsys, tmp_path
     from conftest import cli
 
     layers = list(layer_paths(zoo.build(*zoo.PRESETS["tiny-crn"])))
-    all_grid = _clustered({x: 16 if x == "rnn.0" else 64 for x in layers},
+    all_grid = clustered({x: 16 if x == "rnn.0" else 64 for x in layers},
                           {x: 4 if x == "rnn.0" else 8 for x in layers})
     save_artifact(tmp_path / "grid.hwc", all_grid)
     proc = cli(capsys, "export", "--model", str(tmp_path / "grid.hwc"), "--format", "onnx", "--mode", "stream",
@@ -289,7 +265,7 @@ def test_export_of_a_hwc_defaults_to_the_narrowest_exact_widths(capsys, tmp_path
     exact = exact_weights(path, load_model(str(tmp_path / "grid.hwc")))
     assert exact and all(exact.values()), exact
 
-    free = _clustered(*GRIDDED)  # proj: 16 free centroids, on no grid
+    free = clustered(*GRIDDED)  # proj: 16 free centroids, on no grid
     save_artifact(tmp_path / "free.hwc", free)
     proc = cli(capsys, "export", "--model", str(tmp_path / "free.hwc"), "--format", "onnx", "--mode", "stream",
                "--out", str(tmp_path / "free"), "--json")

@@ -342,7 +342,7 @@ def grid_step(values: np.ndarray | torch.Tensor, bits: int) -> float | None:
     v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
     v = np.unique(v.astype(np.float32).ravel())
     v = v[v != 0]
-    if v.size == 0:
+    if v.size == 0 or v.size > qmax - qmin:  # more distinct values than the grid has nonzero points
         return None
     smallest = float(np.min(np.abs(v)))
     for m in range(1, max(-qmin, qmax) + 1):  # the smallest magnitude is m steps from zero

@@ -24,14 +24,17 @@ is what a layer clustered to K <= 16 can use at run time. On LiteRT, int4 stores
 FULLY_CONNECTED weights (every recurrent gate matmul and Linear) as 4-bit per-channel integers
 and the convolutions as int8; onnxruntime int4 stores every constant-weight MatMul (the
 recurrent cells exported as matmuls) as MatMulNBits (4-bit, blocks of up to 128) and the rest int8;
-`weights="mixed"` (LiteRT, onnxruntime) gives 4 bits only to the layers whose weights lie on
-the symmetric 4-bit integer grid (a `.hwc` codebook held there: `compress --grid 4`, or the fit)
-and 8 bits to the rest. `weights="fp32"` keeps float weights.
+OpenVINO int4 stores the MatMul weights (the recurrent cells exported as matmuls, Linear) at 4
+bits and the convolutions at 8, as its CPU plugin runs only MatMul weights compressed;
+`weights="mixed"` (LiteRT, onnxruntime, OpenVINO) gives 4 bits only to the layers whose weights
+lie on the symmetric 4-bit integer grid (a `.hwc` codebook held there: `compress --grid 4`, or
+the fit) and 8 bits to the rest. `weights="fp32"` keeps float weights.
 
-Exactness: on LiteRT and onnxruntime (`GRID_EXACT_BACKENDS`) a weight matrix lying on the
-integer grid of its stored width (`compress.cluster.grid_step`: every value q * step, q in the
-width's range) is stored with that step as every channel's or block's scale, so the file
-dequantizes to exactly the `.hwc` values; other weights get the runtime's own absmax rounding.
+Exactness: on LiteRT, onnxruntime and OpenVINO (`GRID_EXACT_BACKENDS`) a weight matrix lying on
+the integer grid of its stored width (`compress.cluster.grid_step`: every value q * step, q in
+the width's range) is stored with that step as every channel's or block's scale (OpenVINO: one
+f32 scale for the matrix, i4/i8 integers), so the file dequantizes to exactly the `.hwc`
+values; other weights get the runtime's own rounding.
 """
 
 from __future__ import annotations
@@ -52,21 +55,29 @@ WEIGHTS = ("fp32", "int8", "int4", "mixed")
 #: bits per stored weight of each format (for size and latency predictions); mixed: 8, an upper
 #: bound (which layers get 4 bits depends on the model's codebooks)
 WEIGHT_BITS = {"fp32": 32, "int8": 8, "int4": 4, "mixed": 8}
-#: backends with a native 4-bit weight path (OpenVINO: nncf INT4_ASYM on every MatMul, the
-#: recurrent cells included; LiteRT: XNNPACK's dynamic-range int4 FULLY_CONNECTED kernels;
-#: onnxruntime: MatMulNBits)
+#: backends with a native 4-bit weight path (OpenVINO: the CPU plugin's compressed FullyConnected
+#: on every MatMul, the recurrent cells included; LiteRT: XNNPACK's dynamic-range int4
+#: FULLY_CONNECTED kernels; onnxruntime: MatMulNBits)
 INT4_BACKENDS = ("openvino", "litert", "onnxruntime")
 #: backends that export per-layer 4/8-bit weights (`weights="mixed"`)
-MIXED_BACKENDS = ("litert", "onnxruntime")
+MIXED_BACKENDS = ("litert", "onnxruntime", "openvino")
 #: the layer kinds each backend stores at 4 bits under int4/mixed (the rest keep int8): LiteRT's
 #: FULLY_CONNECTED ops (litert-torch lowers LSTM/GRU gates and Linear to them); onnxruntime's
 #: MatMulNBits, which replaces MatMul only (the recurrent cells are exported as matmuls for it);
-#: OpenVINO's nncf INT4_ASYM takes every MatMul and convolution ("all layers")
+#: OpenVINO's CPU plugin, whose FullyConnected (a MatMul) runs u4/i4 weights in its kernel while
+#: it decompresses convolution weights to f32 at compile time (its runtime graph, read back by
+#: `openvino.executed_widths`; nncf's INT4 leaves the convolutions 8-bit too)
 INT4_KINDS: dict[str, tuple[str, ...]] = {
     "litert": ("LSTM", "GRU", "Linear"),
     "onnxruntime": ("LSTM", "GRU", "Linear"),
-    "openvino": ("LSTM", "GRU", "Linear", "Conv2d", "ConvTranspose2d", "Conv1d"),
+    "openvino": ("LSTM", "GRU", "Linear"),
 }
+#: what a backend offers the layer kinds outside INT4_KINDS, for the message refusing 4 bits there
+_NOT_INT4 = {"openvino": "its CPU plugin decompresses {kind} weights to f32 when the model compiles; it offers "
+                         "them int8 storage (computed in f32) or fp32",
+             "litert": "ai-edge-quantizer's 4-bit recipe here takes FULLY_CONNECTED ops only; it offers {kind} "
+                       "int8 or fp32",
+             "onnxruntime": "MatMulNBits replaces MatMul only; it offers {kind} int8 or fp32"}
 #: the search gives 4-bit runtime weights (`weights="mixed"`) to the layers it clusters to
 #: K <= 16, holding their codebooks on the 4-bit grid (at most 14 nonzero values, q in
 #: [-7, 7]: zero, which pruned weights need, is one code); `export` of a `.hwc` gives 4 bits to the layers whose
@@ -75,8 +86,9 @@ MIXED_MAX_K = 16
 #: backends whose int8/int4 export stores a weight lying on a symmetric integer grid
 #: (compress.cluster.grid_step) with the grid's step as its scales, i.e. exactly: onnxruntime
 #: (quantize_dynamic overrides, MatMulNBits rewritten), LiteRT (scales and integers patched
-#: into ai-edge-quantizer's file). The fit holds codebooks on these grids for them.
-GRID_EXACT_BACKENDS = ("onnxruntime", "litert")
+#: into ai-edge-quantizer's file), OpenVINO (i4/i8 constants and an f32 step written into the IR:
+#: `openvino.quantize`). The fit holds codebooks on these grids for them.
+GRID_EXACT_BACKENDS = ("onnxruntime", "litert", "openvino")
 #: layer kinds a backend's int8 export computes in float: onnxruntime's quantize_dynamic has an
 #: integer LSTM (DynamicQuantizeLSTM) but no integer GRU (nor ConvTranspose), so GRU runs at fp32
 #: speed (measured: GRU models' int8/fp32 latency ratio 1.0); its weights are still stored at 8 bits
@@ -230,7 +242,12 @@ def distinct_weights(model: torch.nn.Module) -> dict[str, int]:
 def layer_widths(backend: str, path: Path, model: torch.nn.Module) -> dict[str, str]:
     """Per layer, the weight width an exported file stores, read back from the file: LiteRT from
     the flatbuffer's tensor types, onnxruntime from its MatMulNBits nodes ("int4" for the layers
-    they hold, "int8" for the rest); {} for other backends."""
+    they hold, "int8" for the rest), OpenVINO from the element types of the IR's weight constants;
+    {} for other backends."""
+    if canonical_name(backend) == "openvino":
+        from hwcompress.export.openvino import layer_widths as ov_widths
+
+        return ov_widths(Path(path), model)
     if canonical_name(backend) == "litert":
         from hwcompress.export.tflite import layer_widths as litert_widths
 
@@ -289,6 +306,25 @@ def mixed_layers(model: torch.nn.Module) -> list[str]:
     the 4-bit grid (`grid_bits`), which the runtime then holds exactly. A layer clustered to
     K <= 16 free centroids is on no such grid and stays 8-bit."""
     return [layer for layer, b in grid_bits(model).items() if b == 4]
+
+
+def check_int4_layers(backend: str, model: torch.nn.Module, int4_layers: list[str]) -> None:
+    """Refuse, in one line, 4-bit weights asked for a layer the backend does not run at 4 bits
+    (its kind is not in INT4_KINDS), naming the layer, its kind and what the backend offers it;
+    and a name that is no weight layer of `model`."""
+    from hwcompress.models.cost import layer_costs
+
+    kinds = {r["name"]: r["kind"] for r in layer_costs(model)}
+    unknown = [layer for layer in int4_layers if layer not in kinds]
+    if unknown:
+        raise HwcError(f"4-bit layers {', '.join(unknown)}: no such weight layer (the model has {', '.join(kinds)})")
+    key = canonical_name(backend)
+    off = [layer for layer in int4_layers if kinds[layer] not in INT4_KINDS.get(key, ())]
+    if off:
+        kind = kinds[off[0]]
+        raise HwcError(f"{key} runs 4-bit weights only in {', '.join(INT4_KINDS.get(key, ())) or 'no'} layers, not in "
+                       f"{kind} layers ({', '.join(x for x in off if kinds[x] == kind)}): "
+                       + _NOT_INT4.get(key, "it offers {kind} int8 or fp32").format(kind=kind))
 
 
 def run_stream(

@@ -29,7 +29,7 @@ import onnxruntime as ort
 from hwcompress.errors import HwcError
 from hwcompress.export import _graph as g
 from hwcompress.export._capture import captured_fd
-from hwcompress.export import check_mode
+from hwcompress.export import check_int4_layers, check_mode
 
 if TYPE_CHECKING:  # torch is imported where a model is traced: sessions load without it
     import torch
@@ -53,16 +53,24 @@ def _layer_of(op: str, dump: str) -> str | None:
     return layer + (f", {Path(where.group(1)).name}:{where.group(2)}" if where else "")
 
 
-def export_onnx(model: torch.nn.Module, path: Path, mode: str, exporter: str = "ONNX") -> None:
-    """Write the ONNX graph of `model` to exactly `path` (no atomicity: callers stage)."""
+#: T of a whole-utterance graph whose recurrent cells are traced as matmuls (1 s of 10 ms hops)
+WHOLE_FRAMES = 100
+
+
+def export_onnx(model: torch.nn.Module, path: Path, mode: str, exporter: str = "ONNX",
+                frames: int | None = None) -> None:
+    """Write the ONNX graph of `model` to exactly `path` (no atomicity: callers stage). A
+    whole-utterance graph has a dynamic T, or `frames` fixed: the recurrent cells traced as
+    matmuls (`_trace.explicit_cells`) unroll over the traced T, so such a graph runs that T only
+    (with a dynamic axis it failed at any other: a Reshape to the traced length)."""
     import torch
 
     from hwcompress.export import _trace
 
     check_mode(mode)
-    spec, state = _trace.sample_inputs(model, 1 if mode == "stream" else 7)
+    spec, state = _trace.sample_inputs(model, 1 if mode == "stream" else frames or 7)
     n = len(state)
-    dynamic = {g.SPEC: {1: "frames"}, g.OUT: {1: "frames"}} if mode == "whole" else None
+    dynamic = {g.SPEC: {1: "frames"}, g.OUT: {1: "frames"}} if mode == "whole" and not frames else None
     wrapper = _trace.Positional(model)
     with _trace.eval_mode(model), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -485,17 +493,22 @@ class OnnxBackend:
     def export(self, model: torch.nn.Module, out_dir: Path, mode: str = "stream", *,
                frames: int | None = None, stem: str | None = None, weights: str = "fp32",
                int4_layers: list[str] | None = None) -> Path:
-        """`frames` is ignored: the whole-utterance graph has a dynamic T. `int4_layers`
+        """The whole-utterance graph has a dynamic T, or with int4/mixed weights (the recurrent cells
+        traced as matmuls) a fixed one, `frames` (default WHOLE_FRAMES). `int4_layers`
         (weights="mixed"): the layers to store at 4 bits (default: those on the 4-bit grid, `export.mixed_layers`)."""
         check_mode(mode, weights, self.name)
-        dst = Path(out_dir) / (g.artifact_stem(stem, mode, weights=weights) + self.suffix)
+        if weights == "mixed" and int4_layers is not None:
+            check_int4_layers(self.name, model, int4_layers)
+        # 4-bit weights exist for MatMul only: the recurrent cells are traced as matmuls
+        explicit = weights in ("int4", "mixed")
+        fixed = int(frames or WHOLE_FRAMES) if explicit and mode == "whole" else None
+        dst = Path(out_dir) / (g.artifact_stem(stem, mode, fixed, weights=weights) + self.suffix)
         with g.staging(Path(out_dir)) as tmp:
             staged = tmp / dst.name
             from hwcompress.export._trace import explicit_cells
 
-            # 4-bit weights exist for MatMul only: the recurrent cells are traced as matmuls
-            with explicit_cells(model) if weights in ("int4", "mixed") else contextlib.nullcontext():
-                export_onnx(model, staged, mode)
+            with explicit_cells(model) if explicit else contextlib.nullcontext():
+                export_onnx(model, staged, mode, frames=fixed)
             g.publish([(g.with_weights(staged, weights, lambda a, b: quantize(a, b, weights, model, int4_layers)), dst)])
         return dst
 

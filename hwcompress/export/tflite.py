@@ -30,7 +30,7 @@ from ai_edge_litert.interpreter import Interpreter
 import hwcompress
 from hwcompress.errors import HwcError
 from hwcompress.export import _graph as g
-from hwcompress.export import check_mode
+from hwcompress.export import check_int4_layers, check_mode
 
 if TYPE_CHECKING:  # the converter side (torch, _litert_convert) loads on export only
     import torch
@@ -462,6 +462,8 @@ class LiteRtBackend:
         """`int4_layers` (weights="mixed"): the layers to store at 4 bits (the fit passes the ones it
         chose K <= 16 for, also for its unclustered probes); default: `export.mixed_layers`."""
         check_mode(mode, weights, self.name)
+        if weights == "mixed" and int4_layers is not None:
+            check_int4_layers(self.name, model, int4_layers)
         t = 1 if mode == "stream" else int(frames or WHOLE_FRAMES)
         dst = Path(out_dir) / (g.artifact_stem(stem, mode, t if mode == "whole" else None, weights) + self.suffix)
         from hwcompress.export import _litert_convert as conv

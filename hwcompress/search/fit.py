@@ -85,7 +85,7 @@ class FitConfig:
     allocation: str = "search"  # or "uniform": one ratio for all groups, one K for all layers (the baseline)
     uniform_codebook: int = 16
     weights: str = "int8"  # runtime weight format: int8 everywhere, int4 where the backend has it (OpenVINO, LiteRT,
-    # onnxruntime), or mixed (LiteRT, onnxruntime: 4 bits for the layers clustered to K <= 16)
+    # onnxruntime), or mixed (LiteRT, onnxruntime, OpenVINO: 4 bits for the layers clustered to K <= 16)
     dnsmos: bool = True  # DNSMOS P.835 in the quality rows (1-2 s per test mixture and condition)
     finetune_target: str = "teacher"  # compression fine-tuning target: teacher (dense model), clean or mix
     activations: str | None = None  # runtime activation precision (the target's `activations`); None: its default
@@ -779,7 +779,7 @@ class Fitter:
                                             f"{session.arena_recorded_bytes} B); weights stay in the "
                                             f"{session.model_bytes} B model file (flash)",
                          lut_layers=session.lut_layers, tflm_weights=self.tflm_weights(compressed, art["path"], ks))
-        if self.backend == "litert" or (self.backend == "onnxruntime" and self.cfg.weights != "int8"):
+        if self.backend in ("litert", "openvino") or (self.backend == "onnxruntime" and self.cfg.weights != "int8"):
             from hwcompress.export import layer_widths
 
             v["layer_widths"] = layer_widths(self.backend, Path(art["path"]), compressed)
@@ -1064,7 +1064,7 @@ def fit_budget(f: Fitter, p: Plan, budget: float, baseline_q: dict) -> dict:
         "lut_layers": v.get("lut_layers"),  # tflite-micro: LUT-encoded weights, read back from the file
         "tflm_weights": v.get("tflm_weights"),  # tflite-micro: every weight tensor, its layer, K and storage
         "per_op": v.get("per_op"),  # tflite-micro: every operator of the file priced in cycles (predicted)
-        "layer_widths": v.get("layer_widths"),  # litert: each layer's stored weight width, read back
+        "layer_widths": v.get("layer_widths"),  # litert, openvino, onnxruntime 4-bit: each layer's stored width, read back
         "tflm_storage": v.get("tflm_storage"),  # tflite-micro: LUT vs int8 file, when LUT decoding missed latency
         "parity_ok": parity_ok,
         "budget_met": bool(v["latency_ms"] <= budget and runtime_bytes <= f.budget_bytes and memory_ok
