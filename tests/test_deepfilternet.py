@@ -132,6 +132,34 @@ def test_stream_frame_by_frame_equals_whole_on_real_speech(model, clip) -> None:
     assert sum(1 for s in model.state_shapes() if s == (1, 256)) == 5  # 1 + 2 + 2 GRU layers
 
 
+def test_cli_eval_and_enhance_with_the_c_runtime(small_corpus, mixtures, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hwcompress", *args], capture_output=True, text=True, timeout=300)
+
+    out = tmp_path / "eval.json"
+    proc = run("eval", "--model", "deepfilternet3-native", "--data", str(small_corpus), "--limit", "2", "--workers", "1",
+               "--no-dnsmos", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["n"] == 2 and "C runtime" in result["runtime"] and "PESQ" in proc.stdout
+    first = result["rows"][0]
+    assert first["enhanced_pesq_wb"] == pytest.approx(pesq_wb(mixtures[first["id"]]["clean"],
+                                                              dfn.enhance_native(mixtures[first["id"]]["noisy"])), abs=1e-6)
+    wav = tmp_path / "enhanced.wav"
+    noisy = small_corpus / "mix" / "test" / f"{CLIP[0]}_noisy.wav"
+    proc = run("enhance", str(noisy), str(wav), "--model", "deepfilternet3-native")
+    assert proc.returncode == 0, proc.stderr
+    assert sf.info(str(wav)).samplerate == 16000 and sf.info(str(wav)).frames == sf.info(str(noisy)).frames
+    proc = run("eval", "--model", "deepfilternet3-native", "--data", str(small_corpus), "--model-weights", str(wav))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+
+
 def test_bad_input_and_missing_package_are_one_line(monkeypatch) -> None:
     for bad, sr in ((np.zeros((2, 100), np.float32), 16000), (np.zeros(100, np.float32), 0),
                     (np.full(100, np.nan, np.float32), 16000)):
@@ -145,3 +173,109 @@ def test_bad_input_and_missing_package_are_one_line(monkeypatch) -> None:
         dfn.model_archive()
     assert "\n" not in str(exc.value)
 
+
+
+@pytest.mark.slow
+def test_int8_onnx_export_of_the_dense_model(model, tmp_path) -> None:
+    """onnxruntime int8 (ConvInteger / MatMulInteger with activations quantized per call, the GRUs'
+    weights int8 behind a DequantizeLinear): measured 32.6 dB from torch, within the int8 tolerance."""
+    from hwcompress.export import get_backend
+    from hwcompress.export.check import check_parity
+
+    be = get_backend("onnxruntime")
+    path = be.export(model, tmp_path, mode="stream", weights="int8")
+    parity = check_parity(model, path, mode="stream", weights="int8", enforce=True)
+    print(f"dense int8: {path.stat().st_size:,} B, parity {parity.snr_db:.1f} dB")
+    assert parity.ok and path.stat().st_size < 0.35 * 4 * 2_134_641
+    assert be.load(path).front_end == model.front_end.to_dict()  # quantization keeps the metadata
+
+
+def test_whole_utterance_export_is_refused_in_one_line(model, tmp_path) -> None:
+    from hwcompress.export import get_backend
+
+    with pytest.raises(HwcError) as exc:
+        get_backend("onnxruntime").export(model, tmp_path, mode="whole")
+    assert "\n" not in str(exc.value) and "--mode stream" in str(exc.value)
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+# ---------------------------------------------------------------------- compression and export
+#: the two groups the graph discovery finds in DeepFilterNet3: the first GRU of each decoder's
+#: two-layer stack (its units feed only the second GRU); every other layer reads or feeds a
+#: grouped convolution (depthwise 1x3 / 3x3 kernels, the grouped linear layers)
+GROUPS = {"core.erb_dec.gru0", "core.df_dec.gru0"}
+
+
+@pytest.fixture(scope="module")
+def compressed(model, small_corpus, tmp_path_factory):
+    """Both GRU groups pruned structurally by half, every other layer 50% unstructured, K = 16
+    everywhere, with a few fine-tuning steps (distilled from the dense model) on 1 s crops."""
+    import hwcompress
+
+    folder = tmp_path_factory.mktemp("dfn3")
+    layers = {name: {"structured": True} for name in GROUPS}
+    report = hwcompress.compress(model, folder / "dfn3.hwc", data=small_corpus, sparsity=0.5, codebook=16,
+                                 layers=layers, prune_steps=2, prune_every=1, cluster_steps=1, batch=1, seconds=1.0)
+    return folder / "dfn3.hwc", report
+
+
+@pytest.mark.slow
+def test_groups_and_what_blocks_the_rest(model) -> None:
+    from hwcompress.compress.graph import discover
+
+    found = discover(model)
+    assert {g.name for g in found.groups} == GROUPS
+    reasons = {u.layer: u.reason for u in found.ungrouped}
+    assert "grouped convolution" in reasons["core.enc.df_fc_emb_0"]  # a grouped linear layer (32 groups)
+    assert "grouped convolution" in reasons["core.enc.erb_conv1_0"]  # a depthwise 1x3 convolution
+    assert len(reasons) + len(GROUPS) == 38
+
+
+@pytest.mark.slow
+def test_compressed_hwc_round_trip(model, compressed) -> None:
+    from hwcompress.models.io import load_model
+
+    hwc, report = compressed
+    small = load_model(str(hwc))  # a named pretrained model: rebuilt from the package, no code given
+    again = load_model(str(hwc), template=model)
+    assert small.core.erb_dec.gru0.hidden_size == small.core.df_dec.gru0.hidden_size == 128
+    assert sum(1 for s in small.state_shapes() if s == (1, 128)) == 2
+    n_dense, n_small = (sum(p.numel() for p in m.parameters()) for m in (model, small))
+    print(f"compressed DeepFilterNet3: {n_small:,} of {n_dense:,} weights, {report['size_bytes']:,} B .hwc, "
+          f"MACs/frame {report['macs_per_frame']}")
+    # each decoder's gru0 halved (256 -> 128 units: 394,752 -> 148,224 weights) and its gru1's input
+    # columns with it (-98,304): 2 x 344,832 fewer
+    assert n_dense - n_small == 2 * 344_832
+    assert report["macs_per_frame"]["after"] < report["macs_per_frame"]["before"]
+    w = small.core.enc.df_fc_emb_0.weight
+    assert 0.45 < float((w == 0).float().mean()) < 0.55 and torch.unique(w[w != 0]).numel() <= 16
+    assert small.stream_diff < 1e-6
+    spec = torch.randn(1, 20, 481, 2) * 0.01
+    with torch.no_grad():
+        a, _ = small(spec, small.initial_state(1))
+        b, _ = again(spec, again.initial_state(1))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_onnx_export_of_the_compressed_model_runs_real_speech_like_torch(compressed, clip, tmp_path) -> None:
+    from hwcompress.evaluate import evaluate_artifact  # noqa: F401 (the path `eval --model x.onnx` takes)
+    from hwcompress.export import get_backend
+    from hwcompress.export.check import check_parity
+    from hwcompress.models.io import load_model
+
+    hwc, _ = compressed
+    small = load_model(str(hwc))
+    be = get_backend("onnxruntime")
+    path = be.export(small, tmp_path, mode="stream")
+    parity = check_parity(small, path, mode="stream", weights="fp32", enforce=True)
+    print(f"fp32: {path.stat().st_size:,} B, parity {parity.snr_db:.1f} dB")
+    assert parity.ok and parity.snr_db >= 60.0
+    session = be.load(path)
+    assert session.front_end == small.front_end.to_dict()  # the file says how to run it
+    noisy = clip[0][:16000]
+    got = dfn.session_runner(session, session.front_end)(noisy)
+    want = small.enhance(noisy)
+    snr = _snr(want, got)
+    print(f"onnxruntime stream vs torch, 1 s of real speech hop by hop: {snr:.1f} dB")
+    assert got.shape == noisy.shape and snr > 60.0

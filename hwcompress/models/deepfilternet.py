@@ -500,11 +500,8 @@ def session_runner(session, front_end: dict):
     def run(audio: np.ndarray) -> np.ndarray:
         x = _check_signal(audio, fe.audio_rate, fe.kind)
         spec = analyze_audio(torch.from_numpy(x)[None], fe, window).numpy()
-        state = None
-        outs = []
-        for t in range(spec.shape[1]):
-            out, state = session.run(np.ascontiguousarray(spec[:, t:t + 1]), state)
-            outs.append(out)
+        session.reset()  # zero state; `hop` keeps it in the runtime's buffers from frame to frame
+        outs = [session.hop(np.ascontiguousarray(spec[:, t:t + 1])) for t in range(spec.shape[1])]
         return synthesize_audio(torch.from_numpy(np.concatenate(outs, axis=1)), x.size, fe, window)[0].numpy()
 
     return run
