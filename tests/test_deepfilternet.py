@@ -114,6 +114,20 @@ def test_torch_model_matches_the_c_runtime_on_real_speech(model, clip) -> None:
     assert diff < 1e-5 and snr > 100.0
 
 
+def test_clean_reference_is_aligned_with_the_delayed_output(model, clip) -> None:
+    """The fine-tuning loss against clean speech compares frames the model outputs 2 frames late
+    with the clean spectrum delayed as much (`reference`), not with the clean frames of the same index."""
+    from hwcompress.train import spectral_loss
+
+    noisy, clean = (torch.from_numpy(a)[None] for a in clip)
+    with torch.no_grad():
+        est, _ = model(model.analyze(noisy), model.initial_state(1))
+    aligned, same_index = spectral_loss(est, model.reference(clean)), spectral_loss(est, model.analyze(clean))
+    print(f"loss vs the delayed clean spectrum {aligned:.5f}, vs the same frame index {same_index:.5f}")
+    assert aligned < 0.7 * same_index
+    assert model.front_end.algorithmic_latency_ms == 40.0
+
+
 def test_stream_frame_by_frame_equals_whole_on_real_speech(model, clip) -> None:
     noisy = clip[0][: 16000]
     spec = model.analyze(torch.from_numpy(noisy)[None])

@@ -453,6 +453,11 @@ class Dfn3FrontEnd:
     def n_bins(self) -> int:
         return self.win // 2 + 1
 
+    @property
+    def algorithmic_latency_ms(self) -> float:
+        """Window plus lookahead: 20 + 20 = 40 ms (what a listener waits for beyond the compute)."""
+        return 1000.0 * (self.win + self.lookahead_frames * self.hop) / self.sample_rate
+
     def to_dict(self) -> dict:
         from dataclasses import asdict
 
