@@ -299,3 +299,35 @@ def test_other_einsum_equations_are_one_line(tmp_path, equation) -> None:
     with pytest.raises(HwcError) as exc:
         import_onnx(path)
     _one_line(exc, "Einsum", "odd_einsum", "not supported")
+
+
+class PaddedDeconv(nn.Module):
+    """A frequency upsampler as DeepFilterNet's decoder has it: depthwise ConvTranspose2d with
+    stride 2, padding 1 and output_padding 1 on frequency."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(1, 4, (1, 3), stride=(1, 2), padding=(0, 1))
+        self.up = nn.ConvTranspose2d(4, 4, (1, 3), stride=(1, 2), padding=(0, 1), output_padding=(0, 1), groups=4)
+        self.out = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):  # [B, T, 12]
+        return self.out(torch.relu(self.up(torch.relu(self.down(x.unsqueeze(1)))))).squeeze(1)
+
+
+def test_padded_conv_transpose_imports_unpadded_and_cropped(tmp_path) -> None:
+    """Imported as an unpadded ConvTranspose2d plus a crop (the same values; litert-torch
+    mis-converts the padded form with output_padding, see _conv_transpose)."""
+    torch.manual_seed(5)
+    net = PaddedDeconv().eval()
+    path = tmp_path / "deconv.onnx"
+    _export(net, (torch.randn(1, 6, 12),), path, ["features"], 17, DYNAMIC)
+    m = import_onnx(path)
+    ups = [mod for mod in m.children() if isinstance(mod, nn.ConvTranspose2d)]
+    assert len(ups) == 1 and ups[0].padding == (0, 0) and ups[0].output_padding == (0, 0) and ups[0].groups == 4
+    x = torch.randn(2, 9, 12)
+    ref = _ort(path, {"features": x.numpy()})[0]
+    with torch.no_grad():
+        got = m(x).numpy()
+        assert np.abs(got - net(x).numpy()).max() < 1e-5
+    assert got.shape == ref.shape == (2, 9, 12) and np.abs(got - ref).max() < 1e-5

@@ -971,18 +971,26 @@ def _conv_transpose(self, node, ins, attrs):
     if "output_shape" in attrs:
         raise self.fail("ConvTranspose with output_shape is not supported (give pads instead)")
     outpad = [int(v) for v in attrs.get("output_padding", [0] * s)]
-    symmetric = begin == end
+    if len(outpad) != s or any(not 0 <= op < max(st, d) for op, st, d in zip(outpad, strides, dil)):
+        raise self.fail(f"output_padding {outpad} must be below the stride or dilation on each axis")
+    # Unpadded, then cropped: the same values as padding + output_padding in the module (the pads
+    # remove outputs at both ends, output_padding gives back some at the end), in a form every
+    # converter gets right: litert-torch mis-converts a padded ConvTranspose2d with output_padding
+    # (measured: a stride-2 (1, 3) kernel with padding 1 and output_padding 1 came out 14-21 dB from
+    # torch, its unpadded form + this crop 143 dB; DeepFilterNet3's decoder has two)
     cls = nn.ConvTranspose1d if s == 1 else nn.ConvTranspose2d
-    conv = cls(w.shape[0], w.shape[1] * group, kernel, stride=strides, padding=begin if symmetric else 0,
-               output_padding=outpad, groups=group, bias=b is not None, dilation=dil)
+    extra = [max(0, op - en) for op, en in zip(outpad, end)]  # past the unpadded output: bias only, as ONNX
+    conv = cls(w.shape[0], w.shape[1] * group, kernel, stride=strides, padding=0, output_padding=extra,
+               groups=group, bias=b is not None, dilation=dil)
     with torch.no_grad():
         conv.weight.copy_(w)
         if b is not None:
             conv.bias.copy_(b)
     name = self.module(f"conv_transpose{s}d", conv, self.hint(*node.input[1:3]))
     out = self.call("call_module", name, self.arg(x))
-    if not symmetric:  # crop what the pads remove
-        key = (slice(None), slice(None)) + tuple(slice(bg, -en if en else None) for bg, en in zip(begin, end))
+    cut = [en - op + ex for en, op, ex in zip(end, outpad, extra)]  # trailing outputs the pads remove
+    if any(begin) or any(cut):
+        key = (slice(None), slice(None)) + tuple(slice(bg or None, -c if c else None) for bg, c in zip(begin, cut))
         out = self.call("call_function", operator.getitem, out, key)
     return [self.result(out, s + 2, torch.float32)]
 
