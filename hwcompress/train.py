@@ -66,20 +66,35 @@ def spectral_loss(est: torch.Tensor, ref: torch.Tensor, power: float = 0.3) -> t
     return torch.mean((mag_e.pow(power) - mag_r.pow(power)) ** 2) + torch.mean((comp_e - comp_r) ** 2)
 
 
+def analysis(model: torch.nn.Module, audio: torch.Tensor) -> torch.Tensor:
+    """The spectrum `model` reads for 16 kHz `audio` [B, N]: its own front end's where it has one
+    (`model.analyze`, e.g. DeepFilterNet3's 48 kHz STFT), hwcompress's STFT otherwise."""
+    own = getattr(model, "analyze", None)
+    return own(audio) if callable(own) else stft(audio)
+
+
+def reference(model: torch.nn.Module, clean: torch.Tensor) -> torch.Tensor:
+    """The clean speech's spectrum aligned with `model`'s output (`model.reference` where the model
+    has its own front end and a delayed output, e.g. DeepFilterNet3's lookahead)."""
+    own = getattr(model, "reference", None)
+    return own(clean) if callable(own) else stft(clean)
+
+
 def target_loss(est: torch.Tensor, spec: torch.Tensor, clean: torch.Tensor, teacher: torch.nn.Module | None = None,
-                teacher_weight: float = 1.0) -> torch.Tensor:
+                teacher_weight: float = 1.0, model: torch.nn.Module | None = None) -> torch.Tensor:
     """The fine-tuning loss of the student output `est` for the noisy STFT `spec`:
     teacher_weight x spectral loss against the teacher's output on `spec` (computed here
     under no_grad: the teacher gets no gradient and is not changed) + (1 - teacher_weight)
-    x spectral loss against the clean speech. No teacher (or weight 0): the clean loss only."""
+    x spectral loss against the clean speech. No teacher (or weight 0): the clean loss only.
+    `model` (the student) says how clean speech becomes a spectrum (`reference`)."""
     w = float(teacher_weight) if teacher is not None else 0.0
     if w <= 0.0:
-        return spectral_loss(est, stft(clean))
+        return spectral_loss(est, reference(model, clean))
     with torch.no_grad():
         target, _ = teacher(spec, initial_state(teacher, spec.shape[0], spec.device))
     loss = spectral_loss(est, target.detach())
     if w < 1.0:
-        loss = w * loss + (1.0 - w) * spectral_loss(est, stft(clean))
+        loss = w * loss + (1.0 - w) * spectral_loss(est, reference(model, clean))
     return loss
 
 
@@ -109,12 +124,13 @@ def validation_loss(model: SEModel, items: list[dict]) -> float:
         for item in items:
             with cpu_share():  # one item: a parallel fit's timing waits at most this long
                 noisy = torch.from_numpy(item["noisy"])[None].to(device)
-                spec = stft(noisy)
+                spec = analysis(model, noisy)
                 est, _ = model(spec, initial_state(model, 1, device))
                 w = float(item.get("teacher_weight", 0.0)) if "teacher" in item else 0.0
                 loss = w * spectral_loss(est, torch.from_numpy(item["teacher"])[None].to(device)).item() if w > 0 else 0.0
                 if w < 1.0:
-                    loss += (1.0 - w) * spectral_loss(est, stft(torch.from_numpy(item["clean"])[None].to(device))).item()
+                    clean = torch.from_numpy(item["clean"])[None].to(device)
+                    loss += (1.0 - w) * spectral_loss(est, reference(model, clean)).item()
             total += loss
     model.train(was_training)
     return total / len(items)
@@ -255,9 +271,9 @@ def train(
                 with cpu_share():  # one step (hostlock: a parallel fit's timings wait for it, not longer)
                     noisy, clean = sampler.batch(rng, cfg.batch, samples)
                     noisy, clean = noisy.to(device), clean.to(device)
-                    spec = stft(noisy)
+                    spec = analysis(model, noisy)
                     est, _ = net(spec, initial_state(model, cfg.batch, device))
-                    loss = target_loss(est, spec, clean, teacher, teacher_weight)
+                    loss = target_loss(est, spec, clean, teacher, teacher_weight, model)
                     total = loss + (regularizer(model) if regularizer else 0.0)
                     opt.zero_grad()
                     total.backward()

@@ -249,3 +249,85 @@ def test_bad_files_are_one_line(tmp_path) -> None:
     with pytest.raises(HwcError) as exc:
         import_onnx(path)
     _one_line(exc, "huge", "limit")
+
+
+class GroupedLinearEinsum(nn.Module):
+    """DeepFilterNet's grouped linear layer (an einsum with a [G, I, H] weight) inside a causal net."""
+
+    def __init__(self, f: int = 12, groups: int = 3, hidden: int = 15) -> None:
+        super().__init__()
+        self.groups = groups
+        self.weight = nn.Parameter(torch.randn(groups, f // groups, hidden // groups))
+        self.gru = nn.GRU(hidden, 6, batch_first=True)
+
+    def forward(self, x):  # [B, T, F]
+        b, t, _ = x.shape
+        g, i, _ = self.weight.shape
+        y = torch.einsum("btgi,gih->btgh", x.reshape(b, t, g, i), self.weight).reshape(b, t, -1)
+        h, _ = self.gru(torch.relu(y))
+        return h
+
+
+def test_grouped_linear_einsum_imports_as_grouped_conv_and_matches_onnxruntime(tmp_path) -> None:
+    torch.manual_seed(3)
+    net = GroupedLinearEinsum().eval()
+    path = tmp_path / "einsum.onnx"
+    _export(net, (torch.randn(1, 5, 12),), path, ["features"], 17, DYNAMIC)
+    assert "Einsum" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    m = import_onnx(path)
+    convs = [mod for mod in m.children() if isinstance(mod, nn.Conv1d)]
+    assert len(convs) == 1 and convs[0].groups == 3 and tuple(convs[0].weight.shape) == (15, 4, 1)
+    x = torch.randn(2, 9, 12)
+    ref = _ort(path, {"features": x.numpy()})[0]
+    with torch.no_grad():
+        got = m(x).numpy()
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-5
+    # it streams: the time axis folded into the conv's batch is a frame-wise operation
+    from hwcompress.models import streaming
+
+    derived = streaming.derive(m, lambda b, t: torch.randn(b, t, 12), (6,), "einsum.onnx")
+    assert derived.state_shapes == [(1, 6)]
+
+
+@pytest.mark.parametrize("equation", ["bij,bjk->bik", "btgi,gih->bthg"])
+def test_other_einsum_equations_are_one_line(tmp_path, equation) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    node = helper.make_node("Einsum", ["x", "w"], ["y"], name="odd_einsum", equation=equation)
+    path = _model([node], [_f("x", 1, 5, 2, 3)], [_f("y", None, None, None, None)], {"w": w},
+                  path=tmp_path / "odd_einsum.onnx", opset=12)
+    with pytest.raises(HwcError) as exc:
+        import_onnx(path)
+    _one_line(exc, "Einsum", "odd_einsum", "not supported")
+
+
+class PaddedDeconv(nn.Module):
+    """A frequency upsampler as DeepFilterNet's decoder has it: depthwise ConvTranspose2d with
+    stride 2, padding 1 and output_padding 1 on frequency."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(1, 4, (1, 3), stride=(1, 2), padding=(0, 1))
+        self.up = nn.ConvTranspose2d(4, 4, (1, 3), stride=(1, 2), padding=(0, 1), output_padding=(0, 1), groups=4)
+        self.out = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):  # [B, T, 12]
+        return self.out(torch.relu(self.up(torch.relu(self.down(x.unsqueeze(1)))))).squeeze(1)
+
+
+def test_padded_conv_transpose_imports_unpadded_and_cropped(tmp_path) -> None:
+    """Imported as an unpadded ConvTranspose2d plus a crop (the same values; litert-torch
+    mis-converts the padded form with output_padding, see _conv_transpose)."""
+    torch.manual_seed(5)
+    net = PaddedDeconv().eval()
+    path = tmp_path / "deconv.onnx"
+    _export(net, (torch.randn(1, 6, 12),), path, ["features"], 17, DYNAMIC)
+    m = import_onnx(path)
+    ups = [mod for mod in m.children() if isinstance(mod, nn.ConvTranspose2d)]
+    assert len(ups) == 1 and ups[0].padding == (0, 0) and ups[0].output_padding == (0, 0) and ups[0].groups == 4
+    x = torch.randn(2, 9, 12)
+    ref = _ort(path, {"features": x.numpy()})[0]
+    with torch.no_grad():
+        got = m(x).numpy()
+        assert np.abs(got - net(x).numpy()).max() < 1e-5
+    assert got.shape == ref.shape == (2, 9, 12) and np.abs(got - ref).max() < 1e-5

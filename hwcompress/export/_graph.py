@@ -5,6 +5,7 @@ device with only a runtime) must load without torch; the tracing side is in _tra
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,24 @@ from hwcompress.errors import HwcError
 N_BINS = 161
 SPEC = "spec"
 OUT = "out"
+
+
+#: ONNX metadata key of a model's own front end (a JSON object), written for models that analyse
+#: audio themselves (DeepFilterNet3), so that a runner of the file uses their analysis and synthesis
+FRONT_END_KEY = "hwcompress.front_end"
+
+
+def front_end_of(metadata: dict, path: Path) -> dict | None:
+    text = metadata.get(FRONT_END_KEY)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise HwcError(f"{path}: metadata {FRONT_END_KEY} is not a JSON object")
+    return value
 
 
 def state_name(i: int) -> str:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
+from hwcompress.errors import HwcError
 from hwcompress.export._graph import N_BINS, OUT, SPEC, state_name, state_out_name
 
 
@@ -42,6 +43,10 @@ class Named(torch.nn.Module):
 
 
 def sample_inputs(model: torch.nn.Module, frames: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    only = getattr(model, "stream_only", None)  # e.g. DeepFilterNet3: a recursion over frames in its front end
+    if frames > 1 and only:
+        raise HwcError(f"{getattr(model, 'source', type(model).__name__)}: no whole-utterance export: {only}; "
+                       "export --mode stream")
     # random rather than zeros so no exporter can fold the input away as a constant
     gen = torch.Generator().manual_seed(0)
     spec = torch.randn(1, frames, getattr(model, "n_bins", N_BINS), 2, generator=gen)

@@ -109,7 +109,7 @@ def _snr_db(ref: np.ndarray, err: np.ndarray) -> float:
 
 def stream_parity(model: torch.nn.Module, session: Any, frames: int = PARITY_FRAMES) -> dict[str, float]:
     """Torch vs runtime over `frames` streaming hops of a speech-like input, state carried."""
-    spec = speech_like_frames(frames)
+    spec = speech_like_frames(frames, model=model)
     was = model.training
     model.eval()
     state_t, state_r = model.initial_state(1), None
@@ -127,7 +127,7 @@ def stream_parity(model: torch.nn.Module, session: Any, frames: int = PARITY_FRA
 
 
 def whole_parity(model: torch.nn.Module, session: Any, frames: int) -> dict[str, float]:
-    spec = torch.from_numpy(speech_like_frames(frames)[:, 0, 0])[None]
+    spec = torch.from_numpy(speech_like_frames(frames, model=model)[:, 0, 0])[None]
     was = model.training
     model.eval()
     with torch.no_grad():

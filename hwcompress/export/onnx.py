@@ -17,6 +17,7 @@ specialised).
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import warnings
 from pathlib import Path
@@ -90,6 +91,11 @@ def export_onnx(model: torch.nn.Module, path: Path, mode: str, exporter: str = "
         except Exception as exc:  # exporter errors come as many types (UnsupportedOperatorError, RuntimeError...)
             op = re.search(r"operator '([\w:.]+)'", str(exc))
             raise g.unsupported(exporter, exc, _layer_of(op.group(1), dump.getvalue()) if op else None) from None
+    if callable(getattr(model, "analyze", None)):  # its own front end (DeepFilterNet3): the file says which
+        proto = onnx.load(str(path))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = g.FRONT_END_KEY, json.dumps(model.front_end.to_dict())
+        onnx.save(proto, str(path))
     onnx.checker.check_model(str(path))
 
 
@@ -450,6 +456,8 @@ class OnnxSession(g.PairedStateSession):
         self.state_shapes = [tuple(inputs[g.state_name(i)][1:]) for i in range(n)]
         t = inputs[g.SPEC][1]
         self.frames = t if isinstance(t, int) else None
+        #: the front end the graph was exported with, when it is the model's own (ONNX metadata)
+        self.front_end = g.front_end_of(self.sess.get_modelmeta().custom_metadata_map, path)
         self._outputs = g.output_names(n)
         self._bind(inputs, n)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +97,7 @@ def artifact_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in artifact_files(path))
 
 
-def speech_like_frames(n: int = PROBE_FRAMES, seed: int = 0) -> np.ndarray:
+def speech_like_frames(n: int = PROBE_FRAMES, seed: int = 0, model: Any = None) -> np.ndarray:
     """`n` streaming STFT frames [n, 1, 1, F, 2] of a synthetic voiced signal in noise.
 
     Not zeros or white noise: silence decays the recurrent state towards denormals,
@@ -104,7 +105,8 @@ def speech_like_frames(n: int = PROBE_FRAMES, seed: int = 0) -> np.ndarray:
     spectral tilt and level changes of speech. Harmonics with a moving pitch under three
     formant bumps, syllable-rate loudness changes and pauses, at about 10 dB SNR, give
     spectra in the range a real input has. Frames come from the same StreamingStft the
-    model is trained and run with.
+    model is trained and run with, or, for a `model` with its own analysis (`model.analyze`,
+    DeepFilterNet3), from that analysis of the same audio.
     """
     from hwcompress.enhance import STFT
 
@@ -124,6 +126,12 @@ def speech_like_frames(n: int = PROBE_FRAMES, seed: int = 0) -> np.ndarray:
     noise = rng.standard_normal(t.size)
     noise *= np.sqrt(np.mean(speech**2) / np.mean(noise**2)) * 10 ** (-10 / 20)
     audio = (speech + noise).astype(np.float32)
+    if callable(getattr(model, "analyze", None)):
+        import torch
+
+        with torch.no_grad():
+            spec = model.analyze(torch.from_numpy(audio)[None])[0, :n].numpy()
+        return np.ascontiguousarray(spec[:, None, None], dtype=np.float32)
     return audio_frames(audio)[:n]
 
 

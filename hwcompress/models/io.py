@@ -149,7 +149,7 @@ def read_checkpoint(path: Path) -> dict:
 
 # Pretrained models no one here wrote, built by hwcompress's own code from the packages that
 # ship their weights: a saved file naming one rebuilds it without importing anyone's code.
-NAMED = {"nsnet2": "hwcompress.models.nsnet2"}
+NAMED = {"nsnet2": "hwcompress.models.nsnet2", "deepfilternet3": "hwcompress.models.deepfilternet"}
 
 
 def named_model(name: str) -> torch.nn.Module:

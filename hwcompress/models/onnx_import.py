@@ -860,6 +860,56 @@ def _gemm(self, node, ins, attrs):
     return [self.result(out, 2, a.dtype)]
 
 
+def _einsum_grouped(eq: str) -> tuple[str, str, str, str] | None:
+    """(prefix, g, i, h) of a grouped-linear equation `PREFIXgi,gih->PREFIXgh`, else None."""
+    eq = eq.replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    a, comma, b = lhs.partition(",")
+    if not (arrow and comma) or len(b) != 3 or not b.isalpha() or len(set(b)) != 3:
+        return None
+    g, i, h = b
+    prefix = a[:-2]
+    if a[-2:] != g + i or out != prefix + g + h:
+        return None
+    if prefix != "..." and (not prefix.isalpha() and prefix != "" or set(prefix) & {g, i, h}
+                            or len(set(prefix)) != len(prefix)):
+        return None
+    return prefix, g, i, h
+
+
+@_op("Einsum")
+def _einsum(self, node, ins, attrs):
+    """A grouped linear layer, `...gi,gih->...gh` with a constant weight [G, I, H] (DeepFilterNet's
+    GroupedLinearEinsum): imported as `nn.Conv1d(G*I, G*H, 1, groups=G, bias=False)` over the
+    flattened leading axes, exactly the same products, so compression finds a weight layer it
+    knows (pruned, clustered, counted, quantized by every runtime) instead of an einsum."""
+    eq = str(attrs.get("equation", ""))
+    parsed = _einsum_grouped(eq)
+    if parsed is None or len(ins) != 2:
+        raise self.fail(f"equation {eq!r} is not supported (only the grouped linear '...gi,gih->...gh' with a "
+                        "constant weight [G, I, H])")
+    prefix = parsed[0]
+    x = _x(self, ins[0])
+    w = _weight(self, ins[1], "Einsum weight")
+    if w.dim() != 3:
+        raise self.fail(f"Einsum weight of shape {list(w.shape)} is not [G, I, H]")
+    if x.const is not None:
+        raise self.fail("an Einsum of two constants should have been folded by the exporter")
+    rank = x.r
+    if rank is None or rank < 2 or (prefix != "..." and rank != len(prefix) + 2):
+        raise self.fail(f"input of rank {rank} does not match the equation {eq!r}")
+    g, i, h = (int(d) for d in w.shape)
+    conv = nn.Conv1d(g * i, g * h, 1, groups=g, bias=False)
+    with torch.no_grad():  # conv.weight[gg * H + hh, ii, 0] = w[gg, ii, hh]
+        conv.weight.copy_(w.permute(0, 2, 1).reshape(g * h, i, 1))
+    name = self.module("grouped_linear", conv, self.hint(node.input[1]))
+    lead = [self.call("call_method", "size", self.arg(x), d) for d in range(rank - 2)]
+    flat = self.call("call_method", "reshape", self.arg(x), [-1, g * i, 1])
+    y = self.call("call_module", name, flat)
+    out = self.call("call_method", "reshape", y, [*lead, g, h])
+    return [self.result(out, rank, torch.float32)]
+
+
 def _conv_common(self, node, ins, attrs, transpose: bool):
     x = _x(self, ins[0])
     w = _weight(self, ins[1] if len(ins) > 1 else None, f"{node.op_type} weight")
@@ -921,18 +971,26 @@ def _conv_transpose(self, node, ins, attrs):
     if "output_shape" in attrs:
         raise self.fail("ConvTranspose with output_shape is not supported (give pads instead)")
     outpad = [int(v) for v in attrs.get("output_padding", [0] * s)]
-    symmetric = begin == end
+    if len(outpad) != s or any(not 0 <= op < max(st, d) for op, st, d in zip(outpad, strides, dil)):
+        raise self.fail(f"output_padding {outpad} must be below the stride or dilation on each axis")
+    # Unpadded, then cropped: the same values as padding + output_padding in the module (the pads
+    # remove outputs at both ends, output_padding gives back some at the end), in a form every
+    # converter gets right: litert-torch mis-converts a padded ConvTranspose2d with output_padding
+    # (measured: a stride-2 (1, 3) kernel with padding 1 and output_padding 1 came out 14-21 dB from
+    # torch, its unpadded form + this crop 143 dB; DeepFilterNet3's decoder has two)
     cls = nn.ConvTranspose1d if s == 1 else nn.ConvTranspose2d
-    conv = cls(w.shape[0], w.shape[1] * group, kernel, stride=strides, padding=begin if symmetric else 0,
-               output_padding=outpad, groups=group, bias=b is not None, dilation=dil)
+    extra = [max(0, op - en) for op, en in zip(outpad, end)]  # past the unpadded output: bias only, as ONNX
+    conv = cls(w.shape[0], w.shape[1] * group, kernel, stride=strides, padding=0, output_padding=extra,
+               groups=group, bias=b is not None, dilation=dil)
     with torch.no_grad():
         conv.weight.copy_(w)
         if b is not None:
             conv.bias.copy_(b)
     name = self.module(f"conv_transpose{s}d", conv, self.hint(*node.input[1:3]))
     out = self.call("call_module", name, self.arg(x))
-    if not symmetric:  # crop what the pads remove
-        key = (slice(None), slice(None)) + tuple(slice(bg, -en if en else None) for bg, en in zip(begin, end))
+    cut = [en - op + ex for en, op, ex in zip(end, outpad, extra)]  # trailing outputs the pads remove
+    if any(begin) or any(cut):
+        key = (slice(None), slice(None)) + tuple(slice(bg or None, -c if c else None) for bg, c in zip(begin, cut))
         out = self.call("call_function", operator.getitem, out, key)
     return [self.result(out, s + 2, torch.float32)]
 
@@ -1059,6 +1117,33 @@ def supported_ops() -> list[str]:
     return sorted(_HANDLERS)
 
 
+def import_onnx_bytes(data: bytes, origin: str) -> fx.GraphModule:
+    """`import_onnx` of a model held in memory (e.g. read from an archive); `origin` names it in errors."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if len(data) > MAX_FILE_BYTES:
+        raise HwcError(f"{origin}: {len(data):,} bytes is more than an SE model's ONNX file may be ({MAX_FILE_BYTES:,})")
+    try:
+        model = onnx.load_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise HwcError(f"{origin}: not a readable ONNX model ({_first_line(exc)})") from None
+    return _import_model(model, origin)
+
+
+def _import_model(model, origin: str) -> fx.GraphModule:
+    import onnx
+
+    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
+        raise HwcError(f"{origin}: weights in external data files are not supported (save the model as one file)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise HwcError(f"{origin}: invalid ONNX model ({_first_line(exc)})") from None
+    return _Importer(model, origin).build()
+
+
 def import_onnx(path: str | Path) -> fx.GraphModule:
     """The ONNX file at `path` as a torch module (see the module docstring); HwcError in one
     line for an unreadable file or anything the importer cannot map exactly."""
@@ -1075,11 +1160,4 @@ def import_onnx(path: str | Path) -> fx.GraphModule:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, OSError, ValueError, RuntimeError) as exc:
         raise HwcError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
-    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
-        raise HwcError(f"{path}: weights in external data files are not supported (save the model as one file)")
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise HwcError(f"{path}: invalid ONNX model ({_first_line(exc)})") from None
-    return _Importer(model, str(path)).build()
+    return _import_model(model, str(path))

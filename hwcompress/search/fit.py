@@ -185,6 +185,10 @@ class Fitter:
         self.unreachable: dict[float, str] = {}
         # a model object (the Python API) or what --model names
         self.model = (model if model is not None else load_model(cfg.model, cfg.model_weights)).eval()
+        if callable(getattr(self.model, "analyze", None)):
+            raise HwcError(f"{cfg.model}: fit is not adapted yet to a model with its own front end (DeepFilterNet3's "
+                           "48 kHz analysis): its timing probes run hwcompress's 161-bin STFT; compress and export "
+                           "it instead")
         # what every cache under --out is keyed by, so a resumed run with another model,
         # target or weight format never reports figures computed for the old one
         from hwcompress.profile.measure import target_activations

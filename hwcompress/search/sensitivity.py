@@ -37,8 +37,7 @@ from hwcompress.device import device_key, device_of
 from hwcompress.models.cost import layer_paths
 from hwcompress.models.zoo import SEModel
 from hwcompress.progress import progress_bar
-from hwcompress.models.stft import stft
-from hwcompress.train import validation_loss
+from hwcompress.train import analysis, validation_loss
 from hwcompress.workdir import check_writable, read_keyed, write_keyed
 
 STRUCTURED_RATIOS = (0.25, 0.5, 0.75)
@@ -71,7 +70,7 @@ def with_teacher(items: list[dict], teacher: SEModel, weight: float) -> list[dic
     out = []
     with torch.no_grad():
         for it in items:
-            spec = stft(torch.from_numpy(it["noisy"])[None].to(device))
+            spec = analysis(teacher, torch.from_numpy(it["noisy"])[None].to(device))
             target, _ = teacher(spec, [s.to(device) for s in teacher.initial_state(1)])
             out.append({**it, "teacher": target[0].cpu().numpy().astype(np.float32), "teacher_weight": float(weight)})
     teacher.train(was_training)
