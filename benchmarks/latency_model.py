@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             for weights, bits in (("fp32", 32), ("int8", 8)):
                 repeat_ms = measured_store[keys[label, weights]]
                 pred = predict_latency(model, target, bits)
-                roof = pred["roofline_ms"]
-                tab = pred["latency_ms"] if pred["latency_model"] == "profile table" else float("nan")
+                roof = pred.roofline_ms
+                tab = pred.latency_ms if pred.latency_model == "profile table" else float("nan")
                 measured = float(np.median(repeat_ms))
                 spread = (max(repeat_ms) - min(repeat_ms)) / measured
                 et, er = tab / measured - 1, roof / measured - 1

@@ -752,8 +752,7 @@ def predict(
         raise HwcError(f"--weight-bits must be 8 or 32, got {weight_bits}")
     reject_artifact(model, "predict")
     tg = load_target(target)
-    result = predict_latency(load_model(model, model_weights), tg, weight_bits)
-    result["model"] = model
+    result = {**predict_latency(load_model(model, model_weights), tg, weight_bits).to_json(), "model": model}
     if json_:
         _print_json(result)
         return

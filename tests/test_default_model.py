@@ -33,7 +33,7 @@ def test_default_model_is_large_for_the_pi() -> None:
     model = load_model("default")
     assert model.meta.get("trained") is True
     pi = load_target("raspberrypi4")
-    predicted = predict_latency(model, pi)["latency_ms"]
+    predicted = predict_latency(model, pi).latency_ms
     # dense per-hop latency 2-4x over the Pi's default budget: real work for `fit`
     assert 2 * pi.latency_budget_ms <= predicted <= 4 * pi.latency_budget_ms
 

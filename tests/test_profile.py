@@ -87,7 +87,7 @@ def test_other_arch_is_predicted_not_measured(target) -> None:
     r = measure_local(net, tg, runs=FAST_RUNS)
     assert r["latency_source"] == "predicted"
     assert tg.arch in r["reason"] and "not this machine" in r["reason"]
-    assert r["latency_ms"] == pytest.approx(predict_latency(net, tg)["latency_ms"])
+    assert r["latency_ms"] == pytest.approx(predict_latency(net, tg).latency_ms)
     assert r["runs"] == 0 and r["p90_ms"] is None and r["peak_memory_bytes"] is None
     assert r["device"]["arch"] == tg.arch  # the number is about the device, not this host
     assert r["layers"] and "predicted" in r["layers_source"]

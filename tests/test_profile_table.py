@@ -39,7 +39,7 @@ def test_latency_model_prefers_a_measured_table(tmp_path, monkeypatch) -> None:
     target = load_target("generic-onnx")
     model = load_model("tiny-crn")
     roof = predict_latency(model, target, 8)
-    assert roof["latency_model"] == "roofline"
+    assert roof.latency_model == "roofline"
     fits = {w: {k: 0.0 for k in tb.FEATURES} for w in ("fp32", "int8")}
     fits["int8"]["const"] = 0.25
     (tmp_path / "generic-onnx.json").write_text(json.dumps({
@@ -47,10 +47,10 @@ def test_latency_model_prefers_a_measured_table(tmp_path, monkeypatch) -> None:
         "provenance": "test", "fits": fits, "rows": [{}] * 3}))
     monkeypatch.setenv("HWCOMPRESS_PROFILES", str(tmp_path))
     got = predict_latency(model, target, 8)
-    assert got["latency_model"] == "profile table" and got["latency_ms"] == pytest.approx(0.25)
-    assert got["latency_source"] == "predicted" and got["roofline_ms"] == pytest.approx(roof["latency_ms"])
+    assert got.latency_model == "profile table" and got.latency_ms == pytest.approx(0.25)
+    assert got.latency_source == "predicted" and got.roofline_ms == pytest.approx(roof.latency_ms)
     # another runtime's table is ignored
-    assert predict_latency(model, load_target("x86-openvino"), 8)["latency_model"] == "roofline"
+    assert predict_latency(model, load_target("x86-openvino"), 8).latency_model == "roofline"
 
 
 def test_small_sweep_on_this_machine(tmp_path, monkeypatch) -> None:

@@ -68,7 +68,7 @@ def test_oracle_matches_a_real_shrink() -> None:
     apply_masks(model, structured_masks(model, ratios))
     small = shrink(model)
     assert oracle.params(ratios) == count_params(small)
-    assert oracle.latency_ms(ratios) == pytest.approx(predict_latency(small, load_target("raspberrypi4"), 8)["latency_ms"])
+    assert oracle.latency_ms(ratios) == pytest.approx(predict_latency(small, load_target("raspberrypi4"), 8).latency_ms)
 
 
 def test_codebooks_trade_bits_for_loss() -> None:

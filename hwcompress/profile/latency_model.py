@@ -10,13 +10,39 @@ measured; profile tables (profiles/<target>.*) refine them where measured.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
 from hwcompress.models.cost import layer_costs
 from hwcompress.models.zoo import SEModel
 from hwcompress.targets import Target
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """A per-hop latency *predicted* for a model on a target (never measured): what the profile
+    stage hands the search and the CLI; `to_json()` at the JSON edge."""
+
+    target: str
+    runtime: str
+    threads: int
+    latency_ms: float
+    roofline_ms: float
+    #: "roofline" or "profile table" (a fit to this target's measured sweep, profile/table.py)
+    latency_model: str
+    latency_source: str = field(default="predicted", init=False)
+    how: str
+    weight_bytes: int
+    macs_per_frame: int
+    #: per weight layer: name, kind, params, macs_per_frame, weight_bits, compute_ms, memory_ms, ms, bound
+    layers: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def predict_latency(model: SEModel, target: Target, weight_bits: dict[str, int] | int = 32,
-                    use_table: bool = True) -> dict:
+                    use_table: bool = True) -> Prediction:
     """Predicted per-hop latency of `model` on `target`; `weight_bits` per layer name
     (32 = fp32 kernels, 8 = int8 weights) or one value for all. With a measured profile
     table for the target (profiles/<target>.json, `hwcompress profile --sweep`) and one
@@ -54,16 +80,7 @@ def predict_latency(model: SEModel, target: Target, weight_bits: dict[str, int] 
             latency_ms, model_kind = fitted, "profile table"
             how = (f"profile table profiles/{target.name}.json: per-kind MACs, layer count, weight bytes and the bytes past "
                    f"fractions of the cache, with coefficients fitted to {len(table['rows'])} measured sweep points ({table['provenance']})")
-    return {
-        "target": target.name,
-        "runtime": target.runtime,
-        "threads": target.threads,
-        "latency_ms": latency_ms,
-        "roofline_ms": roofline_ms,
-        "latency_model": model_kind,
-        "latency_source": "predicted",
-        "how": how,
-        "weight_bytes": int(total_weight_bytes),
-        "macs_per_frame": sum(r["macs_per_frame"] for r in rows),
-        "layers": layers,
-    }
+    return Prediction(target=target.name, runtime=target.runtime, threads=target.threads, latency_ms=latency_ms,
+                      roofline_ms=roofline_ms, latency_model=model_kind, how=how,
+                      weight_bytes=int(total_weight_bytes),
+                      macs_per_frame=sum(r["macs_per_frame"] for r in rows), layers=layers)

@@ -572,7 +572,7 @@ def measure_local(model: Any, target: Target | str, backend: str | None = None, 
         "threads": tg.threads,
         "activations": activations,
         "host": host,
-        "predicted_ms": prediction["latency_ms"],
+        "predicted_ms": prediction.latency_ms,
     }
 
     reason = None
@@ -590,19 +590,19 @@ def measure_local(model: Any, target: Target | str, backend: str | None = None, 
         result.update({
             "runtime_version": tg.runtime_version,
             "device": {"cpu": tg.cpu, "arch": tg.arch, "where": "target device (not attached; predicted)"},
-            "latency_source": "predicted", "reason": reason, "how": prediction["how"],
-            "latency_ms": prediction["latency_ms"], "median_ms": prediction["latency_ms"],
+            "latency_source": "predicted", "reason": reason, "how": prediction.how,
+            "latency_ms": prediction.latency_ms, "median_ms": prediction.latency_ms,
             "p90_ms": None, "mean_ms": None, "min_ms": None, "max_ms": None, "runs": 0,
             "artifact": artifact, "peak_memory_bytes": None, "peak_memory_method": None,
             "layers": [{"name": r["name"], "type": r["kind"], "ms": r["ms"],
-                        "share": r["ms"] / prediction["latency_ms"] if prediction["latency_ms"] else 0.0}
-                       for r in sorted(prediction["layers"], key=lambda r: r["ms"], reverse=True)[:top]],
+                        "share": r["ms"] / prediction.latency_ms if prediction.latency_ms else 0.0}
+                       for r in sorted(prediction.layers, key=lambda r: r["ms"], reverse=True)[:top]],
             "layers_source": "roofline prediction per weight layer (predicted, not measured)",
         })
         hint = _emulation_hint(tg)
         if hint:
             result["emulation"] = hint
-        result.update(_budgets(tg, prediction["latency_ms"], None, artifact["bytes"] if artifact else None))
+        result.update(_budgets(tg, prediction.latency_ms, None, artifact["bytes"] if artifact else None))
         return result
 
     from hwcompress.export import canonical_name, get_backend

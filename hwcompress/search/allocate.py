@@ -103,7 +103,7 @@ class CostOracle:
         key = tuple(sorted(self.widths(ratios).items()))
         if key not in self._cache:
             net = self.architecture(ratios)
-            self._cache[key] = (predict_latency(net, self.target, self.bits)["latency_ms"], count_params(net))
+            self._cache[key] = (predict_latency(net, self.target, self.bits).latency_ms, count_params(net))
         return self._cache[key]
 
     def latency_ms(self, ratios: Mapping[str, float]) -> float:

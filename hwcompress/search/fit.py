@@ -746,7 +746,7 @@ class Fitter:
         v: dict[str, Any] = {
             "runtime": self.backend, "runtime_version": runtime_version(self.backend), "threads": self.target.threads,
             "artifact": {k: art[k] for k in ("path", "files", "bytes", "weights")}, "parity_vs_torch": art["parity"],
-            "predicted_ms": prediction["latency_ms"], "predicted_calibrated_ms": prediction["latency_ms"] * self.oracle.calibration,
+            "predicted_ms": prediction.latency_ms, "predicted_calibrated_ms": prediction.latency_ms * self.oracle.calibration,
         }
         if self.measurable:
             runs = max(self.cfg.measure_runs, self.cfg.final_runs)
@@ -762,8 +762,8 @@ class Fitter:
                          measured_on={**d, **({"warning": m["warning"]} if m.get("warning") else {})})
         else:
             state_bytes = _state_bytes(compressed)
-            v.update(latency_ms=prediction["latency_ms"], p90_ms=None, latency_source="predicted",
-                     device=f"{self.target.cpu} (not attached)", how=prediction["how"],
+            v.update(latency_ms=prediction.latency_ms, p90_ms=None, latency_source="predicted",
+                     device=f"{self.target.cpu} (not attached)", how=prediction.how,
                      peak_memory_bytes=art["bytes"] + 2 * state_bytes, peak_memory_source="predicted",
                      peak_memory_method="artifact bytes + input and output state buffers; interpreter and "
                                         "activation arenas not included (no device to measure)")

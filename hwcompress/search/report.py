@@ -480,7 +480,7 @@ def layer_details(report: dict, dense: Any, target: Any = None) -> tuple[dict, d
         after = {row["name"]: row["out_shape"][0] for row in layer_costs(net)}
         widths[r["budget_ms"]] = {n: (before[n], after.get(n, before[n])) for n in before}
         pred = predict_latency(net, target, bits, use_table=False)
-        roofline[r["budget_ms"]] = {row["name"]: row["ms"] for row in pred["layers"]}
+        roofline[r["budget_ms"]] = {row["name"]: row["ms"] for row in pred.layers}
         for layer in r["layers"]:
             w = widths[r["budget_ms"]].get(layer["name"])
             layer["width_before"], layer["width"] = (w if w else (None, None))
