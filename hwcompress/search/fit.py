@@ -984,6 +984,54 @@ class Plan:
     ks: dict[str, int]
 
 
+@dataclass
+class BudgetResult:
+    """One budget's outcome: what `fit_budget` hands the report (and a multi-target run's driver);
+    `to_json()` gives the report's per-budget entry (docs/fit-report.md names every field)."""
+
+    budget_ms: float
+    budget_bytes: int
+    memory_budget_bytes: int
+    ram_model: dict[str, Any] | None
+    latency_ms: float
+    latency_p90_ms: float | None
+    latency_source: str  # "measured" or "predicted"
+    latency_how: str
+    runtime: str
+    runtime_version: str
+    threads: int
+    activations: str
+    device: str
+    measured_on: dict[str, Any] | None  # a device pool's host: host, machine, cpu, platform
+    predicted_ms: float
+    size_bytes: int  # the .hwc file
+    dense_fp32_bytes: int
+    runtime_artifact_bytes: int  # the files the runtime loads
+    runtime_artifact: dict[str, Any]
+    peak_memory_bytes: int | None
+    peak_memory_source: str
+    peak_memory_method: str | None
+    parity_vs_torch: dict[str, Any]
+    emulated_check: dict[str, Any] | None
+    lut_layers: Any  # tflite-micro: LUT-encoded weights, read back from the file
+    tflm_weights: Any  # tflite-micro: every weight tensor, its layer, K and storage
+    per_op: dict[str, Any] | None  # tflite-micro: every operator of the file priced in cycles (predicted)
+    layer_widths: dict[str, Any] | None  # litert, openvino, onnxruntime 4-bit: each layer's stored width, read back
+    tflm_storage: dict[str, Any] | None  # tflite-micro: LUT vs int8 file, when LUT decoding missed latency
+    parity_ok: bool
+    budget_met: bool
+    not_met_because: list[str]
+    quality: dict[str, Any]  # noisy, baseline (dense) and compressed scores on the test split
+    finetune_target: str
+    allocation: dict[str, Any]  # ratios, predicted_loss, steps, measured_trials, calibration
+    macs_per_frame: dict[str, Any]
+    layers: list[dict[str, Any]]
+    files: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def plan(f: Fitter) -> Plan:
     s_sens, k_sens = f.sensitivities(f.data)
     curves = alloc.loss_curves(s_sens)
@@ -1002,7 +1050,7 @@ def budget_folder(f: Fitter, budget: float) -> Path:
     return f.out if len(f.budgets) == 1 else f.out / f"budget-{budget:g}ms"
 
 
-def fit_budget(f: Fitter, p: Plan, budget: float, baseline_q: dict) -> dict:
+def fit_budget(f: Fitter, p: Plan, budget: float, baseline_q: dict) -> BudgetResult:
     """One budget: allocate -> compress -> export -> verify (tightening after a measured miss),
     then the quality; the per-budget result of the report."""
     from hwcompress.models.io import load_model
@@ -1042,52 +1090,52 @@ def fit_budget(f: Fitter, p: Plan, budget: float, baseline_q: dict) -> dict:
         par = v["parity_vs_torch"]
         log(f"  parity: {v['runtime']} output departs from torch (SNR {par['snr_db']:.1f} dB < "
             f"{par['min_snr_db']:g} dB for {par['weights']}): budget {budget:g} ms not met")
-    return {
-        "budget_ms": budget,
-        "budget_bytes": f.budget_bytes,
-        "memory_budget_bytes": f.ram_budget,
-        "ram_model": dict(zip(("fixed_bytes", "bytes_per_weight", "how"), f.ram_model() or ())) or None,
-        "latency_ms": v["latency_ms"],
-        "latency_p90_ms": v.get("p90_ms"),
-        "latency_source": v["latency_source"],
-        "latency_how": v["how"],
-        "runtime": v["runtime"], "runtime_version": v["runtime_version"], "threads": v["threads"],
-        "activations": f.activations,
-        "device": v["device"],
-        "measured_on": v.get("measured_on"),  # a device pool's host: host, machine, cpu, platform
-        "predicted_ms": v["predicted_ms"],
-        "size_bytes": creport["size_bytes"],
-        "dense_fp32_bytes": creport["dense_fp32_bytes"],
-        "runtime_artifact_bytes": runtime_bytes,
-        "runtime_artifact": v["artifact"],
-        "peak_memory_bytes": v["peak_memory_bytes"],
-        "peak_memory_source": v["peak_memory_source"],
-        "peak_memory_method": v["peak_memory_method"],
-        "parity_vs_torch": v["parity_vs_torch"],
-        "emulated_check": v.get("emulated_check"),
-        "lut_layers": v.get("lut_layers"),  # tflite-micro: LUT-encoded weights, read back from the file
-        "tflm_weights": v.get("tflm_weights"),  # tflite-micro: every weight tensor, its layer, K and storage
-        "per_op": v.get("per_op"),  # tflite-micro: every operator of the file priced in cycles (predicted)
-        "layer_widths": v.get("layer_widths"),  # litert, openvino, onnxruntime 4-bit: each layer's stored width, read back
-        "tflm_storage": v.get("tflm_storage"),  # tflite-micro: LUT vs int8 file, when LUT decoding missed latency
-        "parity_ok": parity_ok,
-        "budget_met": bool(v["latency_ms"] <= budget and runtime_bytes <= f.budget_bytes and memory_ok
-                           and parity_ok and emulated_ok),
-        "not_met_because": [why for why, bad in (
+    return BudgetResult(
+        budget_ms=budget,
+        budget_bytes=f.budget_bytes,
+        memory_budget_bytes=f.ram_budget,
+        ram_model=dict(zip(("fixed_bytes", "bytes_per_weight", "how"), f.ram_model() or ())) or None,
+        latency_ms=v["latency_ms"],
+        latency_p90_ms=v.get("p90_ms"),
+        latency_source=v["latency_source"],
+        latency_how=v["how"],
+        runtime=v["runtime"], runtime_version=v["runtime_version"], threads=v["threads"],
+        activations=f.activations,
+        device=v["device"],
+        measured_on=v.get("measured_on"),
+        predicted_ms=v["predicted_ms"],
+        size_bytes=creport["size_bytes"],
+        dense_fp32_bytes=creport["dense_fp32_bytes"],
+        runtime_artifact_bytes=runtime_bytes,
+        runtime_artifact=v["artifact"],
+        peak_memory_bytes=v["peak_memory_bytes"],
+        peak_memory_source=v["peak_memory_source"],
+        peak_memory_method=v["peak_memory_method"],
+        parity_vs_torch=v["parity_vs_torch"],
+        emulated_check=v.get("emulated_check"),
+        lut_layers=v.get("lut_layers"),
+        tflm_weights=v.get("tflm_weights"),
+        per_op=v.get("per_op"),
+        layer_widths=v.get("layer_widths"),
+        tflm_storage=v.get("tflm_storage"),
+        parity_ok=parity_ok,
+        budget_met=bool(v["latency_ms"] <= budget and runtime_bytes <= f.budget_bytes and memory_ok
+                        and parity_ok and emulated_ok),
+        not_met_because=[why for why, bad in (
             ("latency", v["latency_ms"] > budget), ("size", runtime_bytes > f.budget_bytes),
             ("memory", not memory_ok), ("parity vs torch", not parity_ok),
             ("emulated check", not emulated_ok)) if bad],
-        "quality": {"noisy": q["noisy"], "baseline": baseline_q["enhanced"], "compressed": q["enhanced"],
-                    "set": "test", "n": q["n"], "dnsmos": q.get("dnsmos"),
-                    "scored": q.get("scored", "the compressed model in torch (f32)")},
-        "finetune_target": cfg.finetune_target,
-        "allocation": {"ratios": allocation.ratios, "predicted_loss": allocation.predicted_loss,
-                       "steps": allocation.steps, "measured_trials": trials,
-                       "calibration": f.oracle.calibration},
-        "macs_per_frame": creport["macs_per_frame"],
-        "layers": _layers_table(f.model, compressed, allocation.ratios, ks, creport),
-        "files": {"hwc": str(work / "model.hwc"), "runtime": v["artifact"]["files"]},
-    }
+        quality={"noisy": q["noisy"], "baseline": baseline_q["enhanced"], "compressed": q["enhanced"],
+                 "set": "test", "n": q["n"], "dnsmos": q.get("dnsmos"),
+                 "scored": q.get("scored", "the compressed model in torch (f32)")},
+        finetune_target=cfg.finetune_target,
+        allocation={"ratios": allocation.ratios, "predicted_loss": allocation.predicted_loss,
+                    "steps": allocation.steps, "measured_trials": trials,
+                    "calibration": f.oracle.calibration},
+        macs_per_frame=creport["macs_per_frame"],
+        layers=_layers_table(f.model, compressed, allocation.ratios, ks, creport),
+        files={"hwc": str(work / "model.hwc"), "runtime": v["artifact"]["files"]},
+    )
 
 
 def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | None = None, pool: Any = None) -> dict:
@@ -1099,11 +1147,12 @@ def _fit(cfg: FitConfig, log: Callable[[str], None], model: torch.nn.Module | No
     return assemble(f, p, results, time.time() - started)
 
 
-def assemble(f: Fitter, p: Plan, results: list[dict], seconds: float, write: bool = True) -> dict:
+def assemble(f: Fitter, p: Plan, outcomes: list[BudgetResult], seconds: float, write: bool = True) -> dict:
     """The target's report from its per-budget results (written to f.out unless `write` is False)."""
     from hwcompress.search.report import write_reports
 
     cfg = f.cfg
+    results = [r.to_json() for r in outcomes]  # the JSON edge
     report = {
         "schema": REPORT_SCHEMA,
         "command": "hwcompress " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None,

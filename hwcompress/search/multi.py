@@ -38,8 +38,8 @@ import torch
 from hwcompress.errors import HwcError
 from hwcompress.search import sensitivity as sens
 from hwcompress.search.engine import Call, Outcome, RayEngine, SerialEngine
-from hwcompress.search.fit import (FitConfig, Fitter, assemble, baseline_quality, fit_budget, plan, prepare,
-                                   sensitivity_items)
+from hwcompress.search.fit import (BudgetResult, FitConfig, Fitter, assemble, baseline_quality, fit_budget, plan,
+                                   prepare, sensitivity_items)
 from hwcompress.targets import load_target
 from hwcompress.workdir import OutputLock, check_writable
 
@@ -124,7 +124,7 @@ def task_plan(cfg: FitConfig, model: torch.nn.Module | None, pool: dict | None =
     return {"ks": plan(f).ks}
 
 
-def task_budget(cfg: FitConfig, model: torch.nn.Module | None, budget: float, pool: dict | None = None) -> dict:
+def task_budget(cfg: FitConfig, model: torch.nn.Module | None, budget: float, pool: dict | None = None) -> BudgetResult:
     log = _log(f"{cfg.target} {budget:g} ms")
     f = _prepare(cfg, log, model, pool)
     if budget in f.unreachable:
@@ -245,7 +245,7 @@ def _run(cfg: FitConfig, targets: list[str], eng: SerialEngine | RayEngine, log:
             if one:
                 return rep
             report_path = str(Path(t) / "report.json")
-        per_target[t] = {"error": None, "report": report_path, "budgets": [_row(r) for r in ok], "unmet": unmet}
+        per_target[t] = {"error": None, "report": report_path, "budgets": [_row(r.to_json()) for r in ok], "unmet": unmet}
     if one:  # one target, no budget reached: a one-target fit says so in one line
         raise HwcError(per_target[targets[0]].get("error") or "; ".join(u["why"] for u in per_target[targets[0]]["unmet"]))
     report = {
