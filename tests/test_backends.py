@@ -154,3 +154,21 @@ def test_missing_runtime_names_its_install_hint(monkeypatch) -> None:
     with pytest.raises(HwcError, match=r"^backend 'openvino' needs the optional runtime hwc_no_such_runtime: "
                                        r"pip install 'hwcompress\[openvino\]'$"):
         ex.get_backend("ov")
+
+
+def test_companion_files_by_capability(tmp_path: Path) -> None:
+    """An IR's .bin is named by the openvino capabilities: it counts as an artifact file, is listed
+    with its .xml, and given alone gets the message it got when the check was by name."""
+    from hwcompress.export.probe import artifact_files
+
+    assert ex.is_artifact("m.bin") and ex.is_artifact("m.XML") and not ex.is_artifact("m.pt")
+    with pytest.raises(HwcError) as err:
+        ex.backend_for_artifact(tmp_path / "m.bin")
+    assert str(err.value) == (f"{tmp_path / 'm.bin'}: the weights file of an OpenVINO IR; give its .xml (m.xml), "
+                              "which names this .bin")
+    xml, bin_ = tmp_path / "m.xml", tmp_path / "m.bin"
+    xml.write_text("<net/>")
+    assert artifact_files(xml) == [xml]
+    bin_.write_bytes(b"\0")
+    assert artifact_files(xml) == [xml, bin_]
+    assert artifact_files(tmp_path / "m.onnx") == [tmp_path / "m.onnx"]

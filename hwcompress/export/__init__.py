@@ -173,8 +173,9 @@ def get_backend(name: str) -> Backend:
 #: file suffix of each backend's artifact -> the backend (the first registered with that suffix;
 #: a later one claims its own files by content: `Capabilities.claims_file`)
 ARTIFACT_SUFFIXES: dict[str, str] = {}
-for _c in CAPABILITIES.values():
-    ARTIFACT_SUFFIXES.setdefault(_c.suffix, _c.name)
+for _caps in CAPABILITIES.values():
+    ARTIFACT_SUFFIXES.setdefault(_caps.suffix, _caps.name)
+del _caps
 
 
 #: what each backend's artifact is called in messages
@@ -185,7 +186,7 @@ def is_artifact(spec: str | Path) -> bool:
     """Whether a `--model` value names an exported runtime artifact (by suffix; an IR's .bin
     weights file counts, so a command can say to give the .xml instead)."""
     suffix = Path(str(spec)).suffix.lower()
-    return suffix in ARTIFACT_SUFFIXES or suffix == ".bin"
+    return suffix in ARTIFACT_SUFFIXES or any(suffix in c.companion_suffixes for c in CAPABILITIES.values())
 
 
 def backend_for_artifact(path: Path) -> str:
@@ -194,9 +195,10 @@ def backend_for_artifact(path: Path) -> str:
     suffix = Path(path).suffix.lower()
     key = ARTIFACT_SUFFIXES.get(suffix)
     if key is None:
-        if suffix == ".bin":
-            raise HwcError(f"{path}: the weights file of an OpenVINO IR; give its .xml "
-                           f"({Path(path).with_suffix('.xml').name}), which names this .bin")
+        owner = next((c for c in CAPABILITIES.values() if suffix in c.companion_suffixes), None)
+        if owner is not None:
+            raise HwcError(f"{path}: the weights file of an {owner.artifact_kind}; give its {owner.suffix} "
+                           f"({Path(path).with_suffix(owner.suffix).name}), which names this {suffix}")
         raise HwcError(f"{path}: not a runtime artifact (expected one of {', '.join(ARTIFACT_SUFFIXES)})")
     # one suffix, two runtimes (.tflite: LiteRT and TFLite Micro): a later backend with the same
     # suffix claims the files only it writes (tflite-micro: 16x8 and LUT-decoded weights)
@@ -280,14 +282,15 @@ def grid_bits(model: torch.nn.Module) -> dict[str, int]:
 
 def default_weights(backend: str, model: torch.nn.Module) -> tuple[str, str]:
     """The weight format `export` uses for a `.hwc` when none is asked for, and why: on a backend
-    that stores grid weights exactly (GRID_EXACT_BACKENDS) "mixed" when every layer with weight
+    that stores grid weights exactly (Capabilities.grid_exact) "mixed" when every layer with weight
     matrices lies on an integer grid (each layer then at the narrowest width holding it exactly:
     4 bits on the 4-bit grid, else 8); "fp32" when some layer does not (free centroids: int8
     would round them), naming those layers; the backend's plain default elsewhere."""
     from hwcompress.models.cost import layer_paths
 
-    plain = capabilities(backend).default_weights
-    if backend not in GRID_EXACT_BACKENDS:
+    caps = capabilities(backend)
+    plain = caps.default_weights
+    if not caps.grid_exact:
         return plain, f"{backend} stores no codebook exactly at fewer bits"
     params = dict(model.named_parameters())
     weighted = [layer for layer, path in layer_paths(model).items()

@@ -31,6 +31,8 @@ class Capabilities:
     suffix: str
     #: what the artifact is called in messages
     artifact_kind: str
+    #: suffixes of the files the artifact loads beside it (an OpenVINO IR's weights: .bin)
+    companion_suffixes: tuple[str, ...] = ()
     #: other names accepted for it (`--backend`, `export --format`)
     aliases: tuple[str, ...] = ()
     #: "module:function(path) -> bool" telling a file of `suffix` written for this backend from

@@ -31,11 +31,15 @@ def runtime_version(runtime: str) -> str | None:
 
 
 def artifact_files(path: Path) -> list[Path]:
-    """Every file the artifact needs at load time: an OpenVINO IR is the .xml plus its .bin."""
+    """Every file the artifact needs at load time: an OpenVINO IR is the .xml plus its .bin
+    (Capabilities.companion_suffixes)."""
+    from hwcompress.export import CAPABILITIES
+
     path = Path(path)
     files = [path]
-    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
-        files.append(path.with_suffix(".bin"))
+    for caps in CAPABILITIES.values():
+        if path.suffix == caps.suffix:
+            files += [path.with_suffix(s) for s in caps.companion_suffixes if path.with_suffix(s).is_file()]
     return files
 
 

@@ -44,7 +44,8 @@ import numpy as np
 
 import hwcompress
 from hwcompress.errors import HwcError
-from hwcompress.export import CAPABILITIES
+from hwcompress.export import CAPABILITIES, capabilities
+from hwcompress.export.capabilities import resolve
 from hwcompress.export.probe import artifact_files, runtime_version, speech_like_frames  # noqa: F401 (re-exported)
 from hwcompress.targets import Target, load_target
 
@@ -217,9 +218,6 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     if args["top"] <= 0:  # latency only (profile-table sweeps): skip the profiled second session
         result.update({"layers": [], "layers_total_ms": None, "layers_count": 0, "layers_source": "not requested"})
         return result
-    from hwcompress.export import capabilities
-    from hwcompress.export.capabilities import resolve
-
     caps = capabilities(args["backend"])
     if caps.layer_profiler:
         times_, kinds = resolve(caps.layer_profiler)(path, session, frames, layer_runs, threads, Path(args["tmp"]),

@@ -4,7 +4,7 @@ from hwcompress.export.capabilities import Capabilities
 
 CAPABILITIES = Capabilities(
     name="openvino", module="hwcompress.export.openvino", runtime="openvino", distribution="openvino",
-    extra="openvino", suffix=".xml", artifact_kind="OpenVINO IR", aliases=("ov",),
+    extra="openvino", suffix=".xml", artifact_kind="OpenVINO IR", companion_suffixes=(".bin",), aliases=("ov",),
     weights=("fp32", "int8", "int4", "mixed"),
     # the CPU plugin's FullyConnected (a MatMul) runs u4/i4 weights in its kernel while it
     # decompresses convolution weights to f32 at compile time (openvino.executed_widths)
