@@ -172,3 +172,12 @@ def test_companion_files_by_capability(tmp_path: Path) -> None:
     bin_.write_bytes(b"\0")
     assert artifact_files(xml) == [xml, bin_]
     assert artifact_files(tmp_path / "m.onnx") == [tmp_path / "m.onnx"]
+
+
+@pytest.mark.parametrize("name", list(ex.CAPABILITIES))
+def test_implementation_matches_its_descriptor(name: str) -> None:
+    """The module a descriptor names implements that backend: same name and artifact suffix."""
+    caps = ex.CAPABILITIES[name]
+    backend = ex.get_backend(name)
+    assert (backend.name, backend.suffix) == (caps.name, caps.suffix)
+    assert isinstance(backend, ex.Backend)
