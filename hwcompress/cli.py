@@ -663,15 +663,16 @@ def export_cmd(
 ) -> None:
     """Export a model (.pt, .hwc, preset or default) to a runtime artifact, checked against torch:
     an artifact whose output departs from torch beyond the tolerance fails (exit 2, one line)."""
-    from hwcompress.export import canonical_name
+    from hwcompress.export import canonical_name, capabilities
     from hwcompress.export.check import export_checked
     from hwcompress.models.io import load_model
 
     backend = canonical_name(format_)
-    micro = backend == "tflite-micro"
-    mode = mode or ("stream" if micro else "both")
+    caps = capabilities(backend)
+    micro = caps.microcontroller
+    mode = mode or ("both" if "whole" in caps.modes else caps.modes[0])
     hwc_default = weights is None and Path(model).suffix == ".hwc"
-    weights = weights or ("int8" if micro else "fp32")
+    weights = weights or caps.default_weights
     if mode not in ("stream", "whole", "both"):
         raise HwcError(f"unknown export mode {mode!r}: choose stream, whole or both")
     if min_snr_db is not None and not check:

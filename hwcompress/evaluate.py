@@ -36,8 +36,7 @@ def evaluate_artifact(path: Path, data: Path, set_name: str = "test", limit: int
     """Evaluate an exported streaming artifact (.onnx, OpenVINO .xml, .tflite) in its runtime:
     quantized runtimes change the numbers, so this scores the file that would ship. `precision`:
     the activation precision to run it at (None: the runtime's default, f32 on OpenVINO)."""
-    from hwcompress.export import backend_for_artifact, get_backend, run_stream
-    from hwcompress.targets import RUNTIME_ACTIVATIONS
+    from hwcompress.export import backend_for_artifact, capabilities, get_backend, run_stream
 
     backend = backend_for_artifact(path)
     session = get_backend(backend).load(Path(path), threads=threads, precision=precision)
@@ -53,7 +52,7 @@ def evaluate_artifact(path: Path, data: Path, set_name: str = "test", limit: int
             return run_stream(session, audio)
     result = evaluate_with(fn, data, set_name, limit, workers, dnsmos)
     result["runtime"] = backend
-    result["activations"] = precision or RUNTIME_ACTIVATIONS[backend][0]
+    result["activations"] = precision or capabilities(backend).activations[0]
     return result
 
 

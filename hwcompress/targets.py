@@ -31,21 +31,24 @@ from types import MappingProxyType
 from typing import Any
 
 from hwcompress.errors import HwcError
+from hwcompress.export import CAPABILITIES
 
 #: Streaming hop of every model in the zoo; latency budgets are per hop.
 HOP_MS = 10.0
 
 ENV_VAR = "HWCOMPRESS_TARGETS"
 
-RUNTIMES = ("openvino", "onnxruntime", "litert", "tflite-micro")
+#: the runtimes a target may name: the registered backends (export.REGISTRY)
+RUNTIMES = tuple(CAPABILITIES)
 
 #: the activation precisions each runtime's backend can be asked for, its default first: the
 #: OpenVINO CPU plugin runs f32, bf16 (AVX512-BF16/AMX hosts) or f16 (AVX512-FP16, Armv8.2+);
 #: the others run one (LiteRT/onnxruntime here: f32 with dynamically quantized int8 inputs to
 #: integer-weight ops; TFLite Micro 16x8: int16). A target's `activations` lists the ones its
 #: device has, default first; absent means the runtime's default only.
+#: (each backend's `Capabilities.activations`)
 RUNTIME_ACTIVATIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {"openvino": ("f32", "bf16", "f16"), "onnxruntime": ("f32",), "litert": ("f32",), "tflite-micro": ("int16",)})
+    {name: caps.activations for name, caps in CAPABILITIES.items()})
 
 # closed set so that "x86-64" or "arm64" typos are caught; extend when a new ISA is added
 ARCHES = ("x86_64", "aarch64", "armv7m", "armv7em", "armv8m")

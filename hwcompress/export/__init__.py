@@ -35,6 +35,21 @@ the integer grid of its stored width (`compress.cluster.grid_step`: every value 
 the width's range) is stored with that step as every channel's or block's scale (OpenVINO: one
 f32 scale for the matrix, i4/i8 integers), so the file dequantizes to exactly the `.hwc`
 values; other weights get the runtime's own rounding.
+
+Backends and their capabilities: each backend is described once by a frozen
+`capabilities.Capabilities` (name, aliases, runtime import and pip extra, artifact suffix, weight
+formats, the layer kinds it runs at 4 bits and what it offers the others, grid exactness, kinds
+computed in float, dynamic T, activation precisions, the per-node profiler, microcontroller or
+not, ...) in a descriptor module `hwcompress/export/backends/<name>.py` that imports no runtime.
+`capabilities(name)` reads it (one HwcError line for an unknown name); the tables below
+(INT4_BACKENDS, INT4_KINDS, GRID_EXACT_BACKENDS, ...) are views derived from it, and the rest of
+hwcompress asks the capabilities, not the runtime's name.
+
+Adding a backend: (1) write its implementation module (`BACKEND`, with `export` and `load`, as
+`onnx.py`), importing its runtime at will; (2) write `backends/<name>.py` declaring
+`CAPABILITIES = Capabilities(name=..., module=<that module>, runtime=..., ...)`; (3) add that
+descriptor's module path to `REGISTRY` below. Targets may then name it as `runtime`, `export
+--format`, `profile` and `fit` use it, and an artifact with its suffix is recognized.
 """
 
 from __future__ import annotations
@@ -49,35 +64,37 @@ if TYPE_CHECKING:  # sessions load without torch (see _graph)
     import torch
 
 from hwcompress.errors import HwcError
+from hwcompress.export.capabilities import Capabilities, resolve
 
 MODES = ("stream", "whole")
 WEIGHTS = ("fp32", "int8", "int4", "mixed")
 #: bits per stored weight of each format (for size and latency predictions); mixed: 8, an upper
 #: bound (which layers get 4 bits depends on the model's codebooks)
 WEIGHT_BITS = {"fp32": 32, "int8": 8, "int4": 4, "mixed": 8}
+#: the backends, one descriptor module each (`backends/<name>.py`, declaring `CAPABILITIES`);
+#: the first registered with a suffix owns it (`ARTIFACT_SUFFIXES`), the others claim their files
+REGISTRY: tuple[str, ...] = (
+    "hwcompress.export.backends.onnxruntime",
+    "hwcompress.export.backends.openvino",
+    "hwcompress.export.backends.litert",
+    "hwcompress.export.backends.tflite_micro",
+)
+#: canonical name -> its capabilities, in registry order (plain data: no runtime is imported)
+CAPABILITIES: dict[str, Capabilities] = {
+    c.name: c for c in (importlib.import_module(m).CAPABILITIES for m in REGISTRY)}
+_ALIASES = {alias: c.name for c in CAPABILITIES.values() for alias in c.aliases}
+
+# Views derived from the capabilities, for the code that reads them as tables:
 #: backends with a native 4-bit weight path (OpenVINO: the CPU plugin's compressed FullyConnected
 #: on every MatMul, the recurrent cells included; LiteRT: XNNPACK's dynamic-range int4
 #: FULLY_CONNECTED kernels; onnxruntime: MatMulNBits)
-INT4_BACKENDS = ("openvino", "litert", "onnxruntime")
+INT4_BACKENDS = tuple(n for n, c in CAPABILITIES.items() if "int4" in c.weights)
 #: backends that export per-layer 4/8-bit weights (`weights="mixed"`)
-MIXED_BACKENDS = ("litert", "onnxruntime", "openvino")
-#: the layer kinds each backend stores at 4 bits under int4/mixed (the rest keep int8): LiteRT's
-#: FULLY_CONNECTED ops (litert-torch lowers LSTM/GRU gates and Linear to them); onnxruntime's
-#: MatMulNBits, which replaces MatMul only (the recurrent cells are exported as matmuls for it);
-#: OpenVINO's CPU plugin, whose FullyConnected (a MatMul) runs u4/i4 weights in its kernel while
-#: it decompresses convolution weights to f32 at compile time (its runtime graph, read back by
-#: `openvino.executed_widths`; nncf's INT4 leaves the convolutions 8-bit too)
-INT4_KINDS: dict[str, tuple[str, ...]] = {
-    "litert": ("LSTM", "GRU", "Linear"),
-    "onnxruntime": ("LSTM", "GRU", "Linear"),
-    "openvino": ("LSTM", "GRU", "Linear"),
-}
+MIXED_BACKENDS = tuple(n for n, c in CAPABILITIES.items() if "mixed" in c.weights)
+#: the layer kinds each backend stores at 4 bits under int4/mixed (the rest keep int8)
+INT4_KINDS: dict[str, tuple[str, ...]] = {n: c.int4_kinds for n, c in CAPABILITIES.items() if c.int4_kinds}
 #: what a backend offers the layer kinds outside INT4_KINDS, for the message refusing 4 bits there
-_NOT_INT4 = {"openvino": "its CPU plugin decompresses {kind} weights to f32 when the model compiles; it offers "
-                         "them int8 storage (computed in f32) or fp32",
-             "litert": "ai-edge-quantizer's 4-bit recipe here takes FULLY_CONNECTED ops only; it offers {kind} "
-                       "int8 or fp32",
-             "onnxruntime": "MatMulNBits replaces MatMul only; it offers {kind} int8 or fp32"}
+_NOT_INT4 = {n: c.not_int4 for n, c in CAPABILITIES.items() if c.int4_kinds}
 #: the search gives 4-bit runtime weights (`weights="mixed"`) to the layers it clusters to
 #: K <= 16, holding their codebooks on the 4-bit grid (at most 14 nonzero values, q in
 #: [-7, 7]: zero, which pruned weights need, is one code); `export` of a `.hwc` gives 4 bits to the layers whose
@@ -88,23 +105,12 @@ MIXED_MAX_K = 16
 #: (quantize_dynamic overrides, MatMulNBits rewritten), LiteRT (scales and integers patched
 #: into ai-edge-quantizer's file), OpenVINO (i4/i8 constants and an f32 step written into the IR:
 #: `openvino.quantize`). The fit holds codebooks on these grids for them.
-GRID_EXACT_BACKENDS = ("onnxruntime", "litert", "openvino")
-#: layer kinds a backend's int8 export computes in float: onnxruntime's quantize_dynamic has an
-#: integer LSTM (DynamicQuantizeLSTM) but no integer GRU (nor ConvTranspose), so GRU runs at fp32
-#: speed (measured: GRU models' int8/fp32 latency ratio 1.0); its weights are still stored at 8 bits
-#: (int8 behind a DequantizeLinear: `onnx.weight_only_int8`)
-FLOAT_KINDS_WHEN_QUANTIZED: dict[str, tuple[str, ...]] = {"onnxruntime": ("GRU",)}
-
+GRID_EXACT_BACKENDS = tuple(n for n, c in CAPABILITIES.items() if c.grid_exact)
+#: layer kinds a backend's int8 export computes in float (onnxruntime: GRU, see its descriptor)
+FLOAT_KINDS_WHEN_QUANTIZED: dict[str, tuple[str, ...]] = {
+    n: c.float_kinds_when_quantized for n, c in CAPABILITIES.items() if c.float_kinds_when_quantized}
 # canonical name -> (module implementing it, runtime import that must work, pip extra)
-_BACKENDS: dict[str, tuple[str, str, str | None]] = {
-    "onnxruntime": ("hwcompress.export.onnx", "onnxruntime", None),
-    "openvino": ("hwcompress.export.openvino", "openvino", "openvino"),
-    "litert": ("hwcompress.export.tflite", "ai_edge_litert.interpreter", "tflite"),
-    # fully integer 16x8 .tflite run by the TFLite Micro interpreter (targets/cortex-m7.toml)
-    "tflite-micro": ("hwcompress.export.tflm", "tflite_micro", "tflm"),
-}
-_ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "ov": "openvino", "tflite": "litert",
-            "tflm": "tflite-micro", "tflite_micro": "tflite-micro", "tfl-micro": "tflite-micro"}
+_BACKENDS: dict[str, tuple[str, str, str | None]] = {n: (c.module, c.runtime, c.extra) for n, c in CAPABILITIES.items()}
 
 
 @runtime_checkable
@@ -134,45 +140,53 @@ class Backend(Protocol):
 
 
 def backend_names() -> list[str]:
-    return list(_BACKENDS)
+    return list(CAPABILITIES)
 
 
 def canonical_name(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
-    if key not in _BACKENDS:
-        known = ", ".join(sorted([*_BACKENDS, *_ALIASES]))
+    if key not in CAPABILITIES:
+        known = ", ".join(sorted([*CAPABILITIES, *_ALIASES]))
         raise HwcError(f"unknown backend {name!r}: choose one of {known}")
     return key
+
+
+def capabilities(name: str) -> Capabilities:
+    """What the backend called `name` (or an alias) is and can do, without importing its
+    runtime; a one-line HwcError for an unknown name."""
+    return CAPABILITIES[canonical_name(name)]
 
 
 def get_backend(name: str) -> Backend:
     """The backend called `name` (aliases: onnx, ort, ov, tflite, tflm), or a one-line HwcError
     telling how to install its runtime when that is missing."""
-    key = canonical_name(name)
-    module, runtime, extra = _BACKENDS[key]
+    caps = capabilities(name)
     try:
-        importlib.import_module(runtime)
+        importlib.import_module(caps.runtime)
     except ImportError:
-        hint = f"pip install 'hwcompress[{extra}]'" if extra else "pip install onnxruntime"
-        raise HwcError(f"backend {key!r} needs the optional runtime {runtime.split('.')[0]}: {hint}") from None
-    return importlib.import_module(module).BACKEND
+        raise HwcError(f"backend {caps.name!r} needs the optional runtime {caps.runtime_module}: "
+                       f"{caps.install_hint()}") from None
+    return importlib.import_module(caps.module).BACKEND
 
 
-#: file suffix of each backend's artifact -> the backend (as each Backend.suffix says, without importing runtimes)
-ARTIFACT_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert"}
+#: file suffix of each backend's artifact -> the backend (the first registered with that suffix;
+#: a later one claims its own files by content: `Capabilities.claims_file`)
+ARTIFACT_SUFFIXES: dict[str, str] = {}
+for _caps in CAPABILITIES.values():
+    ARTIFACT_SUFFIXES.setdefault(_caps.suffix, _caps.name)
+del _caps
 
 
 #: what each backend's artifact is called in messages
-ARTIFACT_KINDS = {"onnxruntime": "ONNX model", "openvino": "OpenVINO IR", "litert": "LiteRT (.tflite) model",
-                  "tflite-micro": "TFLite Micro (.tflite) model"}
+ARTIFACT_KINDS = {n: c.artifact_kind for n, c in CAPABILITIES.items()}
 
 
 def is_artifact(spec: str | Path) -> bool:
     """Whether a `--model` value names an exported runtime artifact (by suffix; an IR's .bin
     weights file counts, so a command can say to give the .xml instead)."""
     suffix = Path(str(spec)).suffix.lower()
-    return suffix in ARTIFACT_SUFFIXES or suffix == ".bin"
+    return suffix in ARTIFACT_SUFFIXES or any(suffix in c.companion_suffixes for c in CAPABILITIES.values())
 
 
 def backend_for_artifact(path: Path) -> str:
@@ -181,17 +195,18 @@ def backend_for_artifact(path: Path) -> str:
     suffix = Path(path).suffix.lower()
     key = ARTIFACT_SUFFIXES.get(suffix)
     if key is None:
-        if suffix == ".bin":
-            raise HwcError(f"{path}: the weights file of an OpenVINO IR; give its .xml "
-                           f"({Path(path).with_suffix('.xml').name}), which names this .bin")
+        owner = next((c for c in CAPABILITIES.values() if suffix in c.companion_suffixes), None)
+        if owner is not None:
+            raise HwcError(f"{path}: the weights file of an {owner.artifact_kind}; give its {owner.suffix} "
+                           f"({Path(path).with_suffix(owner.suffix).name}), which names this {suffix}")
         raise HwcError(f"{path}: not a runtime artifact (expected one of {', '.join(ARTIFACT_SUFFIXES)})")
-    if key == "litert" and Path(path).is_file():
-        from hwcompress.export.tflm import is_micro_file
-
-        # one suffix, two runtimes: only the tflite-micro exporter writes 16x8 files and LUT-decoded
-        # weights (TFLM_DECODE, which LiteRT cannot run), so such a file runs where it ships
-        if is_micro_file(Path(path)):
-            return "tflite-micro"
+    # one suffix, two runtimes (.tflite: LiteRT and TFLite Micro): a later backend with the same
+    # suffix claims the files only it writes (tflite-micro: 16x8 and LUT-decoded weights)
+    claimants = [c for c in CAPABILITIES.values() if c.suffix == suffix and c.name != key and c.claims_file]
+    if claimants and Path(path).is_file():
+        for c in claimants:
+            if resolve(c.claims_file)(Path(path)):
+                return c.name
     return key
 
 
@@ -244,20 +259,8 @@ def layer_widths(backend: str, path: Path, model: torch.nn.Module) -> dict[str, 
     the flatbuffer's tensor types, onnxruntime from its MatMulNBits nodes ("int4" for the layers
     they hold, "int8" for the rest), OpenVINO from the element types of the IR's weight constants;
     {} for other backends."""
-    if canonical_name(backend) == "openvino":
-        from hwcompress.export.openvino import layer_widths as ov_widths
-
-        return ov_widths(Path(path), model)
-    if canonical_name(backend) == "litert":
-        from hwcompress.export.tflite import layer_widths as litert_widths
-
-        return litert_widths(Path(path), model)
-    if canonical_name(backend) == "onnxruntime":
-        from hwcompress.export.onnx import layer_widths as onnx_widths
-
-        four = onnx_widths(Path(path))
-        return {layer: four.get(layer, "int8") for layer in distinct_weights(model)}
-    return {}
+    reader = capabilities(backend).layer_widths
+    return resolve(reader)(Path(path), model) if reader else {}
 
 
 def grid_bits(model: torch.nn.Module) -> dict[str, int]:
@@ -279,14 +282,15 @@ def grid_bits(model: torch.nn.Module) -> dict[str, int]:
 
 def default_weights(backend: str, model: torch.nn.Module) -> tuple[str, str]:
     """The weight format `export` uses for a `.hwc` when none is asked for, and why: on a backend
-    that stores grid weights exactly (GRID_EXACT_BACKENDS) "mixed" when every layer with weight
+    that stores grid weights exactly (Capabilities.grid_exact) "mixed" when every layer with weight
     matrices lies on an integer grid (each layer then at the narrowest width holding it exactly:
     4 bits on the 4-bit grid, else 8); "fp32" when some layer does not (free centroids: int8
     would round them), naming those layers; the backend's plain default elsewhere."""
     from hwcompress.models.cost import layer_paths
 
-    plain = "int8" if backend == "tflite-micro" else "fp32"
-    if backend not in GRID_EXACT_BACKENDS:
+    caps = capabilities(backend)
+    plain = caps.default_weights
+    if not caps.grid_exact:
         return plain, f"{backend} stores no codebook exactly at fewer bits"
     params = dict(model.named_parameters())
     weighted = [layer for layer, path in layer_paths(model).items()
@@ -318,13 +322,13 @@ def check_int4_layers(backend: str, model: torch.nn.Module, int4_layers: list[st
     unknown = [layer for layer in int4_layers if layer not in kinds]
     if unknown:
         raise HwcError(f"4-bit layers {', '.join(unknown)}: no such weight layer (the model has {', '.join(kinds)})")
-    key = canonical_name(backend)
-    off = [layer for layer in int4_layers if kinds[layer] not in INT4_KINDS.get(key, ())]
+    caps = capabilities(backend)
+    off = [layer for layer in int4_layers if kinds[layer] not in caps.int4_kinds]
     if off:
         kind = kinds[off[0]]
-        raise HwcError(f"{key} runs 4-bit weights only in {', '.join(INT4_KINDS.get(key, ())) or 'no'} layers, not in "
+        raise HwcError(f"{caps.name} runs 4-bit weights only in {', '.join(caps.int4_kinds) or 'no'} layers, not in "
                        f"{kind} layers ({', '.join(x for x in off if kinds[x] == kind)}): "
-                       + _NOT_INT4.get(key, "it offers {kind} int8 or fp32").format(kind=kind))
+                       + caps.not_int4.format(kind=kind))
 
 
 def run_stream(

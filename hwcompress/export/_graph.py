@@ -223,11 +223,11 @@ class PairedStateSession(SessionBase):
 
 
 def check_precision(backend: str, precision: str | None) -> None:
-    """A backend that runs one activation precision (targets.RUNTIME_ACTIVATIONS) refuses any
+    """A backend that runs one activation precision (Capabilities.activations) refuses any
     other in one line, naming what it offers; None or its own precision passes."""
-    from hwcompress.targets import RUNTIME_ACTIVATIONS
+    from hwcompress.export import capabilities
 
-    offered = RUNTIME_ACTIVATIONS[backend]
+    offered = capabilities(backend).activations
     if precision is not None and precision not in offered:
         raise HwcError(f"{backend} runs {' or '.join(offered)} activations, not {precision!r}"
                        + ("; bf16/f16 activations: the OpenVINO CPU plugin (x86-openvino)"

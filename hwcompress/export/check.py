@@ -211,8 +211,8 @@ def export_checked(model: torch.nn.Module, backend: str, out_dir: Path, modes: l
                                   min_snr_db=min_snr_db,
                                   session=be.load(path, threads=1, precision=precision), enforce=enforce,
                                   backend=be.name)
-            from hwcompress.targets import RUNTIME_ACTIVATIONS
+            from hwcompress.export import capabilities
 
-            row["parity"] = {**parity.to_dict(), "activations": precision or RUNTIME_ACTIVATIONS[be.name][0]}
+            row["parity"] = {**parity.to_dict(), "activations": precision or capabilities(be.name).activations[0]}
         rows.append(row)
     return rows

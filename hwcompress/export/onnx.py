@@ -211,6 +211,15 @@ def layer_widths(path: Path) -> dict[str, str]:
     return {layer: "int4" for layer in props.get(INT4_LAYERS_KEY, "").split(",") if layer}
 
 
+def model_layer_widths(path: Path, net: torch.nn.Module) -> dict[str, str]:
+    """Per weight layer of `net`, the width the file stores: "int4" for the layers its MatMulNBits
+    nodes hold (`layer_widths`), "int8" for the rest (Capabilities.layer_widths)."""
+    from hwcompress.export import distinct_weights
+
+    four = layer_widths(Path(path))
+    return {layer: four.get(layer, "int8") for layer in distinct_weights(net)}
+
+
 def _gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     """Gemm nodes with a constant weight (B) rewritten as MatMul (+ Add of the bias): the
     explicit recurrent cells trace each gate matmul as Gemm(transB=1), and onnxruntime's 4-bit
@@ -434,6 +443,42 @@ def exact_weights(path: Path, net: torch.nn.Module) -> dict[str, bool]:
                         and np.array_equal(a.T, p)) or np.array_equal(np.sort(a.ravel()), np.sort(p.ravel()))
                         for a in held if a.size == p.size)
     return out
+
+
+def layer_times(path: Path, session: OnnxSession, frames: np.ndarray, runs: int, threads: int, tmp: Path,
+                warmup: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Per-node ms of each profiled hop from ONNX Runtime's profiler (`enable_profiling`), after
+    `warmup` unprofiled hops (Capabilities.layer_profiler; profile.measure reads it)."""
+    from collections import defaultdict
+
+    # the same options as OnnxSession, plus profiling into our scratch folder
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(Path(tmp) / "ort-profile")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    inputs = [i.name for i in sess.get_inputs()]
+    state = [np.zeros((1, *s), dtype=np.float32) for s in session.state_shapes]
+    for i in range(warmup + runs):
+        out = sess.run(names, {inputs[0]: frames[i % len(frames)], **dict(zip(inputs[1:], state))})
+        state = list(out[1:])
+    trace = json.loads(Path(sess.end_profiling()).read_text())
+    # the trace covers every run since the session opened: skip node events of warm-up runs
+    run_starts = sorted(e["ts"] for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run")
+    cutoff = run_starts[warmup] if len(run_starts) > warmup else 0
+    per_run: dict[str, list[float]] = defaultdict(list)
+    kinds: dict[str, str] = {}
+    for e in trace:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e.get("ts", 0) < cutoff:
+            continue
+        node = e["name"][: -len("_kernel_time")]
+        per_run[node].append(e.get("dur", 0) / 1e3)  # dur is in microseconds
+        kinds[node] = e.get("args", {}).get("op_name", "?")
+    return per_run, kinds
 
 
 class OnnxSession(g.PairedStateSession):

@@ -281,6 +281,48 @@ def executed_widths(path: Path, threads: int = 1, precision: str = "f32") -> dic
     return out
 
 
+def _mirror_config(session: OpenVinoSession) -> dict:
+    """The measured session's compile settings (threads, hint, precision, streams), read
+    back from it so the profiled model is compiled the same way, plus PERF_COUNT."""
+    config: dict = {}
+    for key in ("INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "NUM_STREAMS"):
+        try:
+            config[key] = session.compiled.get_property(key)
+        except Exception:  # a key this plugin version does not report: leave it to the default
+            continue
+    config[props.enable_profiling()] = True
+    return config
+
+
+def layer_times(path: Path, session: OpenVinoSession, frames: np.ndarray, runs: int, threads: int, tmp: Path,
+                warmup: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Per-node ms of each profiled hop from OpenVINO's performance counters (PERF_COUNT), after
+    `warmup` unprofiled hops, compiled as `session` was (Capabilities.layer_profiler; profile.measure
+    reads it; `threads` and `tmp` are unused: the session's settings say the threads)."""
+    from collections import defaultdict
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", _mirror_config(session))
+    request = compiled.create_infer_request()
+    outs = {p.get_any_name(): p for p in compiled.outputs}
+    n_state = len(compiled.inputs) - 1
+    state = [np.zeros((1, *s), dtype=np.float32) for s in session.state_shapes]
+    per_run: dict[str, list[float]] = defaultdict(list)
+    kinds: dict[str, str] = {}
+    for i in range(warmup + runs):
+        res = request.infer({g.SPEC: frames[i % len(frames)], **{g.state_name(k): s for k, s in enumerate(state)}})
+        state = [np.array(res[outs[g.state_out_name(k)]]) for k in range(n_state)]
+        if i < warmup:
+            continue
+        # get_profiling_info() describes the last inference only, so collect it every call
+        for info in request.get_profiling_info():
+            if info.status != info.Status.EXECUTED:
+                continue
+            per_run[info.node_name].append(info.real_time.total_seconds() * 1e3)
+            kinds[info.node_name] = f"{info.node_type} ({info.exec_type})"
+    return per_run, kinds
+
+
 class OpenVinoSession(g.PairedStateSession):
     def __init__(self, path: Path, threads: int = 1, precision: str = "f32") -> None:
         path = g.require_file(path)

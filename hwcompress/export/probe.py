@@ -13,17 +13,13 @@ import numpy as np
 #: frames of synthetic audio fed cyclically to timed runs (3 s); distinct frames keep caches honest
 PROBE_FRAMES = 300
 
-#: distribution names for version strings (module __version__ is not always the release)
-_DISTS: dict[str, tuple[str, str]] = {
-    "openvino": ("openvino", "openvino"),
-    "onnxruntime": ("onnxruntime", "onnxruntime"),
-    "litert": ("ai-edge-litert", "ai_edge_litert"),
-    "tflite-micro": ("tflite-micro", "tflite_micro"),
-}
-
-
 def runtime_version(runtime: str) -> str | None:
-    dist, module = _DISTS.get(runtime, (runtime, runtime))
+    """The runtime's release: its pip distribution's version (Capabilities.distribution; a
+    module's __version__ is not always the release), else the module's __version__."""
+    from hwcompress.export import CAPABILITIES
+
+    caps = CAPABILITIES.get(runtime)
+    dist, module = (caps.distribution, caps.runtime_module) if caps else (runtime, runtime)
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -35,11 +31,15 @@ def runtime_version(runtime: str) -> str | None:
 
 
 def artifact_files(path: Path) -> list[Path]:
-    """Every file the artifact needs at load time: an OpenVINO IR is the .xml plus its .bin."""
+    """Every file the artifact needs at load time: an OpenVINO IR is the .xml plus its .bin
+    (Capabilities.companion_suffixes)."""
+    from hwcompress.export import CAPABILITIES
+
     path = Path(path)
     files = [path]
-    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
-        files.append(path.with_suffix(".bin"))
+    for caps in CAPABILITIES.values():
+        if path.suffix == caps.suffix:
+            files += [path.with_suffix(s) for s in caps.companion_suffixes if path.with_suffix(s).is_file()]
     return files
 
 

@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,16 @@ import numpy as np
 
 import hwcompress
 from hwcompress.errors import HwcError
+from hwcompress.export import CAPABILITIES, capabilities
+from hwcompress.export.capabilities import resolve
 from hwcompress.export.probe import artifact_files, runtime_version, speech_like_frames  # noqa: F401 (re-exported)
 from hwcompress.targets import Target, load_target
 
 REPO = Path(hwcompress.__file__).resolve().parent.parent
 
 #: target.runtime -> export backend that produces and runs its artifact here
-RUNTIME_BACKENDS: dict[str, str] = {"openvino": "openvino", "onnxruntime": "onnxruntime", "litert": "litert",
-                                    "tflite-micro": "tflite-micro"}
+#: (every registered backend runs the runtime of its name: export.CAPABILITIES)
+RUNTIME_BACKENDS: dict[str, str] = {name: name for name in CAPABILITIES}
 _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 #: enough profiled hops for stable per-node means without a huge ORT trace file
 _PROFILE_RUNS = 200
@@ -161,85 +162,6 @@ def _max_rss_bytes() -> int:
     return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB on Linux
 
 
-def _mirror_openvino_config(session: Any) -> dict[str, Any]:
-    """The measured session's compile settings (threads, hint, precision, streams), read
-    back from it so the profiled model is compiled the same way, plus PERF_COUNT."""
-    import openvino.properties as props
-
-    config: dict[str, Any] = {}
-    for key in ("INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "NUM_STREAMS"):
-        try:
-            config[key] = session.compiled.get_property(key)
-        except Exception:  # a key this plugin version does not report: leave it to the default
-            continue
-    config[props.enable_profiling()] = True
-    return config
-
-
-def openvino_layer_times(path: Path, session: Any, frames: np.ndarray,
-                         runs: int) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """Per-node ms of each profiled hop from OpenVINO's performance counters (PERF_COUNT)."""
-    import openvino as ov
-
-    from hwcompress.export import _graph as g
-
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", _mirror_openvino_config(session))
-    request = compiled.create_infer_request()
-    outs = {p.get_any_name(): p for p in compiled.outputs}
-    n_state = len(compiled.inputs) - 1
-    state = [np.zeros((1, *s), dtype=np.float32) for s in session.state_shapes]
-    per_run: dict[str, list[float]] = defaultdict(list)
-    kinds: dict[str, str] = {}
-    for i in range(_PROFILE_WARMUP + runs):
-        res = request.infer({g.SPEC: frames[i % len(frames)], **{g.state_name(k): s for k, s in enumerate(state)}})
-        state = [np.array(res[outs[g.state_out_name(k)]]) for k in range(n_state)]
-        if i < _PROFILE_WARMUP:
-            continue
-        # get_profiling_info() describes the last inference only, so collect it every call
-        for info in request.get_profiling_info():
-            if info.status != info.Status.EXECUTED:
-                continue
-            per_run[info.node_name].append(info.real_time.total_seconds() * 1e3)
-            kinds[info.node_name] = f"{info.node_type} ({info.exec_type})"
-    return per_run, kinds
-
-
-def onnxruntime_layer_times(path: Path, session: Any, frames: np.ndarray, runs: int,
-                            threads: int, tmp: Path) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """Per-node ms of each profiled hop from ONNX Runtime's profiler (`enable_profiling`)."""
-    import onnxruntime as ort
-
-    # the same options as OnnxSession, plus profiling into our scratch folder
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(tmp / "ort-profile")
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    inputs = [i.name for i in sess.get_inputs()]
-    state = [np.zeros((1, *s), dtype=np.float32) for s in session.state_shapes]
-    for i in range(_PROFILE_WARMUP + runs):
-        out = sess.run(names, {inputs[0]: frames[i % len(frames)], **dict(zip(inputs[1:], state))})
-        state = list(out[1:])
-    trace = json.loads(Path(sess.end_profiling()).read_text())
-    # the trace covers every run since the session opened: skip node events of warm-up runs
-    run_starts = sorted(e["ts"] for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run")
-    cutoff = run_starts[_PROFILE_WARMUP] if len(run_starts) > _PROFILE_WARMUP else 0
-    per_run: dict[str, list[float]] = defaultdict(list)
-    kinds: dict[str, str] = {}
-    for e in trace:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e.get("ts", 0) < cutoff:
-            continue
-        node = e["name"][: -len("_kernel_time")]
-        per_run[node].append(e.get("dur", 0) / 1e3)  # dur is in microseconds
-        kinds[node] = e.get("args", {}).get("op_name", "?")
-    return per_run, kinds
-
-
 def _top_layers(per_run: dict[str, list[float]], kinds: dict[str, str], top: int) -> dict[str, Any]:
     # median per node, not mean: on a shared host one preempted call adds milliseconds to
     # whichever node was running and would make a trivial op look like the hot spot
@@ -296,15 +218,12 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     if args["top"] <= 0:  # latency only (profile-table sweeps): skip the profiled second session
         result.update({"layers": [], "layers_total_ms": None, "layers_count": 0, "layers_source": "not requested"})
         return result
-    if args["backend"] == "openvino":
-        times_, kinds = openvino_layer_times(path, session, frames, layer_runs)
+    caps = capabilities(args["backend"])
+    if caps.layer_profiler:
+        times_, kinds = resolve(caps.layer_profiler)(path, session, frames, layer_runs, threads, Path(args["tmp"]),
+                                                    _PROFILE_WARMUP)
         result.update(_top_layers(times_, kinds, args["top"]))
-        result["layers_source"] = (f"OpenVINO performance counters (PERF_COUNT, real_time of EXECUTED nodes), "
-                                   f"median per node over {layer_runs} hops")
-    elif args["backend"] == "onnxruntime":
-        times_, kinds = onnxruntime_layer_times(path, session, frames, layer_runs, threads, Path(args["tmp"]))
-        result.update(_top_layers(times_, kinds, args["top"]))
-        result["layers_source"] = f"ONNX Runtime profiler (enable_profiling, *_kernel_time events), median per node over {layer_runs} hops"
+        result["layers_source"] = caps.layer_profiler_source.format(runs=layer_runs)
     else:
         result.update({"layers": [], "layers_total_ms": None, "layers_count": 0,
                        "layers_source": f"{args['backend']}: its Python interpreter exposes no per-op profiler"})
@@ -338,9 +257,7 @@ def _run_child(backend: str, path: Path, threads: int, runs: int, warmup: int, t
             result = json.loads(out.read_text())
             if "error" in result:
                 raise HwcError(result["error"])
-            from hwcompress.targets import RUNTIME_ACTIVATIONS
-
-            result["activations"] = precision or RUNTIME_ACTIVATIONS[backend][0]
+            result["activations"] = precision or CAPABILITIES[backend].activations[0]
             return result
     last = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), f"exit code {proc.returncode}")
     raise HwcError(f"measurement subprocess failed: {last.strip()[:300]}")
@@ -424,8 +341,8 @@ def profile_artifact(path: str | os.PathLike[str], target: Target | str, backend
     if backend is not None and canonical_name(backend) != name:
         raise HwcError(f"{path}: an {kind} runs in {name}, not in backend {canonical_name(backend)!r}; "
                        f"drop --backend, or export the model for {canonical_name(backend)}")
-    if name == "tflite-micro":
-        return _profile_micro(path, tg, top)
+    if CAPABILITIES[name].microcontroller:
+        return _profile_micro(path, tg, top, name)
     host = host_info()
     if tg.arch != host["arch"]:
         raise HwcError(f"{path}: target {tg.name} is {tg.arch} ({tg.cpu}) and this machine is {host['arch']}: an "
@@ -471,25 +388,25 @@ def profile_artifact(path: str | os.PathLike[str], target: Target | str, backend
     return result
 
 
-def _profile_micro(path: Path, tg: Target, top: int) -> dict[str, Any]:
+def _profile_micro(path: Path, tg: Target, top: int, name: str) -> dict[str, Any]:
     """A TFLite Micro file on a microcontroller target: no such CPU is attached, so the latency is
     the per-op cycle prediction of this very file (profile/mcu.py), and the memory is the tensor
     arena measured in the real TFLM interpreter."""
     from hwcompress.export import get_backend
     from hwcompress.profile.mcu import predict_tflm
 
-    if tg.runtime != "tflite-micro" or not tg.cycles:
+    if tg.runtime != name or not tg.cycles:
         raise HwcError(f"{path}: a TFLite Micro file runs on a microcontroller target (runtime tflite-micro with a "
                        f"[cycles] table, e.g. cortex-m7), not on {tg.name} ({tg.runtime})")
-    session = get_backend("tflite-micro").load(path)
+    session = get_backend(name).load(path)
     p = predict_tflm(path.read_bytes(), tg)
     size = path.stat().st_size
     rows = sorted(p["layers"], key=lambda r: -r["cycles"])[:top]
     result: dict[str, Any] = {
         "weights": "int8", "note": "int16 activations (16x8)" + (f"; {len(session.lut_layers)} weight tensors "
                                                                   "LUT-encoded, decoded every invoke" if session.lut_layers else ""),
-        "weights_source": "read from the artifact", "target": tg.name, "model": str(path), "runtime": "tflite-micro",
-        "runtime_version": runtime_version("tflite-micro"), "target_runtime": tg.runtime, "threads": tg.threads,
+        "weights_source": "read from the artifact", "target": tg.name, "model": str(path), "runtime": name,
+        "runtime_version": runtime_version(name), "target_runtime": tg.runtime, "threads": tg.threads,
         "predicted_ms": None, "prediction": "per-op cycle model of this file (below)",
         "latency_source": "predicted", "latency_ms": p["latency_ms"], "how": p["how"],
         "reason": f"per-op cycles of this file at {p['clock_mhz']:g} MHz: {tg.cpu} is not attached",

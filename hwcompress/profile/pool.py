@@ -46,13 +46,13 @@ from pathlib import Path
 from typing import IO, Any, Callable, TypeVar
 
 from hwcompress.errors import HwcError
-from hwcompress.profile.remote import HostDown, SshDevice, measure_tflite
+from hwcompress.profile.remote import DEVICE_RUNTIME, HostDown, SshDevice, measure_tflite
 from hwcompress.targets import ARCHES, Target
 
 T = TypeVar("T")
 
 #: the runtimes a pool host can time: the device runner runs .tflite files
-POOL_RUNTIMES = ("litert",)
+POOL_RUNTIMES = (DEVICE_RUNTIME,)
 #: how long a measurement waits for a busy host (another process's measurements) to come free
 WAIT_S = 3600.0
 _POLL_S = 0.1
@@ -529,7 +529,7 @@ def profile_models(models: list[str], target: Target, pool: DevicePool, runs: in
     for spec in models:
         if is_artifact(spec):
             kind = backend_for_artifact(Path(spec))
-            if kind != "litert":
+            if kind not in POOL_RUNTIMES:
                 raise HwcError(f"{spec}: pool hosts run LiteRT (.tflite) models with the device runner, not an "
                                f"{ARTIFACT_KINDS[kind]}")
             if not Path(spec).is_file():
@@ -552,7 +552,7 @@ def profile_models(models: list[str], target: Target, pool: DevicePool, runs: in
                 if callable(getattr(net, "analyze", None)):  # as profile here: the probes make 161-bin STFT hops
                     raise HwcError(f"{spec}: profile times hops of hwcompress's 161-bin STFT, not yet a model with "
                                    "its own front end (DeepFilterNet3's 481 bins); predict gives its roofline")
-                path = get_backend("litert").export(net, folder, "stream", weights=weights)
+                path = get_backend(DEVICE_RUNTIME).export(net, folder, "stream", weights=weights)
                 items.append({"model": spec, "path": Path(path), "weights": weights, "kept": out_dir is not None})
                 bar.advance(task)
             task = bar.add_task(f"time {len(items)} model(s) on the pool", total=len(items))

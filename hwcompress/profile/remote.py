@@ -30,6 +30,9 @@ import numpy as np
 from hwcompress.errors import HwcError
 
 RUNNER = Path(__file__).with_name("device_runner.py")
+#: the backend whose artifacts the device runner runs (.tflite files, with ai-edge-litert or
+#: tflite-runtime on the device): the one runtime a pool host or a remote device times
+DEVICE_RUNTIME = "litert"
 
 
 class HostDown(HwcError):
@@ -138,7 +141,7 @@ def measure_tflite(device: SshDevice, path: Path, threads: int, runs: int, warmu
 
     path = Path(path)
     # its state shapes, read here; a foreign or whole-utterance file fails in one line before any copy
-    session = get_backend("litert").load(path, threads=1)
+    session = get_backend(DEVICE_RUNTIME).load(path, threads=1)
     if session.frames != 1:
         raise HwcError(f"{path}: a whole-utterance .tflite (T={session.frames}); a device times one 10 ms hop per "
                        "invoke: give the streaming export (*-stream*.tflite)")

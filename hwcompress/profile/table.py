@@ -269,8 +269,10 @@ def sweep(target: Target, runs: int = 200, specs: list[tuple[str, str, dict]] | 
     if pool is None:
         backend = sweep_backend(target)
     else:
+        from hwcompress.profile.remote import DEVICE_RUNTIME
+
         pool.probe(target)  # a LiteRT target some host serves and is up, before the exports
-        backend = "litert"
+        backend = DEVICE_RUNTIME
     specs = specs or sweep_specs()
     timings = time_specs(specs, backend, target.threads, runs, repeats, pool=pool, target=target)
     if pool is None:

@@ -43,6 +43,7 @@ import torch
 
 from hwcompress.device import describe
 from hwcompress.errors import HwcError
+from hwcompress.export.capabilities import Capabilities
 from hwcompress.hostlock import cpu_share, quiet
 from hwcompress.models.zoo import SEModel
 from hwcompress.search import allocate as alloc
@@ -176,7 +177,7 @@ class Fitter:
         # a microcontroller is not measurable here, but its exported file can be priced per
         # operator (profile/mcu.py): that prediction, not the torch-layer roofline, is what the
         # latency model is calibrated on and what the verified latency is
-        self.per_op = self.backend == "tflite-micro" and bool(self.target.cycles)
+        self.per_op = self.caps.microcontroller and bool(self.target.cycles)
         self.out = Path(cfg.out)
         check_writable(self.out, "dir")
         self.out.mkdir(parents=True, exist_ok=True)
@@ -226,7 +227,7 @@ class Fitter:
     def _export(self, model: SEModel, out_dir: Path, check: bool = True, **options) -> dict:
         from hwcompress.export.check import export_checked
 
-        if self.backend == "tflite-micro" and self.calibration_audio():
+        if self.caps.microcontroller and self.calibration_audio():
             # integer activations: their ranges are taken on real mixtures, not synthetic spectra
             # (NSNet2 fitted for cortex-m7, TFLM file on the test split: SI-SDR 7.97 dB -> 9.43 dB)
             options = {"calibration_audio": self.calibration_audio(), **options}
@@ -281,7 +282,7 @@ class Fitter:
                 from hwcompress.profile.mcu import predict_tflm
 
                 result["per_op_ms"] = predict_tflm(Path(art["path"]).read_bytes(), self.target)["latency_ms"]
-            if self.backend == "tflite-micro":  # the arena TFLM needs, measured in its interpreter
+            if self.caps.microcontroller:  # the arena TFLM needs, measured in its interpreter
                 from hwcompress.export.tflm import measure_arena
 
                 result["arena_bytes"] = measure_arena(Path(art["path"]).read_bytes(), str(art["path"]))[0]
@@ -322,12 +323,19 @@ class Fitter:
         floor = {g: alloc.MAX_RATIO for g in self.oracle.sizes}
         # TFLite Micro can store a clustered layer as 1-bit LUT indices: the codebook stage decides
         # (check_lut_size); here only what no K could fit
-        bits = 1 if self.backend == "tflite-micro" else self.weight_bits
+        bits = 1 if self.caps.microcontroller else self.weight_bits
         least = int(self.oracle.params(floor) * bits / 8)
         if least > self.budget_bytes:
             raise HwcError(f"size budget {self.budget_bytes} B cannot be met on {self.target.name}: even with "
                            f"{alloc.MAX_RATIO:.0%} of every group pruned the {self.cfg.weights} weights alone take about "
                            f"{least} B{' at 1-bit LUT indices' if bits == 1 else ''} (pass a smaller model, or --budget-kb)")
+
+    @property
+    def caps(self) -> Capabilities:
+        """What the target's backend can do (export.capabilities): the fit asks it, not the name."""
+        from hwcompress.export import capabilities
+
+        return capabilities(self.backend)
 
     @property
     def margin(self) -> float:
@@ -352,7 +360,7 @@ class Fitter:
         mostly that), else all bytes per weight (the dense file's bytes / its weights)."""
         dense = self.calibration_log[0] if self.calibration_log else {}
         floor = self._floor_probe or {}
-        if self.backend != "tflite-micro" and "bytes" in dense and "bytes" in floor and dense["params"] > floor["params"]:
+        if not self.caps.microcontroller and "bytes" in dense and "bytes" in floor and dense["params"] > floor["params"]:
             per_weight = (dense["bytes"] - floor["bytes"]) / (dense["params"] - floor["params"])
             if per_weight > 0:
                 return max(0.0, floor["bytes"] - per_weight * floor["params"]), per_weight
@@ -365,7 +373,7 @@ class Fitter:
         prepacked weights) scale with neither the file nor a fixed constant alone. Otherwise
         the prediction the report states: artifact bytes + input and output state buffers.
         None for TFLite Micro, whose weights stay in flash (its RAM is the arena: check_arena)."""
-        if self.backend == "tflite-micro":
+        if self.caps.microcontroller:
             return None
         dense = self.calibration_log[0] if self.calibration_log else {}
         floor = self._floor_probe or {}
@@ -400,7 +408,7 @@ class Fitter:
         # the smallest model the search may build, exported (and where the target can be timed
         # here, timed for real): seconds. A predicted target needs its bytes only when the dense
         # artifact is over the size budget (the size model's second point: `size_model`)
-        if self.measurable or (self.backend != "tflite-micro" and dense_bytes > self.budget_bytes):
+        if self.measurable or (not self.caps.microcontroller and dense_bytes > self.budget_bytes):
             key = {**self.key, "calibration": digest(self.calibration_log)}
             cached = read_keyed(self.out / "floor.json", key, self.log)
             if not cached:
@@ -422,10 +430,10 @@ class Fitter:
             raise HwcError(self.unreachable[tight])
         fixed, per_weight = self.size_model()
         least_bytes = (self._floor_probe or {}).get("bytes") or fixed + per_weight * best_params
-        if least_bytes > self.budget_bytes and self.backend != "tflite-micro":
+        if least_bytes > self.budget_bytes and not self.caps.microcontroller:
             raise HwcError(f"size budget {self.budget_bytes} B cannot be met: the smallest reachable runtime artifact is "
                            f"about {int(least_bytes)} B")
-        if self.backend != "tflite-micro":
+        if not self.caps.microcontroller:
             least, ram_how = self.ram_floor()
             if least > self.ram_budget * self.margin:
                 raise HwcError(f"RAM budget {self.ram_budget} B cannot be met on {self.target.name}: with "
@@ -442,7 +450,7 @@ class Fitter:
         take (K > 128: more than 7 index bits, stored as int8)."""
         from hwcompress.export.tflm import LUT_MAX_BITS
 
-        if self.backend != "tflite-micro":
+        if not self.caps.microcontroller:
             return
         floor = {g: alloc.MAX_RATIO for g in self.oracle.sizes}
         least = self.oracle.params(floor) * self.bytes_per_weight
@@ -583,7 +591,7 @@ class Fitter:
 
     def use_widths(self, ks: dict[str, int]) -> None:
         """weights="mixed": the layers the runtime stores at 4 bits are those the search clustered
-        to K <= 16 whose kind the backend runs at 4 bits (`export.INT4_KINDS`); the latency model prices each layer at its width from here on."""
+        to K <= 16 whose kind the backend runs at 4 bits (`Capabilities.int4_kinds`); the latency model prices each layer at its width from here on."""
         if self.cfg.weights != "mixed":
             return
         from hwcompress.export import MIXED_MAX_K
@@ -598,26 +606,25 @@ class Fitter:
 
     def four_bit_layers(self, ks: dict[str, int]) -> list[str]:
         """weights="mixed": the layers clustered to K <= 16 whose kind the backend runs at 4 bits."""
-        from hwcompress.export import INT4_KINDS, MIXED_MAX_K
+        from hwcompress.export import MIXED_MAX_K
         from hwcompress.models.cost import layer_costs
 
         kinds = {r["name"]: r["kind"] for r in layer_costs(self.model)}
-        return [layer for layer, k in ks.items() if k <= MIXED_MAX_K and kinds.get(layer) in INT4_KINDS[self.backend]]
+        return [layer for layer, k in ks.items() if k <= MIXED_MAX_K and kinds.get(layer) in self.caps.int4_kinds]
 
     def grids(self, ks: dict[str, int]) -> dict[str, int]:
         """Per layer, the runtime width whose integer grid its codebook is held on, so that the
-        backend stores the `.hwc` weights exactly (`export.GRID_EXACT_BACKENDS`): 4 bits for the
+        backend stores the `.hwc` weights exactly (`Capabilities.grid_exact`): 4 bits for the
         layers the file stores at 4 bits (int4: the backend's 4-bit kinds; mixed: those of
         `four_bit_layers`), 8 for the rest; none on other backends (their export rounds on its
         own grid)."""
-        from hwcompress.export import GRID_EXACT_BACKENDS, INT4_KINDS
         from hwcompress.models.cost import layer_costs
 
-        if self.backend not in GRID_EXACT_BACKENDS or self.cfg.weights not in ("int8", "int4", "mixed"):
+        if not self.caps.grid_exact or self.cfg.weights not in ("int8", "int4", "mixed"):
             return {}
         kinds = {r["name"]: r["kind"] for r in layer_costs(self.model)}
         four = (set(self.four_bit_layers(ks)) if self.cfg.weights == "mixed" else
-                {n for n, k in kinds.items() if k in INT4_KINDS[self.backend]} if self.cfg.weights == "int4" else set())
+                {n for n, k in kinds.items() if k in self.caps.int4_kinds} if self.cfg.weights == "int4" else set())
         return {n: 4 if n in four else 8 for n in kinds}
 
     def codebooks(self, k_sens: dict) -> dict[str, int]:
@@ -767,13 +774,13 @@ class Fitter:
                      peak_memory_bytes=art["bytes"] + 2 * state_bytes, peak_memory_source="predicted",
                      peak_memory_method="artifact bytes + input and output state buffers; interpreter and "
                                         "activation arenas not included (no device to measure)")
-            if self.cfg.emulate and self.target.emulation and self.backend == "litert":
+            if self.cfg.emulate and self.target.emulation and self.caps.emulated:
                 v["emulated_check"] = self.emulated_check(Path(art["path"]))
             if cycles is not None:
                 v.update(latency_ms=cycles["latency_ms"], how=cycles["how"], latency_model=cycles["latency_model"],
                          per_op={k: cycles[k] for k in ("cycles", "clock_mhz", "macs", "ops", "by_figure", "layers")},
                          tflm_storage=storage)
-            if self.backend == "tflite-micro":  # the arena is measured in the real TFLM interpreter
+            if self.caps.microcontroller:  # the arena is measured in the real TFLM interpreter
                 from hwcompress.export import get_backend
 
                 session = get_backend(self.backend).load(Path(art["path"]))
@@ -783,7 +790,7 @@ class Fitter:
                                             f"{session.arena_recorded_bytes} B); weights stay in the "
                                             f"{session.model_bytes} B model file (flash)",
                          lut_layers=session.lut_layers, tflm_weights=self.tflm_weights(compressed, art["path"], ks))
-        if self.backend in ("litert", "openvino") or (self.backend == "onnxruntime" and self.cfg.weights != "int8"):
+        if self.cfg.weights in self.caps.widths_read_back:
             from hwcompress.export import layer_widths
 
             v["layer_widths"] = layer_widths(self.backend, Path(art["path"]), compressed)
@@ -826,7 +833,7 @@ class Fitter:
             from hwcompress.profile.emulate import run_emulated
 
             frames = speech_like_frames(20)
-            session = get_backend("litert").load(tflite, threads=1)
+            session = get_backend(self.backend).load(tflite, threads=1)
             ref, state = [], None
             for f in frames:
                 out, state = session.run(f, state)

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from hwcompress.errors import HwcError  # noqa: E402
+from hwcompress.export import CAPABILITIES  # noqa: E402
 from hwcompress.search.html import DNSMOS_COLUMNS, Clip, Example, LayerTimes, dnsmos_note, render  # noqa: E402
 
 
@@ -453,7 +454,8 @@ def example(report: dict, out: Path, dense: Any, data: Path | None) -> tuple[Exa
 
 # ------------------------------------------------------------ per layer: width, roofline, measured times
 
-PROFILED_RUNTIMES = ("onnxruntime", "openvino")  # runtimes whose per-node profiler measure_artifact reads
+#: runtimes whose per-node profiler measure_artifact reads (Capabilities.layer_profiler)
+PROFILED_RUNTIMES = tuple(n for n, c in CAPABILITIES.items() if c.layer_profiler)
 LAYER_TIME_RUNS = 100
 LAYER_TIME_TOP = 12
 
