@@ -710,17 +710,17 @@ def export_cmd(
     rows = export_checked(net, backend, out, modes, weights=weights, frames=frames, stem=stem, check=check,
                           min_snr_db=min_snr_db, options=options)
     if json_:
-        _print_json({"model": model, "artifacts": rows})
+        _print_json({"model": model, "artifacts": [r.to_json() for r in rows]})
         return
-    table = Table(title=f"{model} -> {backend} {rows[0]['runtime_version'] or ''}".rstrip(),
+    table = Table(title=f"{model} -> {backend} {rows[0].runtime_version or ''}".rstrip(),
                   caption="max|diff| and SNR: runtime output vs torch on 50 speech-like hops (whole: one utterance); "
                           "every artifact shown is within its tolerance (min SNR)",
                   box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, pad_edge=False)
     for col in ("artifact", "mode", "weights", "bytes", "max|diff|", "SNR dB", "min SNR"):
         table.add_column(col, justify="left" if col in ("artifact", "mode", "weights") else "right", no_wrap=True)
     for r in rows:
-        par = r.get("parity")
-        table.add_row(Path(r["path"]).name, r["mode"], r["weights"], str(r["bytes"]),
+        par = r.parity
+        table.add_row(Path(r.path).name, r.mode, r.weights, str(r.bytes),
                       f"{par['max_abs_diff']:.1e}" if par else "-", f"{par['snr_db']:.1f}" if par else "-",
                       f"{par['min_snr_db']:g}" if par else "not checked")
     _console().print(table)

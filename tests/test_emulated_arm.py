@@ -129,7 +129,7 @@ def test_int4_weights_on_the_grid_run_alike_on_arm64(tmp_path: Path) -> None:
             if p.dim() >= 2:
                 p.copy_(snap_to_grid(cluster_tensor(p, 16), 4).dense())
     (row,) = export_checked(model, "litert", tmp_path, ["stream"], weights="int4")
-    path = Path(row["path"])
+    path = Path(row.path)
     from hwcompress.export import get_backend
     from hwcompress.export.probe import speech_like_frames
 

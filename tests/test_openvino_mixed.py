@@ -35,19 +35,19 @@ def exports(tmp_path_factory):
 
 def test_mixed_stores_the_4_bit_grid_layers_in_4_bits_and_the_cpu_plugin_runs_them_so(exports) -> None:
     model, rows = exports
-    path = rows["mixed"]["path"]
+    path = rows["mixed"].path
     assert grid_bits(model) == {"rnn.0": 4, "enc.1": 8, "enc.2": 8, "dec.1": 8}
     widths = openvino.layer_widths(path, model)
     # proj: K=16 free centroids lie on no 4-bit grid, so it stays 8-bit (nncf's own int8)
     assert widths == {"rnn.0": "int4", "proj": "int8", **{c: "int8" for c in CONVS}}, widths
-    assert stored_weights(path) == "int4" and rows["mixed"]["parity"]["weights"] == "int4"
+    assert stored_weights(path) == "int4" and rows["mixed"].parity["weights"] == "int4"
     # compiled by the CPU plugin: the 4-bit gate matrices are read as i4 by their FullyConnected
     # (not decompressed to f32 at compile time, which it does to every convolution's weights)
     ran = openvino.executed_widths(path)
     assert ran["rnn.layers.0.weight_ih_l0"] == ran["rnn.layers.0.weight_hh_l0"] == "i4", ran
     assert ran["proj.weight"] in ("u8", "i8"), ran
     assert all(ran[f"{c}.conv.weight"] == "f32" for c in CONVS), ran
-    assert openvino.layer_widths(rows["int8"]["path"], model) == {layer: "int8" for layer in widths}
+    assert openvino.layer_widths(rows["int8"].path, model) == {layer: "int8" for layer in widths}
 
 
 def test_weights_on_a_grid_are_the_hwc_weights_element_by_element(exports) -> None:
@@ -55,11 +55,11 @@ def test_weights_on_a_grid_are_the_hwc_weights_element_by_element(exports) -> No
     on_grid = {"rnn.layers.0.weight_ih_l0", "rnn.layers.0.weight_hh_l0", "enc.1.conv.weight", "enc.2.conv.weight",
                "dec.1.conv.weight"}
     for weights, row in rows.items():
-        exact = openvino.exact_weights(row["path"], model)
+        exact = openvino.exact_weights(row.path, model)
         assert set(exact) == {n for n, p in model.named_parameters() if p.dim() >= 2}
         assert {n for n, same in exact.items() if same} == on_grid, (weights, exact)
         # read back as OpenVINO folds the IR's decompression subgraphs: the stored step is one f32
-        values = openvino.stored_weight_values(row["path"])
+        values = openvino.stored_weight_values(row.path)
         assert values["rnn.layers.0.weight_hh_l0"].shape == (64, 16)
 
 
@@ -68,8 +68,8 @@ def test_parity_against_the_hwc_in_torch_is_the_same_at_4_and_8_bits(exports) ->
     plugin's dynamic quantization of activations), far above int4's 20 dB tolerance; nncf's own int4
     rounding of the same grid weights costs 10+ dB (benchmarks/weights_4bit.md)."""
     _, rows = exports
-    snr = {w: r["parity"]["snr_db"] for w, r in rows.items()}
-    assert all(r["parity"]["ok"] for r in rows.values()), snr
+    snr = {w: r.parity["snr_db"] for w, r in rows.items()}
+    assert all(r.parity["ok"] for r in rows.values()), snr
     assert snr["mixed"] > 40 and abs(snr["mixed"] - snr["int8"]) < 1.0, snr
 
 

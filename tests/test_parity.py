@@ -59,12 +59,12 @@ def onnx_stream(tmp_path_factory):
     model = _tiny()
     out = tmp_path_factory.mktemp("ort")
     row = export_checked(model, "onnxruntime", out, ["stream"], stem="g")[0]
-    return model, Path(row["path"]), row
+    return model, Path(row.path), row
 
 
 def test_sound_export_passes_its_stated_tolerance(onnx_stream) -> None:
     _, path, row = onnx_stream
-    par = row["parity"]
+    par = row.parity
     assert par["ok"] is True and par["weights"] == "fp32" and par["min_snr_db"] == MIN_SNR_DB["fp32"]
     assert par["snr_db"] > MIN_SNR_DB["fp32"] and par["max_abs_diff"] < 1e-4
     assert par["mode"] == "stream" and par["frames"] == 50 and "SNR" in par["how"]
@@ -106,7 +106,7 @@ def test_broken_openvino_ir_fails_parity(tmp_path) -> None:
     """Scale the biggest f32 weight constant inside the IR's .bin: the .xml is untouched."""
     _require("openvino")
     model = _tiny()
-    path = Path(export_checked(model, "openvino", tmp_path, ["stream"], stem="g")[0]["path"])
+    path = Path(export_checked(model, "openvino", tmp_path, ["stream"], stem="g")[0].path)
     xml = path.read_text()
     consts = [(int(m["offset"]), int(m["size"])) for m in re.finditer(
         r'<data element_type="f32" shape="[^"]*" offset="(?P<offset>\d+)" size="(?P<size>\d+)"', xml)]
@@ -134,10 +134,11 @@ def test_export_checked_enforces_and_can_record(tmp_path) -> None:
     assert (tmp_path / "a" / "g-stream-int8.onnx").is_file()
     row = export_checked(model, "onnxruntime", tmp_path / "b", ["stream"], weights="int8", stem="g",
                          min_snr_db=200, enforce=False)[0]
-    assert row["parity"]["ok"] is False and row["parity"]["layers"] == "GRU 16, Linear 161"
+    assert row.parity["ok"] is False and row.parity["layers"] == "GRU 16, Linear 161"
     # no check: no parity, no failure
-    assert "parity" not in export_checked(model, "onnxruntime", tmp_path / "c", ["stream"], weights="int8",
-                                          stem="g", check=False, min_snr_db=200)[0]
+    unchecked = export_checked(model, "onnxruntime", tmp_path / "c", ["stream"], weights="int8", stem="g",
+                               check=False, min_snr_db=200)[0]
+    assert unchecked.parity is None and "parity" not in unchecked.to_json()
 
 
 @pytest.mark.parametrize("name", ["tiny-crn", "tiny-gcrn", "tiny-lstm", "tiny-gru"])
@@ -147,14 +148,14 @@ def test_int8_exports_meet_the_stated_tolerance(tmp_path, name: str) -> None:
     model = _tiny(name)
     rows = export_checked(model, "onnxruntime", tmp_path, ["stream", "whole"], weights="int8", stem=name)
     for row in rows:
-        assert row["parity"]["ok"] and row["parity"]["min_snr_db"] == MIN_SNR_DB["int8"], row["parity"]
-    assert stored_weights(Path(rows[0]["path"])) == "int8"
+        assert row.parity["ok"] and row.parity["min_snr_db"] == MIN_SNR_DB["int8"], row.parity
+    assert stored_weights(Path(rows[0].path)) == "int8"
 
 
 def test_whole_utterance_parity_by_path(tmp_path) -> None:
     _require("onnxruntime")
     model = _tiny()
-    path = Path(export_checked(model, "onnxruntime", tmp_path, ["whole"], stem="g", check=False)[0]["path"])
+    path = Path(export_checked(model, "onnxruntime", tmp_path, ["whole"], stem="g", check=False)[0].path)
     result = check_parity(model, path)  # mode from the graph: dynamic T is a whole-utterance export
     assert result.ok and result.mode == "whole" and result.frames == 100
 

@@ -41,7 +41,7 @@ def converter():
 
 def test_int4_stores_fully_connected_weights_in_4_bits_and_runs(converter, tmp_path) -> None:
     model = clustered({})
-    (src,) = [r["path"] for r in export_checked(model, "litert", tmp_path / "fp32", ["stream"], check=False)]
+    (src,) = [r.path for r in export_checked(model, "litert", tmp_path / "fp32", ["stream"], check=False)]
     files = {}
     for weights in ("int8", "int4"):
         files[weights] = tmp_path / f"{weights}.tflite"
@@ -55,7 +55,7 @@ def test_int4_stores_fully_connected_weights_in_4_bits_and_runs(converter, tmp_p
     assert files["int4"].stat().st_size < files["int8"].stat().st_size
     # the whole export path: the file is run against torch at int4's stated tolerance
     (row,) = export_checked(model, "litert", tmp_path / "out", ["stream"], weights="int4")
-    assert row["parity"]["ok"] and row["parity"]["weights"] == "int4", row["parity"]
+    assert row.parity["ok"] and row.parity["weights"] == "int4", row.parity
 
 
 def test_mixed_gives_4_bits_to_the_layers_on_the_4_bit_grid_and_stores_them_exactly(converter, tmp_path) -> None:
@@ -69,7 +69,7 @@ def test_mixed_gives_4_bits_to_the_layers_on_the_4_bit_grid_and_stores_them_exac
     assert grid_bits(model) == {"rnn.0": 4, "enc.1": 8, "enc.2": 8, "dec.1": 8}
     (fp32,) = export_checked(model, "litert", tmp_path / "fp32", ["stream"], check=False)
     (row,) = export_checked(model, "litert", tmp_path, ["stream"], weights="mixed")
-    ops = tflite.weight_ops(row["path"])
+    ops = tflite.weight_ops(row.path)
     layer_of = tensor_layers([r["output"] for r in ops], model, layer_paths(model))
     widths = {}
     for r in ops:
@@ -77,9 +77,9 @@ def test_mixed_gives_4_bits_to_the_layers_on_the_4_bit_grid_and_stores_them_exac
     assert widths["rnn.0"] == {"INT4"}, widths
     assert widths["proj"] == {"INT8"}, widths  # K=16 free centroids: on no 4-bit grid
     assert all(t == {"INT8"} for layer, t in widths.items() if layer != "rnn.0"), widths
-    assert row["parity"]["ok"] and row["parity"]["weights"] == "int4", row["parity"]
+    assert row.parity["ok"] and row.parity["weights"] == "int4", row.parity
     # weight by weight against the fp32 file of the same model: the layers on a grid exactly
-    checked = {layer_of.get(op): same for op, same in tflite.exact_weights(row["path"], fp32["path"]).items()}
+    checked = {layer_of.get(op): same for op, same in tflite.exact_weights(row.path, fp32.path).items()}
     assert all(checked[layer] for layer in grid_bits(model) if layer in checked), checked
     assert {"rnn.0", "enc.1", "dec.1"} <= set(checked) and checked["proj"] is False, checked
 
@@ -138,13 +138,13 @@ def test_onnxruntime_int4_stores_the_matmuls_in_4_bits_and_runs(tmp_path) -> Non
     model = zoo.build("rnn", {"cell": "lstm", "hidden": [256, 256]}).eval()
     (i8,) = export_checked(model, "onnxruntime", tmp_path, ["stream"], weights="int8")
     (i4,) = export_checked(model, "onnxruntime", tmp_path, ["stream"], weights="int4")
-    ops = _onnx_ops(i4["path"])
+    ops = _onnx_ops(i4.path)
     # both LSTMs' gate matmuls (input and recurrent, per layer) and the output Linear
     assert ops.get("MatMulNBits") == 5 and "DynamicQuantizeLSTM" not in ops and "LSTM" not in ops, ops
-    assert stored_weights(i4["path"]) == "int4" and stored_weights(i8["path"]) == "int8"
-    assert layer_widths(i4["path"]) == {layer: "int4" for layer in ("rnn.0", "rnn.1", "out")}
-    assert i4["bytes"] < 0.6 * i8["bytes"], (i4["bytes"], i8["bytes"])
-    assert i4["parity"]["ok"] and i4["parity"]["weights"] == "int4", i4["parity"]
+    assert stored_weights(i4.path) == "int4" and stored_weights(i8.path) == "int8"
+    assert layer_widths(i4.path) == {layer: "int4" for layer in ("rnn.0", "rnn.1", "out")}
+    assert i4.bytes < 0.6 * i8.bytes, (i4.bytes, i8.bytes)
+    assert i4.parity["ok"] and i4.parity["weights"] == "int4", i4.parity
 
 
 def test_onnxruntime_mixed_follows_the_grid_and_stores_the_weights_exactly(tmp_path) -> None:
@@ -152,17 +152,17 @@ def test_onnxruntime_mixed_follows_the_grid_and_stores_the_weights_exactly(tmp_p
 
     model = clustered(*GRIDDED)
     (row,) = export_checked(model, "onnxruntime", tmp_path, ["stream"], weights="mixed")
-    ops = _onnx_ops(row["path"])
+    ops = _onnx_ops(row.path)
     assert ops.get("MatMulNBits") == 2, ops  # rnn.0's input and recurrent matmuls; proj (no grid) stays int8
-    assert layer_widths(row["path"]) == {"rnn.0": "int4"}
-    assert row["parity"]["ok"] and row["parity"]["weights"] == "int4", row["parity"]
-    exact = exact_weights(row["path"], model)
+    assert layer_widths(row.path) == {"rnn.0": "int4"}
+    assert row.parity["ok"] and row.parity["weights"] == "int4", row.parity
+    exact = exact_weights(row.path, model)
     on_grid = [n for n in exact if n.split(".")[0] + "." + n.split(".")[1] in ("enc.1", "enc.2", "dec.1")
                or n.startswith("rnn.layers.0")]
     assert on_grid and all(exact[n] for n in on_grid), exact
     assert not exact["proj.weight"], exact  # free centroids: the runtime's own int8 rounding
     (i8,) = export_checked(model, "onnxruntime", tmp_path / "int8", ["stream"], weights="int8")
-    exact8 = exact_weights(i8["path"], model)
+    exact8 = exact_weights(i8.path, model)
     assert all(exact8[n] for n in on_grid) and not exact8["proj.weight"], exact8
 
 
@@ -210,12 +210,12 @@ def test_onnxruntime_int8_stores_gru_and_transposed_conv_weights_in_8_bits(tmp_p
                 p.copy_(snap_to_grid(cluster_tensor(p, 64), 8).dense())
     (fp32,) = export_checked(model, "onnxruntime", tmp_path / "fp32", ["stream"], check=False)
     (i8,) = export_checked(model, "onnxruntime", tmp_path / "int8", ["stream"], weights="int8")
-    ops = _onnx_ops(i8["path"])
+    ops = _onnx_ops(i8.path)
     assert ops.get("GRU") == 1 and ops.get("DequantizeLinear") == 2, ops  # W and R of the GRU
-    assert stored_weights(i8["path"]) == "int8"
-    assert i8["bytes"] < 0.3 * fp32["bytes"], (i8["bytes"], fp32["bytes"])
-    assert i8["parity"]["ok"], i8["parity"]
-    exact = exact_weights(i8["path"], model)
+    assert stored_weights(i8.path) == "int8"
+    assert i8.bytes < 0.3 * fp32.bytes, (i8.bytes, fp32.bytes)
+    assert i8.parity["ok"], i8.parity
+    exact = exact_weights(i8.path, model)
     assert exact["rnn.layers.0.weight_ih_l0"] and not exact["rnn.layers.0.weight_hh_l0"], exact
 
 
@@ -235,11 +235,11 @@ def test_litert_weights_stored_by_offset_are_written_exactly_too(converter, tmp_
                 p.copy_(snap_to_grid(cluster_tensor(p, 16), 4).dense())
     (fp32,) = export_checked(model, "litert", tmp_path / "fp32", ["stream"], check=False)
     (i4,) = export_checked(model, "litert", tmp_path / "int4", ["stream"], weights="int4")
-    m = fb.Model.GetRootAsModel(open(i4["path"], "rb").read(), 0)
+    m = fb.Model.GetRootAsModel(open(i4.path, "rb").read(), 0)
     assert any(m.Buffers(i).Offset() > 1 for i in range(m.BuffersLength())), "no buffer stored by offset here"
-    exact = tflite.exact_weights(i4["path"], fp32["path"])
+    exact = tflite.exact_weights(i4.path, fp32.path)
     assert len(exact) == 5 and all(exact.values()), exact  # 2 x (input, recurrent) gate matmuls + the Linear
-    assert i4["parity"]["ok"], i4["parity"]
+    assert i4.parity["ok"], i4.parity
 
 
 def test_export_of_a_hwc_defaults_to_the_narrowest_exact_widths(capsys, tmp_path) -> None:

@@ -49,6 +49,28 @@ MIN_SNR_DB: dict[str, float] = {"fp32": 60.0, "int8": 25.0, "int4": 20.0}
 EMULATED_MIN_SNR_DB = 25.0
 
 
+@dataclass(frozen=True)
+class ExportedArtifact:
+    """One exported runtime artifact: what the export stage hands profile, the search and the CLI
+    (`export_checked`); `to_json()` at the JSON edge (`export --json`, the fit report)."""
+
+    backend: str
+    runtime_version: str | None
+    mode: str  # "stream" or "whole"
+    weights: str  # fp32, int8, int4, mixed
+    path: str  # the file a runtime loads (an IR's .xml)
+    files: list[str]  # every file of the artifact (an IR's .xml and .bin)
+    bytes: int  # on disk, all files
+    #: parity against torch (`Parity.to_dict()` plus the activations it ran at); None unchecked
+    parity: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.parity is None:
+            del out["parity"]
+        return out
+
+
 class ParityError(HwcError):
     """An exported artifact whose runtime output departs from torch beyond its stated tolerance."""
 
@@ -186,15 +208,15 @@ def check_parity(model: torch.nn.Module, path: str | Path, *, weights: str | Non
 def export_checked(model: torch.nn.Module, backend: str, out_dir: Path, modes: list[str], weights: str = "fp32",
                    frames: int = 100, stem: str = "model", check: bool = True, enforce: bool = True,
                    min_snr_db: float | None = None, options: dict[str, Any] | None = None,
-                   precision: str | None = None) -> list[dict[str, Any]]:
+                   precision: str | None = None) -> list[ExportedArtifact]:
     """Export `model` in each mode (`options`: the backend's own export keywords, e.g. tflite-micro's
-    `lut`); returns one row per artifact with its files, bytes on
+    `lut`); returns one ExportedArtifact per mode with its files, bytes on
     disk and (with check) its parity against torch (`Parity.to_dict()`, `ok` included), the
     artifact run with `precision` activations (None: the runtime's default).
 
     With check and enforce (the default), an artifact beyond its tolerance (`MIN_SNR_DB[weights]`,
     or `min_snr_db`) raises ParityError; it stays on disk for inspection (the error names it).
-    `enforce=False` records the failure in the row instead (`parity["ok"]` false), as a caller
+    `enforce=False` records the failure in the artifact instead (`parity["ok"]` false), as a caller
     that must mark a budget not met rather than stop wants it."""
     for mode in modes:
         check_mode(mode, weights, canonical_name(backend))
@@ -203,16 +225,16 @@ def export_checked(model: torch.nn.Module, backend: str, out_dir: Path, modes: l
     for mode in modes:
         path = be.export(model, Path(out_dir), mode, frames=frames, stem=stem, weights=weights, **(options or {}))
         files = artifact_files(path)
-        row: dict[str, Any] = {"backend": be.name, "runtime_version": runtime_version(be.name), "mode": mode,
-                               "weights": weights, "path": str(path), "files": [str(f) for f in files],
-                               "bytes": sum(f.stat().st_size for f in files)}
+        parity = None
         if check:
-            parity = check_parity(model, path, weights=weights, mode=mode, frames=frames if mode == "whole" else None,
-                                  min_snr_db=min_snr_db,
-                                  session=be.load(path, threads=1, precision=precision), enforce=enforce,
-                                  backend=be.name)
+            checked = check_parity(model, path, weights=weights, mode=mode, frames=frames if mode == "whole" else None,
+                                   min_snr_db=min_snr_db,
+                                   session=be.load(path, threads=1, precision=precision), enforce=enforce,
+                                   backend=be.name)
             from hwcompress.export import capabilities
 
-            row["parity"] = {**parity.to_dict(), "activations": precision or capabilities(be.name).activations[0]}
-        rows.append(row)
+            parity = {**checked.to_dict(), "activations": precision or capabilities(be.name).activations[0]}
+        rows.append(ExportedArtifact(backend=be.name, runtime_version=runtime_version(be.name), mode=mode,
+                                     weights=weights, path=str(path), files=[str(f) for f in files],
+                                     bytes=sum(f.stat().st_size for f in files), parity=parity))
     return rows

@@ -36,7 +36,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ from hwcompress.search import sensitivity as sens
 from hwcompress.search.sensitivity import atomic_json
 from hwcompress.targets import Target, load_target
 from hwcompress.workdir import OutputLock, check_writable, data_digest, digest, model_digest, read_keyed, write_keyed
+
+if TYPE_CHECKING:
+    from hwcompress.export.check import ExportedArtifact
 
 REPORT_SCHEMA = 1
 QUALITY = ("pesq_wb", "stoi", "si_sdr")
@@ -224,7 +227,7 @@ class Fitter:
 
     # ------------------------------------------------------------ runtime probes
 
-    def _export(self, model: SEModel, out_dir: Path, check: bool = True, **options) -> dict:
+    def _export(self, model: SEModel, out_dir: Path, check: bool = True, **options) -> ExportedArtifact:
         from hwcompress.export.check import export_checked
 
         if self.caps.microcontroller and self.calibration_audio():
@@ -269,9 +272,9 @@ class Fitter:
             net = shrink(net)
         with tempfile.TemporaryDirectory(prefix="hwc-fit-probe-") as tmp:
             art = self._export(net, Path(tmp), check=False)
-            result = {"bytes": art["bytes"], "params": sum(p.numel() for p in net.parameters())}
+            result = {"bytes": art.bytes, "params": sum(p.numel() for p in net.parameters())}
             if self.measurable:
-                m = self._measure(art["path"], what="pruned model " + ", ".join(
+                m = self._measure(art.path, what="pruned model " + ", ".join(
                     f"{g} {r:.0%}" for g, r in ratios.items() if r) if any(ratios.values()) else "dense model")
                 result.update(measured_ms=m["median_ms"], p90_ms=m["p90_ms"], peak_memory_bytes=m["peak_memory_bytes"])
                 if "device" in m:  # a pool host; one without Linux's /proc reports no peak
@@ -281,11 +284,11 @@ class Fitter:
             elif self.per_op:
                 from hwcompress.profile.mcu import predict_tflm
 
-                result["per_op_ms"] = predict_tflm(Path(art["path"]).read_bytes(), self.target)["latency_ms"]
+                result["per_op_ms"] = predict_tflm(Path(art.path).read_bytes(), self.target)["latency_ms"]
             if self.caps.microcontroller:  # the arena TFLM needs, measured in its interpreter
                 from hwcompress.export.tflm import measure_arena
 
-                result["arena_bytes"] = measure_arena(Path(art["path"]).read_bytes(), str(art["path"]))[0]
+                result["arena_bytes"] = measure_arena(Path(art.path).read_bytes(), str(art.path))[0]
         return result
 
     # ------------------------------------------------------------ stages
@@ -714,7 +717,8 @@ class Fitter:
         atomic_json(done, report)
         return report
 
-    def _tflm_storage(self, compressed: SEModel, work: Path, art: dict, budget_ms: float) -> tuple[dict, dict, dict | None]:
+    def _tflm_storage(self, compressed: SEModel, work: Path, art: ExportedArtifact,
+                      budget_ms: float) -> tuple[ExportedArtifact, dict, dict | None]:
         """The TFLite Micro file to ship and its per-op prediction. TFLM decodes every LUT weight
         on every invoke (TFLM_DECODE), so LUT storage trades flash for cycles: the LUT file ships
         when it meets the latency budget; when it misses and the same model with plain int8
@@ -722,16 +726,16 @@ class Fitter:
         from hwcompress.export.tflm import lut_layers
         from hwcompress.profile.mcu import predict_tflm
 
-        data = Path(art["path"]).read_bytes()
+        data = Path(art.path).read_bytes()
         cycles = predict_tflm(data, self.target)
         if not lut_layers(data) or cycles["latency_ms"] <= budget_ms:
             shutil.rmtree(work / "export-int8", ignore_errors=True)  # an earlier attempt's
             return art, cycles, None
         plain = self._export(compressed, work / "export-int8", lut=False)
-        plain_cycles = predict_tflm(Path(plain["path"]).read_bytes(), self.target)
-        choice = {"lut_ms": cycles["latency_ms"], "lut_bytes": art["bytes"], "int8_ms": plain_cycles["latency_ms"],
-                  "int8_bytes": plain["bytes"], "budget_ms": budget_ms, "budget_bytes": self.budget_bytes}
-        if plain_cycles["latency_ms"] < cycles["latency_ms"] and plain["bytes"] <= self.budget_bytes:
+        plain_cycles = predict_tflm(Path(plain.path).read_bytes(), self.target)
+        choice = {"lut_ms": cycles["latency_ms"], "lut_bytes": art.bytes, "int8_ms": plain_cycles["latency_ms"],
+                  "int8_bytes": plain.bytes, "budget_ms": budget_ms, "budget_bytes": self.budget_bytes}
+        if plain_cycles["latency_ms"] < cycles["latency_ms"] and plain.bytes <= self.budget_bytes:
             self.log(f"  tflite-micro: LUT weights predict {cycles['latency_ms']:.2f} ms (decoded every invoke) > "
                      f"{budget_ms:g} ms; int8 weights {plain_cycles['latency_ms']:.2f} ms fit {plain['bytes']} B of "
                      f"flash: shipping int8")
@@ -752,7 +756,7 @@ class Fitter:
         prediction = predict_latency(compressed, self.target, self.weight_bits)
         v: dict[str, Any] = {
             "runtime": self.backend, "runtime_version": runtime_version(self.backend), "threads": self.target.threads,
-            "artifact": {k: art[k] for k in ("path", "files", "bytes", "weights")}, "parity_vs_torch": art["parity"],
+            "artifact": {k: getattr(art, k) for k in ("path", "files", "bytes", "weights")}, "parity_vs_torch": art.parity,
             "predicted_ms": prediction.latency_ms, "predicted_calibrated_ms": prediction.latency_ms * self.oracle.calibration,
         }
         if self.measurable:
@@ -771,11 +775,11 @@ class Fitter:
             state_bytes = _state_bytes(compressed)
             v.update(latency_ms=prediction.latency_ms, p90_ms=None, latency_source="predicted",
                      device=f"{self.target.cpu} (not attached)", how=prediction.how,
-                     peak_memory_bytes=art["bytes"] + 2 * state_bytes, peak_memory_source="predicted",
+                     peak_memory_bytes=art.bytes + 2 * state_bytes, peak_memory_source="predicted",
                      peak_memory_method="artifact bytes + input and output state buffers; interpreter and "
                                         "activation arenas not included (no device to measure)")
             if self.cfg.emulate and self.target.emulation and self.caps.emulated:
-                v["emulated_check"] = self.emulated_check(Path(art["path"]))
+                v["emulated_check"] = self.emulated_check(Path(art.path))
             if cycles is not None:
                 v.update(latency_ms=cycles["latency_ms"], how=cycles["how"], latency_model=cycles["latency_model"],
                          per_op={k: cycles[k] for k in ("cycles", "clock_mhz", "macs", "ops", "by_figure", "layers")},
@@ -783,20 +787,20 @@ class Fitter:
             if self.caps.microcontroller:  # the arena is measured in the real TFLM interpreter
                 from hwcompress.export import get_backend
 
-                session = get_backend(self.backend).load(Path(art["path"]))
+                session = get_backend(self.backend).load(Path(art.path))
                 v.update(peak_memory_bytes=session.arena_bytes, peak_memory_source="measured",
                          peak_memory_method=f"measured: TFLite Micro arena, smallest that runs (bisection to 16 B in "
                                             f"the TFLM interpreter; its recording allocator: "
                                             f"{session.arena_recorded_bytes} B); weights stay in the "
                                             f"{session.model_bytes} B model file (flash)",
-                         lut_layers=session.lut_layers, tflm_weights=self.tflm_weights(compressed, art["path"], ks))
+                         lut_layers=session.lut_layers, tflm_weights=self.tflm_weights(compressed, art.path, ks))
         if self.cfg.weights in self.caps.widths_read_back:
             from hwcompress.export import layer_widths
 
-            v["layer_widths"] = layer_widths(self.backend, Path(art["path"]), compressed)
+            v["layer_widths"] = layer_widths(self.backend, Path(art.path), compressed)
         return v
 
-    def _verified_measurement(self, art: dict, path: Path, runs: int) -> dict:
+    def _verified_measurement(self, art: ExportedArtifact, path: Path, runs: int) -> dict:
         """The final timing of an artifact, kept under --out with the digest of its files: a
         rerun of a finished budget reuses it, so a resumed fit reports what it measured
         instead of timing the same bytes again and (on a noisy machine) retrying a budget it
@@ -804,12 +808,12 @@ class Fitter:
         from hwcompress.workdir import file_digest
 
         key = {**self.key, "what": "verified measurement", "runs": runs, "threads": self.target.threads,
-               "files": {Path(f).name: file_digest(Path(f)) for f in art["files"]}}
+               "files": {Path(f).name: file_digest(Path(f)) for f in art.files}}
         cached = read_keyed(path, key, self.log)
         if cached is not None:
             self.log(f"  verified measurement reused from {path} (same artifact bytes; delete it to time again)")
             return cached["measurement"]
-        m = self._measure(art["path"], runs=runs, what=f"verify {path.parent.name}")
+        m = self._measure(art.path, runs=runs, what=f"verify {path.parent.name}")
         write_keyed(path, key, {"measurement": m})
         return m
 
