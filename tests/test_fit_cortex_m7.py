@@ -150,14 +150,14 @@ def test_lut_file_that_misses_latency_gives_way_to_int8(tmp_path) -> None:
         f = Fitter(FitConfig(target=str(target), out=tmp_path / f"out-{shipped}", model="tiny-gru"), lambda _: None, model)
         work = tmp_path / f"work-{shipped}"
         art = f._export(model, work / "export")
-        assert lut_layers(Path(art["path"]).read_bytes())
+        assert lut_layers(Path(art.path).read_bytes())
         chosen, cycles, storage = f._tflm_storage(model, work, art, budget)
         if shipped is None:
             assert storage is None and chosen == art and cycles["latency_ms"] <= budget
             continue
         assert storage["shipped"] == "int8" and storage["lut_ms"] > budget >= storage["int8_ms"] == cycles["latency_ms"]
-        assert chosen["path"] != art["path"] and not lut_layers(Path(chosen["path"]).read_bytes())
-        assert chosen["parity"]["ok"] and storage["int8_bytes"] == chosen["bytes"] > storage["lut_bytes"]
+        assert chosen.path != art.path and not lut_layers(Path(chosen.path).read_bytes())
+        assert chosen.parity["ok"] and storage["int8_bytes"] == chosen.bytes > storage["lut_bytes"]
 
 
 def test_flash_budget_that_needs_luts_sizes_them_or_names_the_wide_codebooks(tmp_path) -> None:
