@@ -623,7 +623,7 @@ class Fitter:
         own grid)."""
         from hwcompress.models.cost import layer_costs
 
-        if not self.caps.grid_exact or self.cfg.weights not in ("int8", "int4", "mixed"):
+        if self.backend is None or not self.caps.grid_exact or self.cfg.weights not in ("int8", "int4", "mixed"):
             return {}
         kinds = {r["name"]: r["kind"] for r in layer_costs(self.model)}
         four = (set(self.four_bit_layers(ks)) if self.cfg.weights == "mixed" else
@@ -737,7 +737,7 @@ class Fitter:
                   "int8_bytes": plain.bytes, "budget_ms": budget_ms, "budget_bytes": self.budget_bytes}
         if plain_cycles["latency_ms"] < cycles["latency_ms"] and plain.bytes <= self.budget_bytes:
             self.log(f"  tflite-micro: LUT weights predict {cycles['latency_ms']:.2f} ms (decoded every invoke) > "
-                     f"{budget_ms:g} ms; int8 weights {plain_cycles['latency_ms']:.2f} ms fit {plain['bytes']} B of "
+                     f"{budget_ms:g} ms; int8 weights {plain_cycles['latency_ms']:.2f} ms fit {plain.bytes} B of "
                      f"flash: shipping int8")
             return plain, plain_cycles, {**choice, "shipped": "int8",
                                          "why": "LUT decoding missed the latency budget; int8 weights fit the flash budget"}
