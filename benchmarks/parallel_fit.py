@@ -1,9 +1,9 @@
 """Wall time of a three-target, three-budget fit: serial vs `--workers 2` on this machine, side by
 side in one run, and a scaling estimate for 8 and 32 workers from the measured task times.
 
-    .venv/bin/python benchmarks/parallel_fit.py [--out runs/parallel_fit] [--model default]
+    .venv/bin/python benchmarks/parallel_fit.py [--out runs/parallel_fit] [--model default] [--budgets 2,4,8]
 
-Both runs fit the same model to raspberrypi4, x86-openvino and generic-onnx at 2, 4 and 8 ms
+Both runs fit the same model to raspberrypi4, x86-openvino and generic-onnx at --budgets (2, 4, 8 ms)
 with the same (shortened) settings, into fresh folders, so neither reuses the other's caches:
   serial     no Ray; torch with its default threads (all cores), one task after another
   workers 2  a local Ray runtime with two task slots; each task one torch thread
@@ -38,8 +38,8 @@ SETTINGS = ["--prune-steps", "30", "--cluster-steps", "10", "--eval-items", "8",
             "--no-dnsmos"]
 
 
-def fit(out: Path, model: str, extra: list[str]) -> tuple[dict, float, str]:
-    cmd = [sys.executable, "-m", "hwcompress", "fit", "--target", TARGETS, "--budget-ms", BUDGETS, "--model", model,
+def fit(out: Path, model: str, extra: list[str], budgets: str = BUDGETS) -> tuple[dict, float, str]:
+    cmd = [sys.executable, "-m", "hwcompress", "fit", "--target", TARGETS, "--budget-ms", budgets, "--model", model,
            "--out", str(out), "--json", *SETTINGS, *extra]
     started = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -85,17 +85,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "parallel_fit")
     ap.add_argument("--model", default="default")
+    ap.add_argument("--budgets", default=BUDGETS, help="--budget-ms of both fits (ms, comma-separated)")
     args = ap.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
-    serial, serial_wall, serial_cmd = fit(args.out / "serial", args.model, [])
-    parallel, parallel_wall, parallel_cmd = fit(args.out / "workers2", args.model, ["--workers", "2"])
+    serial, serial_wall, serial_cmd = fit(args.out / "serial", args.model, [], args.budgets)
+    parallel, parallel_wall, parallel_cmd = fit(args.out / "workers2", args.model, ["--workers", "2"], args.budgets)
     est = {n: estimate(parallel, parallel_wall, n) for n in (2, 8, 32)}
     import ray
     import torch
 
     result = {
-        "command": "python benchmarks/parallel_fit.py" + (f" --model {args.model}" if args.model != "default" else ""),
+        "command": "python benchmarks/parallel_fit.py" + (f" --model {args.model}" if args.model != "default" else "")
+                   + (f" --budgets {args.budgets}" if args.budgets != BUDGETS else ""),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
         "serial": {"command": serial_cmd, "wall_seconds": serial_wall, "task_seconds": serial["task_seconds"],
