@@ -51,12 +51,23 @@ def dense_ms(small_corpus, tmp_path_factory) -> tuple[float, object]:
 
 def test_binding_budget_prunes_verifies_and_is_met(dense_ms, small_corpus) -> None:
     dense, out = dense_ms
-    budget = 0.6 * dense
+    # the dense model timed again now: CI once measured it 0.73 ms in the fixture and then,
+    # during the fit, within 0.6x of that (the budget was not binding); the lesser is the base
+    f = Fitter(_cfg(out, small_corpus), log=print)
+    f.calibrate()
+    budget = 0.6 * min(dense, f._probe({})["measured_ms"])
     logged: list[str] = []
     report = fitmod.fit(_cfg(out, small_corpus, budget), log=logged.append)
     r = report["results"][0]
     assert r["latency_source"] == "measured" and r["runtime"] == "onnxruntime"
-    assert any(v > 0 for v in r["allocation"]["ratios"].values()), "a binding budget must prune"
+    if not any(v > 0 for v in r["allocation"]["ratios"].values()):
+        # a search may keep the dense model only where it measured the dense model within the
+        # budget itself, this run (the machine sped up since): anything else is a wrong result
+        dense_trials = [t for t in r["allocation"]["measured_trials"] if not any(t["ratios"].values())]
+        assert dense_trials and dense_trials[-1]["measured_ms"] <= budget * MEASURE_MARGIN, \
+            ("a binding budget must prune", r["allocation"]["measured_trials"])
+        assert r["latency_ms"] <= budget and r["budget_met"]
+        return
     assert r["macs_per_frame"]["after"] < r["macs_per_frame"]["before"]
     assert r["allocation"]["measured_trials"], "the allocation was not timed"
     # the verified figure is the final artifact's own measurement, and it is within budget
@@ -97,7 +108,7 @@ def _assert_allocates_on_the_floor(f: Fitter, curves: dict, budget: float) -> No
     logged: list[str] = []
     f.log = logged.append
     chosen, trials = f.allocate(curves, budget)
-    kept = [t for t in trials if t["ratios"] == chosen.ratios][-1]
+    kept = [t for t in trials if t["ratios"] == chosen.ratios and "peak_memory_bytes" in t][-1]
     assert kept["measured_ms"] <= budget * MEASURE_MARGIN
     assert any("re-anchored" in m or "most pruned model" in m for m in logged), logged
 
@@ -221,3 +232,29 @@ def test_ram_budget_prunes_until_the_measured_peak_fits(dense_ms, small_corpus) 
     assert any(v > 0 for v in r["allocation"]["ratios"].values()), "a binding RAM budget must prune"
     assert r["peak_memory_source"] == "measured" and r["peak_memory_bytes"] <= budget, (r["peak_memory_bytes"], budget)
     assert r["budget_met"] and not r["not_met_because"]
+
+
+def test_optimistic_ram_model_is_tightened_by_measurement(dense_ms, small_corpus) -> None:
+    """A RAM model that believes every allocation fits (its state steered: the dense model's
+    peak read as the floor's, 0.01 B per weight) first keeps the dense model; the probe's
+    measured peak misses the RAM budget, the miss steepens the model's line, and the
+    allocation kept is one whose measured peak fits. The runtime and its peaks stay real."""
+    dense, out = dense_ms
+    f, curves = _calibrated_fitter(out, small_corpus)
+    dense_peak = f.calibration_log[0]["peak_memory_bytes"]
+    floor_peak, _ = f.ram_floor()
+    f.ram_budget = int((dense_peak + floor_peak) / 2)
+    f.calibration_log[0] = {**f.calibration_log[0], "peak_memory_bytes": floor_peak + 1}
+    f.bytes_per_weight = 0.01
+    assert f.budget_params() >= f.oracle.params({}), "the steered RAM model must call the dense model within budget"
+    logged: list[str] = []
+    f.log = logged.append
+    chosen, trials = f.allocate(curves, 3 * dense)
+    assert not any(trials[0]["ratios"].values()) and trials[0]["peak_memory_bytes"] > f.ram_budget * MEASURE_MARGIN
+    assert f.ram_misses and "missed the RAM budget" in f.ram_model()[2]
+    assert any(chosen.ratios.values())
+    kept = [t for t in trials if t["ratios"] == chosen.ratios]
+    if kept:  # an allocation timed here; else the floor, whose peak check_feasible measured within the budget
+        assert kept[-1]["peak_memory_bytes"] <= f.ram_budget * MEASURE_MARGIN, trials
+    else:
+        assert chosen.ratios == f.floor_ratios and floor_peak <= f.ram_budget * MEASURE_MARGIN

@@ -222,6 +222,9 @@ class Fitter:
         self.floor_how = "predicted"
         self.floor_ratios: dict[str, float] = {}
         self._floor_probe: dict | None = None  # the most pruned model's export (and measurement)
+        #: (kept weights, measured peak bytes) of this budget's allocations whose measured RAM
+        #: missed the RAM budget: each steepens the RAM model's line (`ram_model`)
+        self.ram_misses: list[list[float]] = []
         self.data: Path | None = None  # the corpus, once _fit knows it
         self._calibration_audio: list[np.ndarray] | None = None
 
@@ -385,10 +388,26 @@ class Fitter:
             per_weight = (dense["peak_memory_bytes"] - floor["peak_memory_bytes"]) / (dense["params"] - floor["params"])
             # RSS is paged: a slope at or under zero is noise; the file's bytes per weight bound it below
             per_weight = max(per_weight, self.bytes_per_weight)
-            return (floor["peak_memory_bytes"] - per_weight * floor["params"], per_weight,
-                    "measured peaks of the dense and the most pruned model, a line through the two")
+            how = "measured peaks of the dense and the most pruned model, a line through the two"
+            # a pruned model that measured over the line (a runtime's arenas need not shrink in
+            # proportion to its weights): the line from the floor through it, so that every
+            # measured point lies on or under the model
+            steeper = [(peak - floor["peak_memory_bytes"]) / (params - floor["params"])
+                       for params, peak in self.ram_misses if params > floor["params"]]
+            if steeper and max(steeper) > per_weight:
+                per_weight = max(steeper)
+                how = (f"measured peaks of the most pruned model and of {len(self.ram_misses)} allocation(s) "
+                       "that missed the RAM budget, a line through the floor and the steepest")
+            return floor["peak_memory_bytes"] - per_weight * floor["params"], per_weight, how
         fixed, per_weight = self.size_model()
         return 2.0 * _state_bytes(self.model) + fixed, per_weight, "predicted: artifact bytes + input and output state buffers"
+
+    def ram_fits(self, measured: dict) -> bool | None:
+        """Whether a measured peak (a probe's or the verified artifact's) is within the RAM
+        budget's measured share; None where no RAM model applies or no peak was measured."""
+        if measured.get("peak_memory_bytes") is None or not self.measurable or self.caps.microcontroller:
+            return None
+        return measured["peak_memory_bytes"] <= self.ram_budget * self.margin
 
     def ram_floor(self) -> tuple[float, str]:
         """The most pruned model's RAM: measured where it ran here, else by `ram_model`."""
@@ -568,9 +587,14 @@ class Fitter:
                 break
             probe = self._probe(a.ratios)
             trials.append({"attempt": attempt, "ratios": a.ratios, "predicted_ms": a.predicted_ms, **probe})
+            ram_ok = self.ram_fits(probe)
             self.log(f"  allocation {attempt}: predicted {a.predicted_ms:.3f} ms, measured {probe['measured_ms']:.3f} ms "
-                     f"(budget {budget_ms:g} ms)")
-            fits = probe["measured_ms"] <= budget_ms * MEASURE_MARGIN
+                     f"(budget {budget_ms:g} ms)" + ("" if ram_ok is None else
+                                                     f"; peak RAM {probe['peak_memory_bytes']} B measured "
+                                                     f"(budget {self.ram_budget} B)"))
+            fits = probe["measured_ms"] <= budget_ms * MEASURE_MARGIN and ram_ok is not False
+            if ram_ok is False:
+                self.ram_misses.append([probe["params"], probe["peak_memory_bytes"]])
             if fits:
                 feasible.append(a)
                 if probe["measured_ms"] >= budget_ms * LOOSEN_BELOW:
@@ -929,15 +953,20 @@ class SearchState:
         self.data = read_keyed(path, key, log) or {}
 
     def resume(self, f: "Fitter") -> int:
+        f.ram_misses = [list(x) for x in self.data.get("ram_misses", [])]
         if "calibration" in self.data:
             f.oracle.calibration = self.data["calibration"]
             if self.data["attempt"]:
-                self.log(f"  resuming at verify retry {self.data['attempt']} with the tightened latency model "
-                         f"({self.path})")
+                self.log(f"  resuming at verify retry {self.data['attempt']} with the tightened latency and RAM "
+                         f"models ({self.path})")
         return int(self.data.get("attempt", 0))
 
-    def save(self, attempt: int, calibration: float, **made: Any) -> None:
-        self.data = {"attempt": attempt, "calibration": calibration, **made}
+    def save(self, f: "Fitter", attempt: int, calibration: float, ram_misses: list | None = None,
+             **made: Any) -> None:
+        """The attempt and the latency and RAM models it starts from (`ram_misses`: f's now by
+        default), with what it made once made."""
+        self.data = {"attempt": attempt, "calibration": calibration,
+                     "ram_misses": f.ram_misses if ram_misses is None else ram_misses, **made}
         write_keyed(self.path, self.key, self.data)
 
     def allocation(self, f: "Fitter", curves: dict, budget_ms: float,
@@ -945,12 +974,15 @@ class SearchState:
         made = self.data.get("allocation") if self.data.get("attempt", 0) == attempt else None
         if made:
             f.oracle.calibration = self.data["calibration_after"]
+            f.ram_misses = [list(x) for x in self.data.get("ram_misses_after", f.ram_misses)]
             self.log(f"  allocation of attempt {attempt} reused from {self.path}")
             return alloc.Allocation(**made), self.data["trials"]
         start = f.oracle.calibration
-        self.save(attempt, start)
+        self.save(f, attempt, start)
+        start_misses = [list(x) for x in f.ram_misses]
         a, trials = f.allocate(curves, budget_ms)
-        self.save(attempt, start, allocation=asdict(a), trials=trials, calibration_after=f.oracle.calibration)
+        self.save(f, attempt, start, ram_misses=start_misses, allocation=asdict(a), trials=trials,
+                  calibration_after=f.oracle.calibration, ram_misses_after=f.ram_misses)
         return a, trials
 
 
@@ -1071,6 +1103,7 @@ def fit_budget(f: Fitter, p: Plan, budget: float, baseline_q: dict) -> BudgetRes
     work.mkdir(parents=True, exist_ok=True)
     log(f"budget {budget:g} ms on {f.target.name}")
     f.oracle.calibration = getattr(f, "base_calibration", f.oracle.calibration)
+    f.ram_misses = []  # each budget starts from the dense and floor peaks alone, as its calibration does
     state = SearchState(work / "search-state.json", {**f.key, "budget_ms": budget, "budget_bytes": f.budget_bytes,
                                                      "ram_budget_bytes": f.ram_budget}, log)
     attempt = state.resume(f)
@@ -1080,16 +1113,25 @@ def fit_budget(f: Fitter, p: Plan, budget: float, baseline_q: dict) -> BudgetRes
         compressed = load_model(str(work / "model.hwc"), template=f.model).eval()
         v = f.verify(compressed, work, ks, budget)
         checked = v["latency_source"] == "measured" or v.get("latency_model") == "per-op cycles"
-        if not checked or v["latency_ms"] <= budget or attempt >= cfg.retries:
+        slow = checked and v["latency_ms"] > budget
+        # the verified peak over the RAM budget itself (the search aimed under its measured share)
+        heavy = v["peak_memory_source"] == "measured" and f.ram_fits(v) is not None \
+            and v["peak_memory_bytes"] > f.ram_budget
+        if not (slow or heavy) or attempt >= cfg.retries:
             break
-        log(f"  verified {v['latency_ms']:.3f} ms ({v['latency_source']}) > {budget:g} ms: tightening and "
-            f"compressing again")
-        # re-scale by what this allocation measured against what the model predicts for it
-        # (not against the budget: an allocation far off the budget would over-correct and
-        # make every later allocation look infeasible)
-        f.oracle.calibration *= v["latency_ms"] / max(f.oracle.latency_ms(allocation.ratios), 1e-9)
+        log("  verified " + " and ".join(
+            ([f"{v['latency_ms']:.3f} ms ({v['latency_source']}) > {budget:g} ms"] if slow else [])
+            + ([f"peak RAM {v['peak_memory_bytes']} B (measured) > {f.ram_budget} B"] if heavy else []))
+            + ": tightening and compressing again")
+        if slow:
+            # re-scale by what this allocation measured against what the model predicts for it
+            # (not against the budget: an allocation far off the budget would over-correct and
+            # make every later allocation look infeasible)
+            f.oracle.calibration *= v["latency_ms"] / max(f.oracle.latency_ms(allocation.ratios), 1e-9)
+        if heavy:
+            f.ram_misses.append([sum(t.numel() for t in compressed.parameters()), v["peak_memory_bytes"]])
         attempt += 1
-        state.save(attempt, f.oracle.calibration)
+        state.save(f, attempt, f.oracle.calibration)
     q = f.quality(compressed, data, work / "quality.json", artifact=v["artifact"]["path"])
     runtime_bytes = v["artifact"]["bytes"]
     memory_ok = v["peak_memory_bytes"] is None or v["peak_memory_bytes"] <= f.ram_budget
