@@ -244,6 +244,51 @@ def test_a_timing_waits_for_running_steps_and_holds_later_ones(tmp_path) -> None
     assert events["later-start"] >= events["timing-end"]  # the later step waited for the whole timing
 
 
+def _spin(seconds: float):
+    """A process that keeps one core busy for `seconds` and takes no lock (a worker starting,
+    an import, a daemon)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", f"import time\nt = time.time()\nwhile time.time() - t < {seconds}: pass"])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads Linux's /proc/stat")
+def test_a_timing_waits_for_a_busy_process_that_takes_no_lock(tmp_path, monkeypatch) -> None:
+    from hwcompress import hostlock
+
+    monkeypatch.setenv("HWC_QUIET_LOCK", str(tmp_path / "quiet.lock"))
+    spinner = _spin(2.0)
+    time.sleep(0.5)  # running now
+    started = time.monotonic()
+    with hostlock.quiet():
+        seen = hostlock.settled()
+        began = time.monotonic()
+    spinner.wait(timeout=30)
+    assert seen["others_cores_at_start"] > 0.5, seen  # it saw the spinner's core...
+    assert seen["quiet"] and seen["others_cores"] <= hostlock.SETTLE_CORES, seen  # ...and began once it ended
+    assert began - started >= 1.0 and seen["waited_s"] >= 1.0, seen
+    assert hostlock.settled() is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads Linux's /proc/stat")
+def test_a_timing_waits_for_a_busy_machine_at_most_settle_max(tmp_path, monkeypatch) -> None:
+    from hwcompress import hostlock
+
+    monkeypatch.setenv("HWC_QUIET_LOCK", str(tmp_path / "quiet.lock"))
+    monkeypatch.setattr(hostlock, "SETTLE_MAX_S", 0.6)
+    spinner = _spin(4.0)
+    time.sleep(0.5)
+    try:
+        with hostlock.quiet():
+            seen = hostlock.settled()
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert not seen["quiet"] and seen["others_cores"] > hostlock.SETTLE_CORES, seen
+    assert 0.6 <= seen["waited_s"] < 2.0, seen
+
+
 def test_hostlock_is_a_no_op_without_the_variable(monkeypatch) -> None:
     from hwcompress import hostlock
 

@@ -44,7 +44,7 @@ import torch
 from hwcompress.device import describe
 from hwcompress.errors import HwcError
 from hwcompress.export.capabilities import Capabilities
-from hwcompress.hostlock import cpu_share, quiet
+from hwcompress.hostlock import cpu_share, quiet, settled
 from hwcompress.models.zoo import SEModel
 from hwcompress.search import allocate as alloc
 from hwcompress.search import sensitivity as sens
@@ -260,8 +260,14 @@ class Fitter:
         from hwcompress.profile.measure import measure_artifact
 
         with quiet():  # in a parallel fit, no other task's step runs on this machine meanwhile
-            return measure_artifact(self.backend, Path(path), self.target.threads, runs or self.cfg.measure_runs,
-                                    precision=self.activations)
+            m = measure_artifact(self.backend, Path(path), self.target.threads, runs or self.cfg.measure_runs,
+                                 precision=self.activations)
+            if settled() is not None:  # the machine's other CPU use before this timing
+                m["quiet"] = settled()
+                if not m["quiet"]["quiet"]:
+                    self.log(f"  {what or 'timing'}: other processes still used {m['quiet']['others_cores']:.2f} "
+                             f"cores after {m['quiet']['waited_s']:.0f} s; timed anyway (the figure may be slow)")
+            return m
 
     def _probe(self, ratios: dict[str, float]) -> dict:
         """Export and (if measurable) time the one-shot pruned model of `ratios`."""
@@ -280,6 +286,8 @@ class Fitter:
                 m = self._measure(art.path, what="pruned model " + ", ".join(
                     f"{g} {r:.0%}" for g, r in ratios.items() if r) if any(ratios.values()) else "dense model")
                 result.update(measured_ms=m["median_ms"], p90_ms=m["p90_ms"], peak_memory_bytes=m["peak_memory_bytes"])
+                if "quiet" in m:  # a parallel run: the machine's other CPU use before the timing
+                    result["quiet"] = m["quiet"]
                 if "device" in m:  # a pool host; one without Linux's /proc reports no peak
                     result["measured_on"] = m["device"]["host"]
                     if m["peak_memory_bytes"] is None:
