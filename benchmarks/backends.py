@@ -64,20 +64,20 @@ def main(argv: list[str] | None = None) -> int:
                 nbytes = artifact_bytes(path)
                 m = measure_artifact(backend, path, target.threads, runs=args.runs, warmup=50, top=1)
                 bench = "-"
-                own = f"{m['runtime_median_ms']:.3f}" if m.get("runtime_median_ms") is not None else "-"
+                own = f"{m.runtime_median_ms:.3f}" if m.runtime_median_ms is not None else "-"
                 if backend == "openvino":
                     try:
                         b = benchmark_app_latency(path, target.threads, niter=args.runs)
-                        bench = f"{b['median_ms']:.3f} (ours {100 * (m['median_ms'] / b['median_ms'] - 1):+.0f}%)"
-                        if m.get("runtime_median_ms") is not None:
-                            own += f" ({100 * (m['runtime_median_ms'] / b['median_ms'] - 1):+.0f}%)"
+                        bench = f"{b['median_ms']:.3f} (ours {100 * (m.median_ms / b['median_ms'] - 1):+.0f}%)"
+                        if m.runtime_median_ms is not None:
+                            own += f" ({100 * (m.runtime_median_ms / b['median_ms'] - 1):+.0f}%)"
                     except HwcError as exc:  # keep the other rows; say what went wrong in this cell
                         bench = f"not measured ({str(exc)[:60]})"
                 if ref is None:
-                    ref = (nbytes, m["median_ms"])
+                    ref = (nbytes, m.median_ms)
                 lines.append(f"| {backend} {runtime_version(backend)} | {target.threads} | {label} | {nbytes} | "
-                             f"{m['median_ms']:.3f} | {m['p90_ms']:.3f} | {m['peak_memory_bytes'] / 2**20:.1f} | "
-                             f"{ref[0] / nbytes:.2f}x smaller | {ref[1] / m['median_ms']:.2f}x faster | {own} | {bench} |")
+                             f"{m.median_ms:.3f} | {m.p90_ms:.3f} | {m.peak_memory_bytes / 2**20:.1f} | "
+                             f"{ref[0] / nbytes:.2f}x smaller | {ref[1] / m.median_ms:.2f}x faster | {own} | {bench} |")
                 print(lines[-1], file=sys.stderr, flush=True)
     lines += ["", "benchmark_app: OpenVINO's tool on the same IR, CPU, LATENCY hint, 1 stream, sync, same threads; "
               "it reports each inference's InferRequest.latency (the runtime's own timing). *median ms* is our "

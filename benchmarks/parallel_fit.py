@@ -47,7 +47,12 @@ def fit(out: Path, model: str, extra: list[str], budgets: str = BUDGETS) -> tupl
     (out.parent / f"{out.name}.log").write_text(proc.stderr)
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout), wall, "hwcompress " + " ".join(cmd[3:])
+    report = json.loads(proc.stdout)
+    # a target that failed (a runtime not installed) would leave its rows out of both tables unsaid
+    failed = {t: pt["error"] for t, pt in report["per_target"].items() if pt.get("error")}
+    if failed:
+        sys.exit(f"{' '.join(cmd)}: target(s) failed, the comparison would be incomplete: {failed}")
+    return report, wall, "hwcompress " + " ".join(cmd[3:])
 
 
 def lpt(durations: list[float], workers: int) -> float:

@@ -314,7 +314,8 @@ def measure(row: Row, runs: int) -> dict:
 
     r = measure_artifact(TARGETS[row.target], Path(row.path), load_target(row.target).threads, runs=runs, warmup=50,
                          top=0)
-    out = {k: r.get(k) for k in ("median_ms", "p90_ms", "peak_memory_bytes")} | {"load_avg": r["host"]["load_avg"]}
+    out = {"median_ms": r.median_ms, "p90_ms": r.p90_ms, "peak_memory_bytes": r.peak_memory_bytes,
+           "load_avg": r.host["load_avg"]}
     if TARGETS[row.target] == "openvino":
         from hwcompress.errors import HwcError
         from hwcompress.profile.measure import benchmark_app_latency

@@ -189,11 +189,11 @@ def test_pool_spreads_measurements_over_hosts_one_at_a_time(ssh_env, tiny_tflite
     tg = load_target("raspberrypi4")
     calls = [functools.partial(pool.measure, tg, tiny_tflite, 30, 3, f"m{i}") for i in range(6)]
     results = pool.parallel(tg, calls)
-    assert {r["device"]["host"] for r in results} == set(ssh_env["up"])
+    assert {r.device["host"] for r in results} == set(ssh_env["up"])
     for r in results:
-        assert r["latency_source"] == "measured" and r["runs"] == 30 and 0 < r["median_ms"] <= r["p90_ms"]
-        assert r["device"]["machine"] == os.uname().machine and r["device"]["cpu"]
-        assert "not of the target" in r["warning"]  # x86 loopback standing in for a Pi: said, not hidden
+        assert r.latency_source == "measured" and r.runs == 30 and 0 < r.median_ms <= r.p90_ms
+        assert r.device["machine"] == os.uname().machine and r.device["cpu"]
+        assert "not of the target" in r.warning  # x86 loopback standing in for a Pi: said, not hidden
     state = pool.state()
     counts = _no_overlap(state["measurements"])
     assert set(counts) == set(ssh_env["up"]) and sum(counts.values()) == 6, counts
@@ -226,7 +226,7 @@ def test_host_that_stops_mid_run_is_retried_elsewhere(ssh_env, tiny_tflite, tmp_
         proc.wait(timeout=10)
     # both unused so far: the first listed, the stopped one, is tried first
     results = [pool.measure(tg, tiny_tflite, 20, 2, f"after the stop {i}") for i in range(2)]
-    assert [r["device"]["host"] for r in results] == [ssh_env["up"][0]] * 2
+    assert [r.device["host"] for r in results] == [ssh_env["up"][0]] * 2
     state = pool.state()
     assert [d["host"] for d in state["down"]] == [stopping] and "SSH connection failed" in state["down"][0]["reason"]
     failed = [m for m in state["measurements"] if not m["ok"]]

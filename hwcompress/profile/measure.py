@@ -47,6 +47,7 @@ from hwcompress.errors import HwcError
 from hwcompress.export import CAPABILITIES, capabilities
 from hwcompress.export.capabilities import resolve
 from hwcompress.export.probe import artifact_files, runtime_version, speech_like_frames  # noqa: F401 (re-exported)
+from hwcompress.profile.measurement import Measurement
 from hwcompress.targets import Target, load_target
 
 REPO = Path(hwcompress.__file__).resolve().parent.parent
@@ -306,7 +307,7 @@ def _budgets(target: Target, latency: float | None, memory: int | None, storage:
 
 
 def measure_artifact(backend: str, path: Path, threads: int, runs: int = 300, warmup: int = 50,
-                     top: int = 10, precision: str | None = None) -> dict[str, Any]:
+                     top: int = 10, precision: str | None = None) -> Measurement:
     """Time an exported streaming artifact here, in a fresh subprocess (median_ms, p90_ms,
     peak_memory_bytes, per-layer times where the runtime has a profiler), its activations at
     `precision` (None: the runtime's default)."""
@@ -314,7 +315,7 @@ def measure_artifact(backend: str, path: Path, threads: int, runs: int = 300, wa
     result = _run_child(backend, Path(path), threads, runs, warmup, top, precision)
     result.update({"latency_source": "measured", "host": {**host_info(), "load_avg": load_before,
                                                           "load_avg_after": _load_avg()}})
-    return result
+    return Measurement.from_json(result)
 
 
 def profile_artifact(path: str | os.PathLike[str], target: Target | str, backend: str | None = None,

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, TypeVar
 
 from hwcompress.errors import HwcError
+from hwcompress.profile.measurement import Measurement
 from hwcompress.profile.remote import DEVICE_RUNTIME, HostDown, SshDevice, measure_tflite
 from hwcompress.targets import ARCHES, Target
 
@@ -461,16 +462,16 @@ class DevicePool:
                                "seconds": round(end - start, 3), "ok": ok})
 
     def measure(self, target: Target, path: str | os.PathLike[str], runs: int, warmup: int = 50,
-                what: str | None = None) -> dict[str, Any]:
+                what: str | None = None) -> Measurement:
         """Time the streaming .tflite at `path` on a pool host serving `target`, with its threads:
         `remote.measure_tflite`'s figures, the host named in `device`, and a `warning` when the
         host's machine is not the target's arch."""
         m = self.run(target, what or Path(path).name,
                      lambda device, facts: measure_tflite(device, Path(path), target.threads, runs, warmup))
-        machine = m["device"]["machine"].lower()
+        machine = m.device["machine"].lower()
         if {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine) != target.arch:
-            m["warning"] = (f"pool host {m['device']['host']} is {m['device']['machine']}, the target {target.name} is "
-                            f"{target.arch}: this is a measurement of that machine, not of the target")
+            m = m.with_(warning=f"pool host {m.device['host']} is {m.device['machine']}, the target {target.name} is "
+                                f"{target.arch}: this is a measurement of that machine, not of the target")
         return m
 
     def parallel(self, target: Target, calls: list[Callable[[], T]],
@@ -562,9 +563,9 @@ def profile_models(models: list[str], target: Target, pool: DevicePool, runs: in
         for it, m in zip(items, timed):
             r = {"model": it["model"], "target": target.name, "target_runtime": target.runtime,
                  "weights": it["weights"], **({"weights_source": it["weights_source"]} if "weights_source" in it else {}),
-                 "latency_ms": m["median_ms"], **m,
+                 "latency_ms": m.median_ms, **m.to_json(),
                  "artifact": {"path": str(it["path"]), "bytes": artifact_bytes(it["path"]), "kept": it["kept"]}}
-            r["fits_latency"] = bool(m["median_ms"] <= target.latency_budget_ms)
+            r["fits_latency"] = bool(m.median_ms <= target.latency_budget_ms)
             r["latency_budget_ms"] = target.latency_budget_ms
             results.append(r)
     return {"target": target.name, "results": results, "pool": pool.state()}

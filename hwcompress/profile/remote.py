@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from hwcompress.errors import HwcError
+from hwcompress.profile.measurement import Measurement
 
 RUNNER = Path(__file__).with_name("device_runner.py")
 #: the backend whose artifacts the device runner runs (.tflite files, with ai-edge-litert or
@@ -129,7 +130,7 @@ class SshDevice:
         return outputs, info
 
 
-def measure_tflite(device: SshDevice, path: Path, threads: int, runs: int, warmup: int = 50) -> dict[str, Any]:
+def measure_tflite(device: SshDevice, path: Path, threads: int, runs: int, warmup: int = 50) -> Measurement:
     """Time an exported streaming .tflite on `device`: `runs` hops of speech-like frames with the
     state carried, after `warmup` untimed ones. The keys `measure.measure_artifact` returns
     (median_ms, p90_ms, mean_ms, min_ms, max_ms, runs, warmup, peak_memory_bytes,
@@ -152,7 +153,7 @@ def measure_tflite(device: SshDevice, path: Path, threads: int, runs: int, warmu
     del session
     _, info = device.run_tflite(path, feeds, runs=runs, warmup=warmup, threads=threads)
     lat = info["latency_ms"]
-    return {
+    return Measurement.from_json({
         "median_ms": lat["median"], "p90_ms": lat["p90"], "mean_ms": lat["mean"], "min_ms": lat["min"],
         "max_ms": lat["max"], "runs": runs, "warmup": warmup, "load_seconds": info["load_ms"] / 1e3,
         "latency_source": "measured",
@@ -168,4 +169,4 @@ def measure_tflite(device: SshDevice, path: Path, threads: int, runs: int, warmu
                 f"{info.get('cpu', 'unknown CPU')}) with the self-contained device runner over SSH, "
                 f"{info['runtime']['name']} {info['runtime']['version']}, {info['threads']} thread(s), device load "
                 f"{info.get('load_avg')}; one timed invoke = {info['latency_scope']}"),
-    }
+    })

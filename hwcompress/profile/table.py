@@ -232,15 +232,15 @@ def time_specs(specs: list[tuple[str, str, dict]], backend: str, threads: int, r
                     functools.partial(pool.measure, target, item["path"], runs, 30, f"{item['model']} {item['weights']}")
                     for item in out], progress=lambda: bar.advance(task))
                 for item, m in zip(out, timed):
-                    item["repeat_ms"].append(m["median_ms"])
-                    item["repeat_hosts"].append(m["device"]["host"])
-                    item["runtime_version"] = f"{m['runtime']} {m['runtime_version']}"
+                    item["repeat_ms"].append(m.median_ms)
+                    item["repeat_hosts"].append(m.device["host"])
+                    item["runtime_version"] = f"{m.runtime} {m.runtime_version}"
                 continue
             for item in out:
                 m = measure_artifact(backend, item["path"], threads, runs=runs, warmup=30, top=0)
-                item["repeat_ms"].append(m["median_ms"])
-                if m.get("runtime_median_ms") is not None:
-                    item["runtime_repeat_ms"].append(m["runtime_median_ms"])
+                item["repeat_ms"].append(m.median_ms)
+                if m.runtime_median_ms is not None:
+                    item["runtime_repeat_ms"].append(m.runtime_median_ms)
                 bar.advance(task)
     for item in out:
         item["median_ms"] = float(np.median(item["repeat_ms"]))

@@ -46,6 +46,7 @@ from hwcompress.errors import HwcError
 from hwcompress.export.capabilities import Capabilities
 from hwcompress.hostlock import cpu_share, quiet, settled
 from hwcompress.models.zoo import SEModel
+from hwcompress.profile.measurement import Measurement
 from hwcompress.search import allocate as alloc
 from hwcompress.search import sensitivity as sens
 from hwcompress.search.sensitivity import atomic_json
@@ -254,7 +255,7 @@ class Fitter:
             self._calibration_audio = [row["noisy"] for row in eval_set(self.data, "valid", self.cfg.sensitivity_items)]
         return self._calibration_audio or []
 
-    def _measure(self, path: str, runs: int | None = None, what: str | None = None) -> dict:
+    def _measure(self, path: str, runs: int | None = None, what: str | None = None) -> Measurement:
         if self.pool is not None:  # on a free pool host serving the target, named in the result's `device`
             return self.pool.measure(self.target, Path(path), runs or self.cfg.measure_runs, what=what)
         from hwcompress.profile.measure import measure_artifact
@@ -263,10 +264,10 @@ class Fitter:
             m = measure_artifact(self.backend, Path(path), self.target.threads, runs or self.cfg.measure_runs,
                                  precision=self.activations)
             if settled() is not None:  # the machine's other CPU use before this timing
-                m["quiet"] = settled()
-                if not m["quiet"]["quiet"]:
-                    self.log(f"  {what or 'timing'}: other processes still used {m['quiet']['others_cores']:.2f} "
-                             f"cores after {m['quiet']['waited_s']:.0f} s; timed anyway (the figure may be slow)")
+                m = m.with_(quiet=settled())
+                if not m.quiet["quiet"]:
+                    self.log(f"  {what or 'timing'}: other processes still used {m.quiet['others_cores']:.2f} "
+                             f"cores after {m.quiet['waited_s']:.0f} s; timed anyway (the figure may be slow)")
             return m
 
     def _probe(self, ratios: dict[str, float]) -> dict:
@@ -285,12 +286,12 @@ class Fitter:
             if self.measurable:
                 m = self._measure(art.path, what="pruned model " + ", ".join(
                     f"{g} {r:.0%}" for g, r in ratios.items() if r) if any(ratios.values()) else "dense model")
-                result.update(measured_ms=m["median_ms"], p90_ms=m["p90_ms"], peak_memory_bytes=m["peak_memory_bytes"])
-                if "quiet" in m:  # a parallel run: the machine's other CPU use before the timing
-                    result["quiet"] = m["quiet"]
-                if "device" in m:  # a pool host; one without Linux's /proc reports no peak
-                    result["measured_on"] = m["device"]["host"]
-                    if m["peak_memory_bytes"] is None:
+                result.update(measured_ms=m.median_ms, p90_ms=m.p90_ms, peak_memory_bytes=m.peak_memory_bytes)
+                if m.quiet is not None:  # a parallel run: the machine's other CPU use before the timing
+                    result["quiet"] = m.quiet
+                if m.device is not None:  # a pool host; one without Linux's /proc reports no peak
+                    result["measured_on"] = m.device["host"]
+                    if m.peak_memory_bytes is None:
                         del result["peak_memory_bytes"]
             elif self.per_op:
                 from hwcompress.profile.mcu import predict_tflm
@@ -794,15 +795,15 @@ class Fitter:
         if self.measurable:
             runs = max(self.cfg.measure_runs, self.cfg.final_runs)
             m = self._verified_measurement(art, work / "verified-measurement.json", runs)
-            v.update(latency_ms=m["median_ms"], p90_ms=m["p90_ms"], latency_source="measured",
-                     device=f"{m['host']['cpu']} (this machine)", peak_memory_bytes=m["peak_memory_bytes"],
-                     peak_memory_source="measured", peak_memory_method=m["peak_memory_method"],
+            v.update(latency_ms=m.median_ms, p90_ms=m.p90_ms, latency_source="measured",
+                     device=f"{m.host['cpu']} (this machine)", peak_memory_bytes=m.peak_memory_bytes,
+                     peak_memory_source="measured", peak_memory_method=m.peak_memory_method,
                      how=f"median of {runs} streaming hops of the exported artifact in a fresh "
-                         f"subprocess, {self.target.threads} thread(s), host load {m['host'].get('load_avg')}")
-            if "device" in m:  # timed on a pool host: named, with what its runner reported
-                d = m["device"]
-                v.update(device=f"{d['cpu']} ({d['machine']}) at {d['host']} over SSH", how=m["how"],
-                         measured_on={**d, **({"warning": m["warning"]} if m.get("warning") else {})})
+                         f"subprocess, {self.target.threads} thread(s), host load {m.host.get('load_avg')}")
+            if m.device is not None:  # timed on a pool host: named, with what its runner reported
+                d = m.device
+                v.update(device=f"{d['cpu']} ({d['machine']}) at {d['host']} over SSH", how=m.how,
+                         measured_on={**d, **({"warning": m.warning} if m.warning else {})})
         else:
             state_bytes = _state_bytes(compressed)
             v.update(latency_ms=prediction.latency_ms, p90_ms=None, latency_source="predicted",
@@ -832,7 +833,7 @@ class Fitter:
             v["layer_widths"] = layer_widths(self.backend, Path(art.path), compressed)
         return v
 
-    def _verified_measurement(self, art: ExportedArtifact, path: Path, runs: int) -> dict:
+    def _verified_measurement(self, art: ExportedArtifact, path: Path, runs: int) -> Measurement:
         """The final timing of an artifact, kept under --out with the digest of its files: a
         rerun of a finished budget reuses it, so a resumed fit reports what it measured
         instead of timing the same bytes again and (on a noisy machine) retrying a budget it
@@ -844,9 +845,9 @@ class Fitter:
         cached = read_keyed(path, key, self.log)
         if cached is not None:
             self.log(f"  verified measurement reused from {path} (same artifact bytes; delete it to time again)")
-            return cached["measurement"]
+            return Measurement.from_json(cached["measurement"])
         m = self._measure(art.path, runs=runs, what=f"verify {path.parent.name}")
-        write_keyed(path, key, {"measurement": m})
+        write_keyed(path, key, {"measurement": m.to_json()})
         return m
 
     def tflm_weights(self, compressed: SEModel, path: str, ks: dict[str, int]) -> list[dict]:

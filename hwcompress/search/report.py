@@ -497,8 +497,8 @@ def layer_details(report: dict, dense: Any, target: Any = None) -> tuple[dict, d
         else:
             try:
                 m = measure_artifact(r["runtime"], path, r["threads"], runs=LAYER_TIME_RUNS, warmup=10, top=LAYER_TIME_TOP)
-                t = LayerTimes(rows=m["layers"], source=m["layers_source"], total_ms=m.get("layers_total_ms"),
-                               count=m.get("layers_count", len(m["layers"])))
+                t = LayerTimes(rows=m.layers, source=m.layers_source, total_ms=m.layers_total_ms,
+                               count=m.layers_count or len(m.layers))
             except HwcError as exc:
                 t = LayerTimes(source=f"profiled run failed: {exc}")
         times[r["budget_ms"]] = t
