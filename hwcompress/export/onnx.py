@@ -432,17 +432,11 @@ def exact_weights(path: Path, net: torch.nn.Module) -> dict[str, bool]:
     from onnx import numpy_helper
 
     model = onnx.load(str(path), load_external_data=False)
+    from hwcompress.export.probe import weights_held
+
     held = list(stored_weight_values(path).values()) + [
         numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
-    out = {}
-    for name, p in net.named_parameters():
-        if p.dim() < 2:
-            continue
-        p = p.detach().numpy()
-        out[name] = any(np.array_equal(a.reshape(p.shape), p) or (a.ndim == 2 and a.T.shape == p.shape
-                        and np.array_equal(a.T, p)) or np.array_equal(np.sort(a.ravel()), np.sort(p.ravel()))
-                        for a in held if a.size == p.size)
-    return out
+    return weights_held(net, held, gate_order_free=True)
 
 
 def layer_times(path: Path, session: OnnxSession, frames: np.ndarray, runs: int, threads: int, tmp: Path,

@@ -239,15 +239,9 @@ def stored_weight_values(path: Path) -> dict[str, np.ndarray]:
 def exact_weights(path: Path, net: torch.nn.Module) -> dict[str, bool]:
     """Per weight matrix of `net`, whether the IR computes with exactly its values
     (`stored_weight_values`): element by element as stored, reshaped or transposed."""
-    held = list(stored_weight_values(path).values())
-    out = {}
-    for name, p in net.named_parameters():
-        if p.dim() < 2:
-            continue
-        p = p.detach().numpy()
-        out[name] = any(np.array_equal(a.reshape(p.shape), p) or (a.ndim == 2 and a.T.shape == p.shape
-                        and np.array_equal(a.T, p)) for a in held if a.size == p.size)
-    return out
+    from hwcompress.export.probe import weights_held
+
+    return weights_held(net, list(stored_weight_values(path).values()))
 
 
 def executed_widths(path: Path, threads: int = 1, precision: str = "f32") -> dict[str, str]:

@@ -152,3 +152,21 @@ def audio_frames(audio: np.ndarray) -> np.ndarray:
         for i in range(audio.size // hop):
             frames.append(stream.analyze(torch.from_numpy(audio[i * hop : (i + 1) * hop])[None]).numpy())
     return np.ascontiguousarray(np.stack(frames[1:]), dtype=np.float32)
+
+
+def weights_held(net: Any, held: list[np.ndarray], gate_order_free: bool = False) -> dict[str, bool]:
+    """Per weight matrix of `net` (parameters of 2 or more dims), whether one of the arrays a
+    runtime file holds (`held`, read back by the backend) is exactly its values: element by
+    element in torch's layout, reshaped, or transposed (a 2-D matrix stored the other way round);
+    with `gate_order_free`, also as the same multiset (a recurrent layer whose gates the format
+    reorders). The backends' `exact_weights` read their file and ask this."""
+    out = {}
+    for name, p in net.named_parameters():
+        if p.dim() < 2:
+            continue
+        p = p.detach().cpu().numpy()
+        out[name] = any(np.array_equal(a.reshape(p.shape), p)
+                        or (a.ndim == 2 and a.T.shape == p.shape and np.array_equal(a.T, p))
+                        or (gate_order_free and np.array_equal(np.sort(a.ravel()), np.sort(p.ravel())))
+                        for a in held if a.size == p.size)
+    return out
