@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from _reading import write_keeping_reading  # benchmarks/, the script's own folder
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = "raspberrypi4,x86-openvino,generic-onnx"
 BUDGETS = "2,4,8"
@@ -91,18 +93,25 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "parallel_fit")
     ap.add_argument("--model", default="default")
     ap.add_argument("--budgets", default=BUDGETS, help="--budget-ms of both fits (ms, comma-separated)")
+    ap.add_argument("--measure-rounds", type=int, default=1,
+                    help="--measure-rounds of both fits (fresh-process rounds per timing, the slowest kept)")
+    ap.add_argument("--table", type=Path, default=ROOT / "benchmarks" / "parallel_fit.md",
+                    help="the Markdown written (its .json beside it); a hand-written reading section is kept")
     args = ap.parse_args()
+    rounds = ["--measure-rounds", str(args.measure_rounds)] if args.measure_rounds != 1 else []
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
-    serial, serial_wall, serial_cmd = fit(args.out / "serial", args.model, [], args.budgets)
-    parallel, parallel_wall, parallel_cmd = fit(args.out / "workers2", args.model, ["--workers", "2"], args.budgets)
+    serial, serial_wall, serial_cmd = fit(args.out / "serial", args.model, rounds, args.budgets)
+    parallel, parallel_wall, parallel_cmd = fit(args.out / "workers2", args.model, [*rounds, "--workers", "2"], args.budgets)
     est = {n: estimate(parallel, parallel_wall, n) for n in (2, 8, 32)}
     import ray
     import torch
 
     result = {
         "command": "python benchmarks/parallel_fit.py" + (f" --model {args.model}" if args.model != "default" else "")
-                   + (f" --budgets {args.budgets}" if args.budgets != BUDGETS else ""),
+                   + (f" --budgets {args.budgets}" if args.budgets != BUDGETS else "")
+                   + (f" --measure-rounds {args.measure_rounds}" if rounds else "")
+                   + (f" --table {args.table.relative_to(ROOT)}" if args.table != ap.get_default("table") else ""),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
         "serial": {"command": serial_cmd, "wall_seconds": serial_wall, "task_seconds": serial["task_seconds"],
@@ -119,8 +128,8 @@ def main() -> None:
     from hwcompress.search.multi_report import stage_summary
 
     result["stages"] = {"serial": stage_summary(serial["tasks"]), "workers2": stage_summary(parallel["tasks"])}
-    (ROOT / "benchmarks" / "parallel_fit.json").write_text(json.dumps(result, indent=1, default=float))
-    (ROOT / "benchmarks" / "parallel_fit.md").write_text(markdown(result))
+    args.table.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
+    write_keeping_reading(args.table, markdown(result))
     print(markdown(result))
 
 

@@ -527,6 +527,7 @@ def fit(
     eval_items: Annotated[int, typer.Option(min=1, help="Test mixtures scored for the report.")] = 40,
     emulate: Annotated[bool, typer.Option(help="Functional run on the emulated target CPU when it cannot be measured here.")] = True,
     measure_runs: Annotated[int, typer.Option(min=10, help="Timed hops per latency measurement (the final one takes at least 500).")] = 300,
+    measure_rounds: Annotated[int, typer.Option(min=1, help="Fresh-process rounds per latency measurement; the slowest round's median is the figure (one that holds in every timing mode seen: 2-thread OpenVINO on a VM lands in modes up to 1.8x apart, benchmarks/idle_core.md).")] = 1,
     allocation: Annotated[str, typer.Option(help="search (per layer), or uniform (one ratio and K=16 everywhere: the baseline).")] = "search",
     weights: Annotated[str, typer.Option(help="Runtime weights: int8 (every backend), int4 (OpenVINO: the matmuls 4-bit, nncf INT4_ASYM; LiteRT: 4-bit fully-connected; onnxruntime: MatMulNBits; convolutions int8 on all three) or mixed (LiteRT, onnxruntime, OpenVINO: 4 bits for the recurrent and linear layers the search clusters to K <= 16, held on the 4-bit grid; 8 for the rest). On LiteRT, onnxruntime and OpenVINO every codebook is held on its runtime width's integer grid, so the shipped file holds the .hwc weights exactly.")] = "int8",
     finetune_target: Annotated[str, typer.Option(help="Fine-tuning target: teacher (distil from the dense model), clean, or mix (0.5/0.5).")] = "teacher",
@@ -571,7 +572,7 @@ def fit(
                     budget_ram_bytes=int(budget_mb_ram * 2**20) if budget_mb_ram is not None else None,
                     model_weights=model_weights, data=data,
                     prune_steps=prune_steps, cluster_steps=cluster_steps, eval_items=eval_items, emulate=emulate,
-                    measure_runs=measure_runs, allocation=allocation, weights=weights,
+                    measure_runs=measure_runs, measure_rounds=measure_rounds, allocation=allocation, weights=weights,
                     finetune_target=finetune_target, dnsmos=dnsmos, codebook_tolerance=codebook_tolerance,
                     activations=activations, torch_threads=torch_threads, device=device)
     pool = _device_pool(host, port, identity, remote_python, pool_file)  # checked here, in seconds

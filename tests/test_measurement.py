@@ -61,3 +61,28 @@ def test_measure_artifact_returns_a_measurement_of_the_real_runtime(tmp_path) ->
     assert m.host["arch"] == host_arch() and m.peak_memory_bytes and m.peak_memory_method
     assert m.layers and m.layers_source  # onnxruntime's own profiler
     assert Measurement.from_json(json.loads(json.dumps(m.to_json()))) == m
+
+
+def test_a_fit_timing_of_several_rounds_keeps_the_slowest(tmp_path) -> None:
+    """`measure_rounds`: each round a fresh process of the real runtime; the figure kept is the
+    slowest round's median, every round's median recorded beside it."""
+    from hwcompress.export import get_backend
+    from hwcompress.models.io import load_model
+    from hwcompress.search.fit import FitConfig, Fitter
+
+    path = get_backend("onnxruntime").export(load_model("tiny-crn"), tmp_path / "a", "stream", weights="int8")
+    f = Fitter(FitConfig(target="generic-onnx", out=tmp_path / "fit", model="tiny-crn", measure_runs=20,
+                         measure_rounds=3), log=print)
+    m = f._measure(str(path))
+    assert len(m.round_medians_ms) == 3 and m.median_ms == max(m.round_medians_ms)
+    assert f.key["measure_rounds"] == 3  # its caches are not another setting's
+    one = Fitter(FitConfig(target="generic-onnx", out=tmp_path / "fit1", model="tiny-crn", measure_runs=20), log=print)
+    assert one._measure(str(path)).round_medians_ms is None and "measure_rounds" not in one.key
+
+
+def test_measure_rounds_under_one_is_one_line(tmp_path) -> None:
+    from hwcompress.errors import HwcError
+    from hwcompress.search.fit import FitConfig, Fitter
+
+    with pytest.raises(HwcError, match="measure_rounds must be at least 1"):
+        Fitter(FitConfig(target="generic-onnx", out=tmp_path, model="tiny-crn", measure_rounds=0), log=print)

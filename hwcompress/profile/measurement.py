@@ -27,7 +27,8 @@ class Measurement:
     reports none). `host` is the machine that timed it (cpu, arch, load averages before and
     after); `device` names a pool host ({host, machine, cpu, platform}) where one timed it.
     `layers*`: the runtime profiler's per-op times, where it has one. `quiet`: in a parallel
-    run, the other processes' CPU use before the timing (hostlock.settled)."""
+    run, the other processes' CPU use before the timing (hostlock.settled). `round_medians_ms`:
+    where the figure is the slowest of several rounds, every round's median."""
 
     median_ms: float
     p90_ms: float
@@ -61,6 +62,9 @@ class Measurement:
     how: str | None = None
     warning: str | None = None
     quiet: dict[str, Any] | None = None
+    #: several fresh-process rounds timed as one figure: each round's median (this record is the
+    #: slowest round's, the figure that holds in every mode the rounds saw)
+    round_medians_ms: list[float] | None = None
     #: keys a newer runner reported that this version does not name (kept, written back as they came)
     extra: dict[str, Any] = field(default_factory=dict)
 
