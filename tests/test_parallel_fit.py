@@ -266,7 +266,9 @@ def test_a_timing_waits_for_a_busy_process_that_takes_no_lock(tmp_path, monkeypa
         began = time.monotonic()
     spinner.wait(timeout=30)
     assert seen["others_cores_at_start"] > 0.5, seen  # it saw the spinner's core...
-    assert seen["quiet"] and seen["others_cores"] <= hostlock.SETTLE_CORES, seen  # ...and began once it ended
+    # ...and began once it ended (under the settle threshold, or, on a machine whose own
+    # background never falls under it, at least with the spinner's core gone)
+    assert (seen["quiet"] and seen["others_cores"] <= hostlock.SETTLE_CORES) or seen["others_cores"] < 0.5, seen
     assert began - started >= 1.0 and seen["waited_s"] >= 1.0, seen
     assert hostlock.settled() is None
 
