@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--table", type=Path, default=ROOT / "benchmarks" / "parallel_fit.md",
                     help="the Markdown written (its .json beside it); a hand-written reading section is kept")
     args = ap.parse_args()
+    args.table = args.table.resolve()
     rounds = ["--measure-rounds", str(args.measure_rounds)] if args.measure_rounds != 1 else []
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
@@ -111,7 +112,7 @@ def main() -> None:
         "command": "python benchmarks/parallel_fit.py" + (f" --model {args.model}" if args.model != "default" else "")
                    + (f" --budgets {args.budgets}" if args.budgets != BUDGETS else "")
                    + (f" --measure-rounds {args.measure_rounds}" if rounds else "")
-                   + (f" --table {args.table.relative_to(ROOT)}" if args.table != ap.get_default("table") else ""),
+                   + (f" --table {args.table.relative_to(ROOT)}" if args.table != Path(ap.get_default("table")).resolve() else ""),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
         "serial": {"command": serial_cmd, "wall_seconds": serial_wall, "task_seconds": serial["task_seconds"],
