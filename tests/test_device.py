@@ -163,3 +163,13 @@ def test_torchrun_two_processes_train_data_parallel(capsys, small_corpus, tmp_pa
     user_error(cli(capsys, "train", "--model", "tiny-gru", "--data", str(small_corpus), "--out", str(out),
                    "--epochs", "3", "--steps-per-epoch", "3", "--batch", "2", "--seconds", "0.5", "--device", "cpu"),
                "data-parallel run of 2 process(es), this run has 1", only_line=False)
+
+
+@NO_CUDA
+def test_api_fit_on_cuda_without_cuda_is_one_line_before_anything_is_written(tmp_path) -> None:
+    import hwcompress
+    from hwcompress.errors import HwcError
+
+    with pytest.raises(HwcError, match="--device cuda: no CUDA device"):
+        hwcompress.fit("tiny-gru", target="raspberrypi4", out=tmp_path / "run", device="cuda")
+    assert not (tmp_path / "run").exists()

@@ -1019,6 +1019,11 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = lambda m: print(m, file=sys
     `model`: a model object to fit instead of loading `cfg.model` (which then only labels it).
     `pool`: a hwcompress.profile.pool.DevicePool whose hosts serve the target: every latency
     (calibration, floor, allocation probes, the verified figure) is timed on them."""
+    from hwcompress.device import resolve_device
+
+    # a CUDA device that is not there: one line before the output folder is made and locked
+    # (the CLI checks this too; the Python API comes straight here)
+    resolve_device(cfg.device, say=False)
     check_writable(Path(cfg.out), "dir")
     with OutputLock(Path(cfg.out), inside=True):
         return _fit(cfg, log, model, pool)
