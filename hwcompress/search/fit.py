@@ -925,6 +925,9 @@ class Fitter:
         key = {"model": model_digest(net), "data": data_digest(data), "set": "test", "n_requested": self.cfg.eval_items,
                "metrics": metrics, **({"artifact": hashlib.sha256(Path(artifact).read_bytes()).hexdigest(),
                                        "activations": self.activations} if in_runtime else {})}
+        if not in_runtime and self.device.type != "cpu":
+            # scored on a GPU (its matmuls may round differently): not the CPU's cached figures
+            key["torch_device"] = self.device.type
         cached = read_keyed(cache, key, self.log)
         if cached:
             return cached
@@ -941,7 +944,8 @@ class Fitter:
                   "enhanced": {m: mean[f"enhanced_{m}"] for m in metrics},
                   "dnsmos": (r.get("dnsmos") or {}).get("what"),
                   "scored": (f"the runtime artifact in {r['runtime']} with {self.activations} activations" if in_runtime
-                             else "the compressed model in torch (f32)")}
+                             else "the compressed model in torch (f32)" if self.device.type == "cpu"
+                             else f"the compressed model in torch (f32 weights) on {describe(self.device)}")}
         write_keyed(cache, key, result)
         return result
 
