@@ -254,6 +254,11 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt if present.")] = True,
     device: DeviceOpt = "auto",
+    teacher: Annotated[Optional[str], typer.Option(help="Distil from a pretrained model's outputs: dfn3 (DeepFilterNet3, its C runtime) or nsnet2, computed once on a pool of fixed mixtures and cached in the corpus folder (docs/training.md).")] = None,
+    teacher_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --teacher: the loss is this x (against the teacher) + the rest x (against clean speech).")] = 0.5,
+    pool_items: Annotated[int, typer.Option(min=1, help="With --teacher: mixtures in the pool (each --seconds long).")] = 2000,
+    pool_workers: Annotated[int, typer.Option(min=1, help="With --teacher: processes that compute missing pool items.")] = 1,
+    augment: Annotated[bool, typer.Option(help="Speed, room (pyroomacoustics RIR) and microphone-channel augmentation of every training mixture.")] = False,
 ) -> None:
     """Train a model (a zoo preset, or continue from a file) with on-the-fly mixing. Launched by
     torchrun with several processes (`torchrun --nproc_per_node N -m hwcompress train ...`) it
@@ -275,10 +280,15 @@ def train(
     dev = resolve_device(device, local_rank=ranks.local if ranks else None, say=ranks is None or ranks.rank == 0)
     net = load_model(model, model_weights)
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch, seconds=seconds, lr=lr,
-                      patience=patience, seed=seed, max_minutes=max_minutes)
+                      patience=patience, seed=seed, max_minutes=max_minutes, distill_from=teacher or "",
+                      distill_weight=teacher_weight, pool_items=pool_items, augment=augment)
+    if teacher is not None:
+        from hwcompress.teachers import teacher as known_teacher
+
+        known_teacher(teacher)
     corpus = _corpus(data)
     with data_parallel(ranks, dev) if ranks is not None else nullcontext():
-        state = run_train(net, corpus, out, cfg, resume=resume, device=dev)
+        state = run_train(net, corpus, out, cfg, resume=resume, device=dev, pool_workers=pool_workers)
     if ranks is None or ranks.rank == 0:
         where = describe(dev) + (f", {ranks.world} data-parallel processes" if ranks is not None else "")
         typer.echo(f"best valid loss {state['best']:.4f} after {state['epoch']} epochs: {out / 'model.pt'} "

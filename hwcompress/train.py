@@ -31,10 +31,12 @@ from hwcompress.errors import HwcError
 from hwcompress.hostlock import cpu_share
 from hwcompress.progress import progress_bar
 
+from hwcompress.data.augment import Augment
 from hwcompress.data.loader import MixtureSampler, eval_set
 from hwcompress.models.io import save_model
 from hwcompress.models.stft import StftConfig, stft
 from hwcompress.models.zoo import SEModel
+from hwcompress.teachers import PoolSpec, TeacherPool, build_pool
 from hwcompress.workdir import model_digest
 
 STFT = StftConfig()
@@ -54,6 +56,15 @@ class TrainConfig:
     # Compression fine-tuning keeps a constant rate: while sparsity ramps up the validation loss
     # rises by design, and halving on those "plateaus" left long runs fine-tuning at lr/32.
     halve_on_plateau: bool = True
+    # distillation from a pretrained model's cached outputs (hwcompress.teachers, issue 14): the
+    # batches come from a pool of `pool_items` fixed mixtures, each with the teacher's output, and
+    # the loss is distill_weight x (loss against the teacher) + (1 - distill_weight) x (against
+    # clean speech). "" = on-the-fly mixtures and clean targets only.
+    distill_from: str = ""
+    distill_weight: float = 0.5
+    pool_items: int = 2000
+    # speed, reverberation and channel augmentation of every training mixture (data.augment)
+    augment: bool = False
 
 
 def spectral_loss(est: torch.Tensor, ref: torch.Tensor, power: float = 0.3) -> torch.Tensor:
@@ -98,6 +109,16 @@ def target_loss(est: torch.Tensor, spec: torch.Tensor, clean: torch.Tensor, teac
     return loss
 
 
+def pool_loss(est: torch.Tensor, clean: torch.Tensor, taught: torch.Tensor, weight: float,
+              model: torch.nn.Module) -> torch.Tensor:
+    """weight x spectral loss against a teacher's output `taught` (audio, from a pool) + (1 - weight)
+    x spectral loss against the clean speech."""
+    loss = spectral_loss(est, reference(model, taught)) if weight > 0 else 0.0
+    if weight < 1.0:
+        loss = weight * loss + (1.0 - weight) * spectral_loss(est, reference(model, clean))
+    return loss
+
+
 def initial_state(model: torch.nn.Module, batch: int, device: torch.device) -> list[torch.Tensor]:
     """The model's zero state for `batch` sequences, on `device`."""
     return [s.to(device) for s in model.initial_state(batch)]
@@ -138,7 +159,8 @@ def validation_loss(model: SEModel, items: list[dict]) -> float:
 
 # settings that shape the trajectory: a resume with other values would not continue the
 # same run (epochs, patience and max_minutes may change: they only say when to stop)
-RESUME_FIELDS = ("seed", "batch", "steps_per_epoch", "seconds", "lr", "valid_items", "halve_on_plateau")
+RESUME_FIELDS = ("seed", "batch", "steps_per_epoch", "seconds", "lr", "valid_items", "halve_on_plateau",
+                 "distill_from", "distill_weight", "pool_items", "augment")
 
 
 def _resume(last: Path, model: SEModel, opt: torch.optim.Optimizer, cfg: TrainConfig, world: int = 1,
@@ -200,6 +222,7 @@ def train(
     teacher: torch.nn.Module | None = None,
     teacher_weight: float = 1.0,
     device: torch.device | str | None = None,
+    pool_workers: int = 1,
 ) -> dict:
     """Train `model` in place; `out` holds last.pt (resume state), best model in model.pt
     and history.json. `regularizer` adds a penalty (sparse regularisation); `after_step`
@@ -211,6 +234,8 @@ def train(
     (`target_loss`). With a teacher the input normalizer is never refitted: the student
     starts as the teacher's copy and refitting would make them differ before any step.
     The validation loss stays against clean speech (what the history reports).
+    `cfg.distill_from` names a pretrained teacher (hwcompress.teachers) whose outputs on a pool
+    of fixed mixtures are built first (`pool_workers` processes) and cached with the corpus.
 
     `device`: where the steps run (a resolved torch device, see hwcompress.device); the model
     (and the teacher, and `parameters`) must live there or be movable there: the model is
@@ -228,7 +253,20 @@ def train(
     distil = teacher is not None and teacher_weight > 0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sampler = MixtureSampler(data, "train")
+    if not 0.0 <= cfg.distill_weight <= 1.0:
+        raise HwcError(f"distillation weight must be in [0, 1], got {cfg.distill_weight}")
+    if cfg.distill_from and teacher is not None:
+        raise HwcError("train with either a model as teacher or a pretrained teacher's pool, not both")
+    sampler = MixtureSampler(data, "train", augment=Augment() if cfg.augment else None)
+    pool = None
+    if cfg.distill_from:
+        spec = PoolSpec(teacher=cfg.distill_from, seconds=cfg.seconds, seed=cfg.seed,
+                        augment=Augment() if cfg.augment else None)
+        build = lambda: str(build_pool(data, spec, cfg.pool_items, pool_workers, say))  # noqa: E731
+        folder = _from_rank0(build) if world > 1 else build()
+        pool = TeacherPool(Path(folder), spec, cfg.pool_items)
+        say(f"distilling from {cfg.distill_from}: {len(pool)} pooled mixtures, loss {cfg.distill_weight:g} x teacher "
+            f"+ {1 - cfg.distill_weight:g} x clean")
     valid = eval_set(data, "valid", cfg.valid_items) if rank == 0 else []
     trained = list(parameters) if parameters is not None else list(model.parameters())
     opt = torch.optim.Adam(trained, lr=cfg.lr)
@@ -269,11 +307,17 @@ def train(
             running = 0.0
             for step in range(cfg.steps_per_epoch):
                 with cpu_share():  # one step (hostlock: a parallel fit's timings wait for it, not longer)
-                    noisy, clean = sampler.batch(rng, cfg.batch, samples)
-                    noisy, clean = noisy.to(device), clean.to(device)
+                    if pool is not None:
+                        noisy, clean, taught = (t.to(device) for t in pool.batch(rng, cfg.batch, samples))
+                    else:
+                        noisy, clean = sampler.batch(rng, cfg.batch, samples)
+                        noisy, clean = noisy.to(device), clean.to(device)
                     spec = analysis(model, noisy)
                     est, _ = net(spec, initial_state(model, cfg.batch, device))
-                    loss = target_loss(est, spec, clean, teacher, teacher_weight, model)
+                    if pool is not None:
+                        loss = pool_loss(est, clean, taught, cfg.distill_weight, model)
+                    else:
+                        loss = target_loss(est, spec, clean, teacher, teacher_weight, model)
                     total = loss + (regularizer(model) if regularizer else 0.0)
                     opt.zero_grad()
                     total.backward()

@@ -226,9 +226,11 @@ def ensure_default_corpus() -> Path:
     return out
 
 
-def mix(speech: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def mix(speech: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator,
+        target: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mix speech with a random segment of noise at `snr_db`, at a random level; returns
-    (noisy, clean) scaled identically, peak below 1."""
+    (noisy, clean) scaled identically, peak below 1. `target`: what "clean" is when it is not
+    the speech in the mixture (reverberant speech's early part), scaled by the same gain."""
     n = speech.size
     if noise.size < n:
         noise = np.pad(noise, (0, n - noise.size), mode="wrap")
@@ -244,4 +246,5 @@ def mix(speech: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Gen
     noisy = speech + segment
     gain = 10 ** (rng.uniform(-35, -15) / 20) / (np.sqrt(np.mean(noisy**2)) + 1e-12)
     gain = min(gain, 0.99 / (np.abs(noisy).max() + 1e-12))
-    return (noisy * gain).astype(np.float32), (speech * gain).astype(np.float32)
+    clean = speech if target is None else target
+    return (noisy * gain).astype(np.float32), (clean * gain).astype(np.float32)

@@ -10,6 +10,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from hwcompress.data import augment
+from hwcompress.data.augment import Augment
 from hwcompress.data.corpus import mix
 from hwcompress.errors import HwcError
 
@@ -23,9 +25,12 @@ def check_corpus(root: Path) -> Path:
 
 class MixtureSampler:
     """Random (noisy, clean) crops: random utterance, noise kind chosen uniformly (so big
-    pools such as music do not dominate), random segment, SNR and level."""
+    pools such as music do not dominate), random segment, SNR and level. With `augment`
+    (hwcompress.data.augment) each mixture may also be sped up or slowed down, reverberated
+    and coloured by a channel; without it the draws are exactly those of earlier versions."""
 
-    def __init__(self, root: Path, split: str = "train", snr_range: tuple[float, float] = (-5.0, 20.0)) -> None:
+    def __init__(self, root: Path, split: str = "train", snr_range: tuple[float, float] = (-5.0, 20.0),
+                 augment: Augment | None = None) -> None:
         root = check_corpus(root)
         self.speech = [sf.read(p, dtype="float32")[0] for p in sorted((root / "clean" / split).glob("*.wav"))]
         self.noise: dict[str, list[np.ndarray]] = defaultdict(list)
@@ -35,26 +40,39 @@ class MixtureSampler:
             raise HwcError(f"{root}: split {split!r} has no speech or no noise")
         self.kinds = sorted(self.noise)
         self.snr_range = snr_range
+        self.augment = augment
 
     def batch(self, rng: np.random.Generator, size: int, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        noisy, clean = [], []
-        for _ in range(size):
-            parts, total = [], 0
-            while total < samples:  # chain utterances so short prompts still fill the crop
-                utt = self.speech[rng.integers(len(self.speech))]
-                parts += [utt, np.zeros(rng.integers(0, 4000), np.float32)]
-                total += utt.size + parts[-1].size
-            speech = np.concatenate(parts)
-            start = rng.integers(0, speech.size - samples + 1)
-            speech = speech[start : start + samples]
-            if np.abs(speech).max() < 1e-4:
-                speech = self.speech[0][:samples]
-                speech = np.pad(speech, (0, samples - speech.size))
-            pool = self.noise[self.kinds[rng.integers(len(self.kinds))]]
-            n, c = mix(speech, pool[rng.integers(len(pool))], rng.uniform(*self.snr_range), rng)
-            noisy.append(n)
-            clean.append(c)
-        return torch.from_numpy(np.stack(noisy)), torch.from_numpy(np.stack(clean))
+        pairs = [self.one(rng, samples) for _ in range(size)]
+        return torch.from_numpy(np.stack([n for n, _ in pairs])), torch.from_numpy(np.stack([c for _, c in pairs]))
+
+    def one(self, rng: np.random.Generator, samples: int) -> tuple[np.ndarray, np.ndarray]:
+        """One (noisy, clean) pair of `samples` samples."""
+        aug = self.augment
+        factor = augment.speed_factor(rng, aug) if aug is not None else 1.0
+        need = samples if factor == 1.0 else int(np.ceil(samples * factor)) + 1
+        parts, total = [], 0
+        while total < need:  # chain utterances so short prompts still fill the crop
+            utt = self.speech[rng.integers(len(self.speech))]
+            parts += [utt, np.zeros(rng.integers(0, 4000), np.float32)]
+            total += utt.size + parts[-1].size
+        speech = np.concatenate(parts)
+        start = rng.integers(0, speech.size - need + 1)
+        speech = speech[start : start + need]
+        if np.abs(speech).max() < 1e-4:
+            speech = self.speech[0][:need]
+            speech = np.pad(speech, (0, need - speech.size))
+        target = None
+        if aug is not None:
+            speech = augment.change_speed(speech, factor, samples)
+            rir = augment.room_impulse_response(rng, aug)
+            if rir is not None:
+                speech, target = augment.reverberate(speech, rir)
+        pool = self.noise[self.kinds[rng.integers(len(self.kinds))]]
+        noisy, clean = mix(speech, pool[rng.integers(len(pool))], rng.uniform(*self.snr_range), rng, target=target)
+        if aug is not None:
+            noisy, clean = augment.apply_channel(augment.channel_filter(rng, aug), noisy, clean)
+        return noisy, clean
 
 
 def eval_set(root: Path, name: str = "test", limit: int | None = None) -> list[dict]:
