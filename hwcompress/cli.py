@@ -286,6 +286,11 @@ def train(
         from hwcompress.teachers import teacher as known_teacher
 
         known_teacher(teacher)
+    else:
+        given = [f"--{n}" for n, v, d in (("teacher-weight", teacher_weight, 0.5), ("pool-items", pool_items, 2000),
+                                          ("pool-workers", pool_workers, 1)) if v != d]
+        if given:
+            raise HwcError(f"{', '.join(given)}: used only with --teacher (dfn3 or nsnet2)")
     corpus = _corpus(data)
     with data_parallel(ranks, dev) if ranks is not None else nullcontext():
         state = run_train(net, corpus, out, cfg, resume=resume, device=dev, pool_workers=pool_workers)

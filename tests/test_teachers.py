@@ -135,3 +135,10 @@ def test_rnnoise_reference_is_aligned_and_enhances(small_corpus) -> None:
     assert si_sdr(item["clean"], rnnoise.enhance(noisy)) > si_sdr(item["clean"], noisy)
     with pytest.raises(HwcError, match="one finite mono signal"):
         rnnoise.enhance(np.zeros((2, 100), np.float32))
+
+
+def test_train_cli_rejects_teacher_options_without_a_teacher(capsys, small_corpus, tmp_path) -> None:
+    proc = cli(capsys, "train", "--model", "tiny-gru", "--data", str(small_corpus), "--out", str(tmp_path / "r"),
+               "--teacher-weight", "0.9", "--device", "cpu")
+    user_error(proc, "--teacher-weight: used only with --teacher")
+    assert not (tmp_path / "r").exists()
