@@ -45,6 +45,7 @@ ARMS = [
     ("pool, w=0.5", ["--augment", "--teacher", "dfn3", "--teacher-weight", "0.5"]),
 ]
 METRICS = [("pesq_wb", "PESQ-WB", 3), ("stoi", "STOI", 4), ("si_sdr", "SI-SDR dB", 2)]
+DNSMOS = [("dnsmos_sig", "DNSMOS SIG", 2), ("dnsmos_bak", "BAK", 2), ("dnsmos_ovrl", "OVRL", 2)]
 
 
 def slug(name: str) -> str:
@@ -73,6 +74,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--pool-items", type=int, default=3000)
     ap.add_argument("--items", type=int, default=60)
+    ap.add_argument("--dnsmos", action="store_true", help="also DNSMOS P.835 (about 3 min per arm for 60 items)")
     ap.add_argument("--arms", default=",".join(str(i) for i in range(len(ARMS))), help="indices of the arms to run")
     args = ap.parse_args()
     base = ROOT / "runs" / "ingredients" / f"{args.model}-e{args.epochs}-s{args.steps}-b{args.batch}"
@@ -89,15 +91,16 @@ def main() -> None:
         if not (out / "done.json").is_file():
             run([*HWC, "train", *common, *extra, "--out", str(out)], base / f"{slug(name)}.log")
             (out / "done.json").write_text(json.dumps({"seconds": time.time() - t0}))
-        ev = out / f"eval-test-{args.items}.json"
+        ev = out / f"eval-test-{args.items}{'-dnsmos' if args.dnsmos else ''}.json"
         if not ev.is_file():
             run([*HWC, "eval", "--model", str(out / "model.pt"), "--set", "test", "--limit", str(args.items),
-                 "--workers", "2", "--no-dnsmos", "--json", str(ev)], base / f"{slug(name)}.log")
+                 "--workers", "2", "--dnsmos" if args.dnsmos else "--no-dnsmos", "--json", str(ev)],
+                base / f"{slug(name)}.log")
         rows = json.loads(ev.read_text())["rows"]
         history = json.loads((out / "history.json").read_text())
         entry = {"arm": name, "flags": " ".join(extra), "train_seconds": json.loads((out / "done.json").read_text())["seconds"],
                  "best_valid": min(h["valid_loss"] for h in history), "epochs": len(history), "n": len(rows)}
-        for key, _, _ in METRICS:
+        for key, _, _ in METRICS + (DNSMOS if args.dnsmos else []):
             noisy = np.array([r[f"noisy_{key}"] for r in rows], float)
             enh = np.array([r[f"enhanced_{key}"] for r in rows], float)
             entry[key] = {"noisy": float(noisy.mean()), "enhanced": float(enh.mean()),
@@ -110,7 +113,7 @@ def write(results: list[dict], args, base: Path, seconds: float) -> None:
     import torch
 
     cmd = (f"python benchmarks/distill_ingredients.py --model {args.model} --epochs {args.epochs} --steps {args.steps} "
-           f"--batch {args.batch} --items {args.items}")
+           f"--batch {args.batch} --items {args.items}{' --dnsmos' if args.dnsmos else ''}")
     lines = ["# What each ingredient of the training recipe adds", "", f"Command: `{cmd}`", "",
              f"Measured {time.strftime('%Y-%m-%d')} on this machine ({platform.machine()}, {os.cpu_count()} cores, "
              f"torch {torch.__version__}, CPU); {seconds / 60:.0f} min including reused stages. Model `{args.model}` "
@@ -118,17 +121,22 @@ def write(results: list[dict], args, base: Path, seconds: float) -> None:
              f"{args.batch} of 4 s crops, Adam lr {args.lr:g} halved on a validation plateau, seed 0. Scores: the best "
              f"checkpoint on the first {args.items} mixtures of the real-speech test split; gain = enhanced - noisy, "
              "[95% CI] BCa bootstrap over mixtures.", "",
-             "| arm | train flags | PESQ-WB | gain [95% CI] | STOI | gain | SI-SDR dB | gain [95% CI] | best valid loss | train s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| arm | train flags | PESQ-WB | gain [95% CI] | STOI | gain | SI-SDR dB | gain [95% CI] | "
+             + ("DNSMOS SIG | BAK | OVRL | " if args.dnsmos else "") + "best valid loss | train s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | " + ("---: | ---: | ---: | " if args.dnsmos else "")
+             + "---: | ---: |"]
     r0 = results[0]
     lines.append(f"| noisy input | - | {r0['pesq_wb']['noisy']:.3f} | - | {r0['stoi']['noisy']:.4f} | - | "
-                 f"{r0['si_sdr']['noisy']:.2f} | - | - | - |")
+                 f"{r0['si_sdr']['noisy']:.2f} | - | "
+                 + ("".join(f"{r0[k]['noisy']:.2f} | " for k, _, _ in DNSMOS) if args.dnsmos else "") + "- | - |")
     for r in results:
         p, s = r["pesq_wb"], r["si_sdr"]
         lines.append(f"| {r['arm']} | `{r['flags'] or '(none)'}` | {p['enhanced']:.3f} | {p['gain']:+.3f} "
                      f"[{p['gain_ci95'][0]:+.3f}, {p['gain_ci95'][1]:+.3f}] | {r['stoi']['enhanced']:.4f} | "
                      f"{r['stoi']['gain']:+.4f} | {s['enhanced']:.2f} | {s['gain']:+.2f} "
-                     f"[{s['gain_ci95'][0]:+.2f}, {s['gain_ci95'][1]:+.2f}] | {r['best_valid']:.4f} | "
+                     f"[{s['gain_ci95'][0]:+.2f}, {s['gain_ci95'][1]:+.2f}] | "
+                     + ("".join(f"{r[k]['enhanced']:.2f} | " for k, _, _ in DNSMOS) if args.dnsmos else "")
+                     + f"{r['best_valid']:.4f} | "
                      f"{r['train_seconds']:.0f} |")
     lines += ["", f"Runs: {base.relative_to(ROOT)}/. The validation loss is against clean speech of held-out "
               "synthetic voices for every arm (so arms that learn the teacher's output score it against a target "
