@@ -145,11 +145,14 @@ def data_build(
     clean_dir: Annotated[Optional[list[Path]], typer.Option(help="Your own clean speech WAVs (speaker = name before '_').")] = None,
     noise_dir: Annotated[Optional[list[Path]], typer.Option(help="Your own noise WAVs.")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if the corpus exists.")] = False,
+    corpus_version: Annotated[int, typer.Option(help="2 (default): v1 plus more training speakers, voices and noise; 1: the corpus the models before issue 14 were trained on. Valid and test are the same in both.")] = 2,
 ) -> None:
     """Build the deterministic offline corpus (no network)."""
     from hwcompress.data.corpus import build_corpus, default_corpus_dir
 
-    out = out or default_corpus_dir(seed)
+    if corpus_version not in (1, 2):
+        raise HwcError(f"--corpus-version {corpus_version}: 1 or 2")
+    out = out or default_corpus_dir(seed, corpus_version)
     for d in (clean_dir or []) + (noise_dir or []):
         if not d.is_dir():
             raise HwcError(f"{d}: not a folder")
@@ -160,7 +163,7 @@ def data_build(
     from hwcompress.workdir import OutputLock
 
     with OutputLock(out):  # a second build into the same folder would delete this one's work
-        manifest = build_corpus(out, seed=seed, clean_dirs=clean_dir, noise_dirs=noise_dir)
+        manifest = build_corpus(out, seed=seed, clean_dirs=clean_dir, noise_dirs=noise_dir, version=corpus_version)
     table = Table(title=f"corpus {out}")
     for col in ("split", "speakers", "utterances", "speech (min)", "noise files"):
         table.add_column(col, justify="right" if col != "split" else "left")
@@ -171,11 +174,11 @@ def data_build(
 
 
 @data_app.command("path")
-def data_path(seed: Annotated[int, typer.Option()] = 0) -> None:
+def data_path(seed: Annotated[int, typer.Option()] = 0, corpus_version: Annotated[int, typer.Option()] = 2) -> None:
     """Print where the default corpus lives."""
     from hwcompress.data.corpus import default_corpus_dir
 
-    typer.echo(str(default_corpus_dir(seed)))
+    typer.echo(str(default_corpus_dir(seed, corpus_version)))
 
 
 @data_app.command("example")

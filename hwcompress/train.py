@@ -12,6 +12,7 @@ learning-rate decisions. The effective batch is `batch` x the number of ranks.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -163,8 +164,14 @@ RESUME_FIELDS = ("seed", "batch", "steps_per_epoch", "seconds", "lr", "valid_ite
                  "distill_from", "distill_weight", "pool_items", "augment")
 
 
+def corpus_id(data: Path) -> str:
+    """The corpus a run trains on: its manifest's sha256 (16 hex digits); '' without a manifest."""
+    manifest = Path(data) / "manifest.json"
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.is_file() else ""
+
+
 def _resume(last: Path, model: SEModel, opt: torch.optim.Optimizer, cfg: TrainConfig, world: int = 1,
-            blob: bytes | None = None) -> dict:
+            blob: bytes | None = None, corpus: str = "") -> dict:
     """Load last.pt (or `blob`, its bytes as rank 0 read them) into `model` and `opt` (and the
     torch RNG) and return the loop state. A checkpoint that is corrupt, of another model, of
     other settings or of another number of data-parallel processes (`world`: the batches each
@@ -187,6 +194,9 @@ def _resume(last: Path, model: SEModel, opt: torch.optim.Optimizer, cfg: TrainCo
     if saved_world != world:
         raise HwcError(f"{last}: written by a data-parallel run of {saved_world} process(es), this run has {world}; "
                        f"resume with the same number (torchrun --nproc_per_node x --nnodes) or {hint}")
+    if corpus and ckpt.get("corpus") and ckpt["corpus"] != corpus:  # checkpoints before issue 14 have none
+        raise HwcError(f"{last}: written while training on another corpus (manifest {ckpt['corpus']}, now {corpus}); "
+                       f"resume with the same --data or {hint}")
     if saved_cfg is not None:
         changed = [f for f in RESUME_FIELDS if f in saved_cfg and saved_cfg[f] != getattr(cfg, f)]
         if changed:
@@ -268,6 +278,7 @@ def train(
         say(f"distilling from {cfg.distill_from}: {len(pool)} pooled mixtures, loss {cfg.distill_weight:g} x teacher "
             f"+ {1 - cfg.distill_weight:g} x clean")
     valid = eval_set(data, "valid", cfg.valid_items) if rank == 0 else []
+    corpus = corpus_id(data)
     trained = list(parameters) if parameters is not None else list(model.parameters())
     opt = torch.optim.Adam(trained, lr=cfg.lr)
     state = {"epoch": 0, "best": math.inf, "bad_epochs": 0, "history": [], "lr": cfg.lr}
@@ -276,7 +287,7 @@ def train(
     # machines of a multi-node run need no copy of --out)
     blob = _from_rank0(lambda: last.read_bytes() if resume and last.exists() else None) if world > 1 else None
     if blob is not None or (world == 1 and resume and last.exists()):
-        state = _resume(last, model, opt, cfg, world, blob)
+        state = _resume(last, model, opt, cfg, world, blob, corpus)
         say(f"resumed from {last} at epoch {state['epoch']}")
     elif not distil and not getattr(model, "meta", {}).get("trained") and hasattr(model, "feat_mean"):
         # the zoo's models normalise their features with statistics fitted here; a model of your
@@ -353,7 +364,7 @@ def train(
                 if improved:
                     save_model(out / "model.pt", model, {"trained": True, "epochs": state["epoch"], "valid_loss": val,
                                                          "train_config": asdict(cfg), "device": where,
-                                                         "processes": world})
+                                                         "processes": world, "corpus": corpus})
                 say(f"epoch {state['epoch']}: train {running / cfg.steps_per_epoch:.4f} valid {val:.4f}"
                     f"{' (best)' if improved else ''} lr {state['lr']:.2e}"
                     + (f" ({world} replicas identical)" if digests else ""))
@@ -362,6 +373,7 @@ def train(
                             "state": json.dumps(state), "arch": getattr(model, "arch", None),
                             "config": json.dumps(getattr(model, "config", None)),
                             "train_config": json.dumps(asdict(cfg)), "torch_rng": torch.get_rng_state(),
+                            "corpus": corpus,
                             **({"world_size": world, "replica_digests": json.dumps(digests)} if world > 1 else {})},
                            tmp)
                 os.replace(tmp, last)

@@ -81,7 +81,7 @@ def small_corpus() -> Path:
 
     from hwcompress.workdir import OutputLock
 
-    out = CACHE / "small-corpus-v1"
+    out = CACHE / "small-corpus-v2"
     if not (out / "manifest.json").exists():
         with OutputLock(out, wait=True):  # another test run may be building it right now
             if not (out / "manifest.json").exists():

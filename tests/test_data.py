@@ -19,12 +19,14 @@ def test_splits_are_speaker_and_noise_disjoint(small_corpus) -> None:
     assert not speakers["train"] & speakers["valid"]
     assert not speakers["train"] & speakers["test"]
     assert not speakers["valid"] & speakers["test"]
-    # real recorded speech is in train (Allison) and test (June) only
-    assert "june-fr" in speakers["test"] and "allison-en" in speakers["train"]
+    # real recorded speech is in train (Allison; from v2 also Carlo and the ru-RU voice) and test (June) only
+    assert "june-fr" in speakers["test"] and {"allison-en", "carlo-it", "ivr-ru"} <= speakers["train"]
+    assert manifest["corpus_version"] == 2
     noise = {s: set(v["noise_files"]) for s, v in splits.items()}
     assert not noise["train"] & noise["test"] and not noise["train"] & noise["valid"]
     kinds = {name.split("__")[0] for name in noise["train"]}
-    assert {"babble", "music", "white", "pink", "brown", "machinery", "events"} <= kinds
+    assert {"babble", "music", "white", "pink", "brown", "machinery", "events", "car", "rain", "ventilation",
+            "clatter"} <= kinds
 
 
 def test_manifest_records_licences(small_corpus) -> None:
@@ -84,3 +86,28 @@ def test_user_folders_are_added(tmp_path) -> None:
     assert {"user-p001", "user-p002", "user-p003", "user-p004"} <= speakers
     files = set().union(*(set(v["noise_files"]) for v in manifest["splits"].values()))
     assert "user__fan.wav" in files
+
+
+def test_v2_adds_training_data_only(tmp_path, small_corpus) -> None:
+    """Corpus v2 adds speakers, voices and noise to train; valid and test (speech, noise, every
+    mixture and its metadata) stay byte-identical to v1, so scores on them stay comparable."""
+    v1 = tmp_path / "v1"
+    build_corpus(v1, seed=0, per_voice=1, n_valid=6, n_test=10, n_test_synth=5, real_limit=12, version=1)
+
+    def digest(root, parts):
+        return {p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+                for part in parts for p in sorted((root / part).rglob("*")) if p.is_file()}
+
+    held_out = ["clean/valid", "clean/test", "noise/valid", "noise/test", "mix"]
+    assert digest(v1, held_out) == digest(small_corpus, held_out)
+    old, new = (json.loads((c / "manifest.json").read_text())["splits"]["train"] for c in (v1, small_corpus))
+    assert set(old["speakers"]) < set(new["speakers"]) and set(old["noise_files"]) < set(new["noise_files"])
+    assert new["speech_seconds"] > old["speech_seconds"] * 1.5  # real_limit=12: 24 -> 48 real prompts
+    assert json.loads((v1 / "manifest.json").read_text())["corpus_version"] == 1
+
+
+def test_unknown_corpus_version_is_one_line(capsys, tmp_path) -> None:
+    from conftest import cli, user_error
+
+    user_error(cli(capsys, "data", "build", "--out", str(tmp_path / "c"), "--corpus-version", "3"), "--corpus-version 3")
+    assert not (tmp_path / "c").exists()

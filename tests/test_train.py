@@ -12,7 +12,7 @@ import torch
 
 from hwcompress.errors import HwcError
 from hwcompress.models.io import load_model
-from hwcompress.train import TrainConfig, train
+from hwcompress.train import TrainConfig, corpus_id, train
 
 SMALL = dict(steps_per_epoch=3, batch=2, seconds=0.5, valid_items=1, lr=3e-3, seed=1)
 
@@ -142,3 +142,22 @@ def test_corrupt_or_foreign_checkpoint_is_one_line(small_corpus, tmp_path) -> No
     state = train(_model(), small_corpus, other, TrainConfig(epochs=1, **{**SMALL, "seed": 7}), resume=False,
                   log=_quiet)
     assert len(state["history"]) == 1
+
+
+def test_resume_on_another_corpus_is_one_line(small_corpus, tmp_path) -> None:
+    """A checkpoint remembers its corpus (the manifest's digest): continuing it on other data
+    would silently change the run, so it is refused before anything is written."""
+    import shutil
+
+    run = tmp_path / "run"
+    train(_model(), small_corpus, run, TrainConfig(epochs=1, **SMALL), log=_quiet)
+    assert load_model(str(run / "model.pt")).meta["corpus"] == corpus_id(small_corpus) != ""
+    other = tmp_path / "corpus"
+    shutil.copytree(small_corpus, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["seed"] = 99
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(HwcError, match="another corpus.*--data"):
+        train(_model(), other, run, TrainConfig(epochs=2, **SMALL), log=_quiet)
+    assert (run / "last.pt").read_bytes() == before

@@ -122,7 +122,7 @@ def speech() -> torch.Tensor:
     """Spectrum [1, T, 161, 2] of 2 s of a real noisy test mixture."""
     from conftest import CACHE
 
-    folder = CACHE / "small-corpus-v1" / "mix" / "test"
+    folder = CACHE / "small-corpus-v2" / "mix" / "test"
     if not folder.is_dir():
         pytest.skip("small corpus not built (run any test using the small_corpus fixture)")
     audio, rate = sf.read(sorted(folder.glob("*_noisy.wav"))[0], dtype="float32")
@@ -405,7 +405,7 @@ def test_front_end_from_toml_and_factory_attribute(tmp_path):
 def test_cli_enhance_with_user_model(tmp_path, capsys, speech):
     from conftest import CACHE
 
-    noisy = sorted((CACHE / "small-corpus-v1" / "mix" / "test").glob("*_noisy.wav"))[0]
+    noisy = sorted((CACHE / "small-corpus-v2" / "mix" / "test").glob("*_noisy.wav"))[0]
     cases = bad_cases(tmp_path)
     for spec, weights, message in cases:
         args = ["enhance", str(noisy), str(tmp_path / "out.wav"), "--model", spec]

@@ -34,7 +34,7 @@ fi
 PACK="$ROOT/.gpu-check"
 
 if [ "${1:-}" = "pack" ]; then
-    SRC="${SRC:-$HOME/.cache/hwcompress-tests/small-corpus-v1}"
+    SRC="${SRC:-$HOME/.cache/hwcompress-tests/small-corpus-v2}"
     [ -f "$SRC/manifest.json" ] || { echo "error: $SRC: no corpus (run the tests once, or set SRC)" >&2; exit 2; }
     rm -rf "$PACK.partial"
     mkdir -p "$PACK.partial/whl"
@@ -82,7 +82,7 @@ FIT_BUDGET_MS="${FIT_BUDGET_MS:-5}"
 FIT_STEPS="${FIT_STEPS:-20}"
 FIT_EVAL_ITEMS="${FIT_EVAL_ITEMS:-3}"
 if [ -z "${DATA:-}" ]; then
-    if [ -f "$PACK/corpus/manifest.json" ]; then DATA="$PACK/corpus"; else DATA="$HOME/.cache/hwcompress-tests/small-corpus-v1"; fi
+    if [ -f "$PACK/corpus/manifest.json" ]; then DATA="$PACK/corpus"; else DATA="$HOME/.cache/hwcompress-tests/small-corpus-v2"; fi
 fi
 [ -f "$DATA/manifest.json" ] || { echo "error: $DATA: no corpus; run 'bash tools/gpu_check.sh pack' here and carry .gpu-check" >&2; exit 2; }
 

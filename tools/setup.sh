@@ -15,6 +15,7 @@ APT_PACKAGES=(
   ffmpeg sox espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
   asterisk-core-sounds-en-g722 asterisk-core-sounds-es-g722 asterisk-core-sounds-fr-g722
   asterisk-moh-opsound-g722 sound-theme-freedesktop
+  asterisk-core-sounds-it-g722 asterisk-core-sounds-ru-g722 festvox-ca-ona-hts
   openssh-client openssh-server
   chromium
 )

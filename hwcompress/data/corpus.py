@@ -30,7 +30,9 @@ from hwcompress.workdir import OutputLock
 SR = src.SR
 SPLITS = ("train", "valid", "test")
 SNRS_DB = (-5, 0, 5, 10, 15)
-CORPUS_VERSION = 1
+# v2 (issue 14) adds training speech and noise only; valid and test are byte-identical to v1's
+# (tests/test_corpus_v2.py). build_corpus(version=1) still builds v1.
+CORPUS_VERSION = 2
 
 
 def _write(path: Path, audio: np.ndarray) -> None:
@@ -68,8 +70,11 @@ def build_corpus(
     noise_dirs: list[Path] | None = None,
     workers: int = 2,
     real_limit: int | None = None,
+    version: int = CORPUS_VERSION,
 ) -> dict:
-    """Write the corpus to `out` and return its manifest. Deterministic for a seed."""
+    """Write the corpus to `out` and return its manifest. Deterministic for a seed and version."""
+    if version not in (1, 2):
+        raise HwcError(f"corpus version {version}: this hwcompress builds versions 1 and 2")
     src.require_tools(["ffmpeg", "espeak-ng", "flite", "text2wave"])
     if not src.ASTERISK.exists():
         raise HwcError("asterisk sound packages missing: run tools/setup.sh to install them")
@@ -97,12 +102,16 @@ def build_corpus(
         noise[split].append((kind, path))
 
     real_jobs = src.real_speech()
+    if version >= 2:  # after v1's speech, so v1's files keep their order and names
+        real_jobs += src.real_speech(table=src.EXTRA_REAL_SPEECH)
     if real_limit is not None:  # small corpora for tests: the first files of each speaker
         by_tag: dict[str, list] = defaultdict(list)
         for job in real_jobs:
             by_tag[job[1]].append(job)
         real_jobs = [job for jobs in by_tag.values() for job in jobs[:real_limit]]
     synth_jobs = src.synthetic_jobs(rng, per_voice)
+    if version >= 2:  # their own stream: v1's sentences are drawn exactly as before
+        synth_jobs += src.synthetic_jobs(np.random.default_rng([seed, 3000]), per_voice, extra=True)
     with progress_bar() as progress:
         task = progress.add_task("real speech (ffmpeg G.722)", total=len(real_jobs))
         with ThreadPoolExecutor(workers) as pool:
@@ -145,6 +154,11 @@ def build_corpus(
                     stream = np.concatenate([sf.read(pool[i], dtype="float32")[0] for i in split_rng.choice(len(pool), 20)])
                     talkers.append(stream[:n] if stream.size >= n else np.pad(stream, (0, n - stream.size), mode="wrap"))
                 add_noise(split, "babble", f"{split}{k}", np.sum(talkers, axis=0))
+            if version >= 2 and split == "train":
+                extra_rng = np.random.default_rng([seed, 5000])
+                for kind, make in src.EXTRA_NOISES.items():
+                    for k in range(2):
+                        add_noise(split, kind, f"{split}{k}", make(extra_rng, n))
             progress.advance(task)
         for directory in noise_dirs or []:
             for path in sorted(Path(directory).rglob("*.wav")):
@@ -179,7 +193,7 @@ def build_corpus(
             mix_meta[name] = {"split": split, "count": count, "snrs_db": list(SNRS_DB)}
 
     manifest = {
-        "corpus_version": CORPUS_VERSION,
+        "corpus_version": version,
         "seed": seed,
         "sample_rate": SR,
         "splits": {
@@ -194,8 +208,11 @@ def build_corpus(
         "mixtures": mix_meta,
         "sources": {
             "debian_packages": src.package_licences(),
-            "generated": "white/pink/brown and machinery noise generated from the seed (no licence needed)",
-            "synthetic_voices": {"espeak-ng": src.ESPEAK_VOICES, "flite": src.FLITE_VOICES, "festival": src.FESTIVAL_VOICES},
+            "generated": "white/pink/brown and machinery noise" + (", and car, rain, ventilation and clatter noise (v2, train)"
+                          if version >= 2 else "") + " generated from the seed (no licence needed)",
+            "synthetic_voices": {"espeak-ng": src.ESPEAK_VOICES, "flite": src.FLITE_VOICES, "festival": src.FESTIVAL_VOICES,
+                                 **({"espeak-ng (v2, train)": src.EXTRA_ESPEAK_VOICES["train"],
+                                     "festival (v2, train)": src.EXTRA_FESTIVAL_VOICES["train"]} if version >= 2 else {})},
             "user_dirs": {"clean": [str(d) for d in clean_dirs or []], "noise": [str(d) for d in noise_dirs or []],
                           "licence": "user-provided: not checked"},
         },
@@ -207,9 +224,9 @@ def build_corpus(
     return manifest
 
 
-def default_corpus_dir(seed: int = 0) -> Path:
+def default_corpus_dir(seed: int = 0, version: int = CORPUS_VERSION) -> Path:
     root = Path(os.environ.get("HWCOMPRESS_CACHE", Path.home() / ".cache" / "hwcompress"))
-    return root / f"corpus-v{CORPUS_VERSION}-seed{seed}"
+    return root / f"corpus-v{version}-seed{seed}"
 
 
 def ensure_default_corpus() -> Path:

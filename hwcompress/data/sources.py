@@ -29,7 +29,8 @@ REAL_SPEECH = {
     "train": [("allison-en", "sounds/en_US_f_Allison"), ("allison-es", "sounds/es_MX_f_Allison")],
     "test": [("june-fr", "sounds/fr_CA_f_June")],
 }
-REAL_SPEAKER = {"allison-en": "allison", "allison-es": "allison", "june-fr": "june"}
+REAL_SPEAKER = {"allison-en": "allison", "allison-es": "allison", "june-fr": "june", "carlo-it": "carlo",
+                "ivr-ru": "ivr-ru"}
 
 MUSIC_SPLIT = {
     "macroform-cold_day": "train",
@@ -49,11 +50,26 @@ ESPEAK_VOICES = {
 FLITE_VOICES = {"train": ["kal16", "awb", "rms"], "valid": ["kal"], "test": ["slt"]}
 FESTIVAL_VOICES = {"train": ["voice_kal_diphone"], "valid": ["voice_cmu_us_slt_arctic_hts"], "test": ["voice_ked_diphone"]}
 
+# Corpus v2 adds training speech only, drawn from its own random streams after v1's, so that
+# the valid and test splits (their speech, noise and every mixture) stay byte-identical to v1:
+# two more real speakers (Carlo, a man, it-IT; a woman, ru-RU, both Asterisk core prompts), a
+# Catalan HTS voice, espeak-ng voices at other speeds and pitches (`voice@s<wpm>p<pitch>`; no
+# voice+variant of the valid or test splits), and generated car, rain, ventilation and
+# clatter noise.
+EXTRA_REAL_SPEECH = {"train": [("carlo-it", "sounds/it_IT_m_Carlo"), ("ivr-ru", "sounds/ru_RU_f_IvrvoiceRU")]}
+EXTRA_ESPEAK_VOICES = {"train": [
+    "en-us+m3@s125p30", "en-gb+f4@s185p70", "en-us-nyc+m8@s160p45", "en-gb-x-rp+michel@s140p55",
+    "nl+f1@s150p60", "pl+m5@s170p40", "sv+annie@s135p75", "ro+m7@s155p35", "de+linda@s175p65",
+    "en-029+edward@s145p50", "pt-br+f4@s165p55", "cs+m2@s150p45"]}
+EXTRA_FESTIVAL_VOICES = {"train": ["voice_upc_ca_ona_hts"]}
+
 # Debian packages whose data we read, for the manifest's licence records.
 PACKAGES = [
     "asterisk-core-sounds-en-g722", "asterisk-core-sounds-es-g722", "asterisk-core-sounds-fr-g722",
     "asterisk-moh-opsound-g722", "espeak-ng-data", "flite", "festival", "festvox-kallpc16k",
     "festvox-kdlpc16k", "festvox-us-slt-hts", "sound-theme-freedesktop",
+    # corpus v2
+    "asterisk-core-sounds-it-g722", "asterisk-core-sounds-ru-g722", "festvox-ca-ona-hts",
 ]
 
 WORDS = (
@@ -117,11 +133,14 @@ def split_of(key: str, valid: float = 0.1, test: float = 0.1) -> str:
     return "test" if u < test else "valid" if u < test + valid else "train"
 
 
-def real_speech(min_seconds: float = 0.8) -> list[tuple[str, str, Path]]:
+def real_speech(min_seconds: float = 0.8, table: dict | None = None) -> list[tuple[str, str, Path]]:
     jobs = []
-    for split, dirs in REAL_SPEECH.items():
+    for split, dirs in (REAL_SPEECH if table is None else table).items():
         for tag, rel in dirs:
-            for path in sorted((ASTERISK / rel).rglob("*.g722")):
+            folder = ASTERISK / rel
+            if not folder.is_dir():
+                raise HwcError(f"{folder} missing: run tools/setup.sh to install the speech packages")
+            for path in sorted(folder.rglob("*.g722")):
                 if path.stat().st_size >= min_seconds * 8000:  # G.722 is 64 kbit/s
                     jobs.append((split, tag, path))
     return jobs
@@ -131,7 +150,10 @@ def synthesize(engine: str, voice: str, text: str) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "s.wav"
         if engine == "espeak-ng":
-            subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True, capture_output=True)
+            name, _, prosody = voice.partition("@")  # en-us+m3@s125p30: 125 words/min, pitch 30 (0-99)
+            m = re.fullmatch(r"s(\d+)p(\d+)", prosody)
+            extra = ["-s", m.group(1), "-p", m.group(2)] if m else []
+            subprocess.run(["espeak-ng", "-v", name, *extra, "-w", str(wav), text], check=True, capture_output=True)
         elif engine == "flite":
             subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(wav)], check=True, capture_output=True)
         else:
@@ -141,9 +163,12 @@ def synthesize(engine: str, voice: str, text: str) -> np.ndarray:
         return _read_wav_bytes(wav)
 
 
-def synthetic_jobs(rng: np.random.Generator, per_voice: int) -> list[tuple[str, str, str, str]]:
+def synthetic_jobs(rng: np.random.Generator, per_voice: int, extra: bool = False) -> list[tuple[str, str, str, str]]:
+    """(split, speaker, engine, text) for every voice: v1's tables, or with `extra` v2's additions."""
+    tables = ((("espeak-ng", EXTRA_ESPEAK_VOICES), ("festival", EXTRA_FESTIVAL_VOICES)) if extra else
+              (("espeak-ng", ESPEAK_VOICES), ("flite", FLITE_VOICES), ("festival", FESTIVAL_VOICES)))
     jobs = []
-    for engine, table in (("espeak-ng", ESPEAK_VOICES), ("flite", FLITE_VOICES), ("festival", FESTIVAL_VOICES)):
+    for engine, table in tables:
         for split, voices in table.items():
             for voice in voices:
                 for text in sentences(rng, per_voice):
@@ -176,6 +201,82 @@ def machinery(rng: np.random.Generator, n: int) -> np.ndarray:
         clanks[start : start + length] += burst[: n - start] * rng.uniform(1, 4)
     x = hum / 4 + rough * rng.uniform(0.3, 1.0) + clanks
     return (x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+
+
+# Car, rain, ventilation and clatter noise for corpus v2's training split. Written by hand:
+# no offline package ships such recordings under a licence we can use, and these generators
+# are seeded, so the corpus stays reproducible. Each is a few physical ingredients, not a
+# recording; they widen the training noise, and the test noise stays the real recordings.
+def _band(x: np.ndarray, lo: float | None, hi: float | None, order: int = 2) -> np.ndarray:
+    if lo and hi:
+        sos = scipy.signal.butter(order, [lo, hi], "bandpass", fs=SR, output="sos")
+    elif hi:
+        sos = scipy.signal.butter(order, hi, "lowpass", fs=SR, output="sos")
+    else:
+        sos = scipy.signal.butter(order, lo, "highpass", fs=SR, output="sos")
+    return scipy.signal.sosfilt(sos, x)
+
+
+def _peak(x: np.ndarray) -> np.ndarray:
+    return (x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+
+
+def _decaying_tones(rng: np.random.Generator, n: int, rate: float, freqs: tuple[float, float],
+                    decay: tuple[float, float], partials: int) -> np.ndarray:
+    """Impacts at Poisson times, each a few decaying sinusoids (drops, cutlery, dishes)."""
+    out = np.zeros(n)
+    for start in np.sort(rng.integers(0, n, size=max(1, rng.poisson(rate * n / SR)))):
+        length = min(n - start, int(decay[1] * 5 * SR))
+        t = np.arange(length) / SR
+        tau = rng.uniform(*decay)
+        hit = sum(np.sin(2 * np.pi * rng.uniform(*freqs) * t + rng.uniform(0, 2 * np.pi)) for _ in range(partials))
+        out[start : start + length] += rng.lognormal(0, 0.6) * hit * np.exp(-t / tau)
+    return out
+
+
+def car(rng: np.random.Generator, n: int) -> np.ndarray:
+    """In a moving car: low road rumble, engine firing harmonics at a drifting rpm, tyre hiss and
+    now and then a passing vehicle."""
+    t = np.arange(n) / SR
+    rumble = _band(rng.standard_normal(n), None, rng.uniform(120, 400), order=4)
+    rpm = rng.uniform(1500, 3500) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(0.02, 0.1) * t))
+    phase = 2 * np.pi * np.cumsum(rpm / 60 * 2) / SR  # a four-cylinder engine fires twice per turn
+    engine = sum(rng.uniform(0.1, 1.0) / k * np.sin(k * phase) for k in range(1, 8))
+    hiss = _band(rng.standard_normal(n), 600, rng.uniform(2500, 5000))
+    passing = np.zeros(n)
+    for centre in rng.uniform(0, n / SR, size=rng.integers(0, 4)):
+        passing += np.exp(-(((t - centre) / rng.uniform(0.5, 1.5)) ** 2))
+    x = rumble / (np.abs(rumble).max() + 1e-9) + 0.3 * engine / 4 + (0.1 + 0.3 * passing) * hiss / (np.abs(hiss).max() + 1e-9)
+    return _peak(x)
+
+
+def rain(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Rain: many short drop impacts over a steady high-frequency wash."""
+    drops = _decaying_tones(rng, n, rng.uniform(80, 400), (1500, 7000), (0.002, 0.02), 1)
+    wash = _band(rng.standard_normal(n), rng.uniform(400, 1500), 7500)
+    wash *= 1 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * np.arange(n) / SR)
+    return _peak(drops / (np.abs(drops).max() + 1e-9) + rng.uniform(0.3, 1.0) * wash / (np.abs(wash).max() + 1e-9))
+
+
+def ventilation(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A fan or air conditioner: broadband air noise, a blade-pass tone with harmonics and a
+    slow beat."""
+    t = np.arange(n) / SR
+    air = _band(colored_noise(rng, n, rng.uniform(0.5, 1.5)), 40, rng.uniform(2000, 6000))
+    blade = rng.uniform(60, 300)
+    tone = sum(rng.uniform(0.2, 1.0) / k * np.sin(2 * np.pi * k * blade * t + rng.uniform(0, 6.3)) for k in range(1, 6))
+    beat = 1 + 0.2 * np.sin(2 * np.pi * rng.uniform(0.2, 2) * t)
+    return _peak(beat * (air / (np.abs(air).max() + 1e-9) + rng.uniform(0.05, 0.3) * tone / 3))
+
+
+def clatter(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A kitchen or cafe: cutlery and dish impacts (inharmonic ringing) over a room murmur."""
+    hits = _decaying_tones(rng, n, rng.uniform(0.5, 4), (1800, 9000), (0.02, 0.2), 4)
+    room = _band(colored_noise(rng, n, 1.0), 100, 4000)
+    return _peak(hits / (np.abs(hits).max() + 1e-9) + rng.uniform(0.05, 0.3) * room / (np.abs(room).max() + 1e-9))
+
+
+EXTRA_NOISES = {"car": car, "rain": rain, "ventilation": ventilation, "clatter": clatter}
 
 
 def package_licences() -> list[dict]:
