@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/crn-dfn3}
-hwcompress data build
-hwcompress train --model default --out "$RUN" --epochs 60 --steps-per-epoch 150 --batch 8 --seconds 4 \
+# corpus v1: what this run was trained on (its checkpoints predate the corpus check on resume)
+hwcompress data build --corpus-version 1
+hwcompress train --model default --data "$(hwcompress data path --corpus-version 1)" --out "$RUN" --epochs 60 --steps-per-epoch 150 --batch 8 --seconds 4 \
   --lr 5e-4 --patience 5 --teacher dfn3 --teacher-weight 0.5 --pool-items 3000 --pool-workers 2 --augment \
   --seed 0 --device cpu "$@"

@@ -23,16 +23,14 @@ import argparse
 import json
 import os
 import platform
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
-from _reading import write_keeping_reading  # benchmarks/, the script's own folder
+from _common import bootstrap_ci, run_logged  # benchmarks/, the script's own folder
+from _reading import write_keeping_reading
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "candidates"
@@ -42,12 +40,7 @@ COLUMNS = [("pesq_wb", "PESQ-WB", 2), ("stoi", "STOI", 3), ("si_sdr", "SI-SDR dB
 
 
 def run(cmd: list[str], log: Path) -> None:
-    print("$", shlex.join(cmd[2:] if cmd[:2] == HWC[:2] else cmd), flush=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}): {shlex.join(cmd)}; see {log}")
+    run_logged(cmd, log, ROOT, cmd[2:] if cmd[:2] == HWC[:2] else cmd)
 
 
 def evaluated(name: str, spec: str, limit: int, workers: int) -> dict:
@@ -69,10 +62,7 @@ def fitted(name: str, spec: str) -> tuple[str, dict]:
     return result["runtime_artifact"]["path"], result
 
 
-def ci(deltas: np.ndarray) -> tuple[float, float]:
-    r = stats.bootstrap((deltas,), np.mean, n_resamples=2000, confidence_level=0.95, method="BCa",
-                        random_state=np.random.default_rng(0))
-    return float(r.confidence_interval.low), float(r.confidence_interval.high)
+ci = bootstrap_ci
 
 
 def row_stats(result: dict) -> dict:

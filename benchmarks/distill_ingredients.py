@@ -26,16 +26,14 @@ import argparse
 import json
 import os
 import platform
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
-from _reading import write_keeping_reading  # benchmarks/, the script's own folder
+from _common import bootstrap_ci, run_logged  # benchmarks/, the script's own folder
+from _reading import write_keeping_reading
 
 ROOT = Path(__file__).resolve().parent.parent
 HWC = [sys.executable, "-m", "hwcompress"]
@@ -55,16 +53,10 @@ def slug(name: str) -> str:
 
 
 def run(cmd: list[str], log: Path) -> None:
-    print("$", shlex.join(["hwcompress", *cmd[3:]]), flush=True)
-    with open(log, "a") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}): {shlex.join(cmd)}; see {log}")
+    run_logged(cmd, log, ROOT, ["hwcompress", *cmd[3:]])
 
 
-def ci(d: np.ndarray) -> tuple[float, float]:
-    r = stats.bootstrap((d,), np.mean, n_resamples=2000, method="BCa", random_state=np.random.default_rng(0))
-    return float(r.confidence_interval.low), float(r.confidence_interval.high)
+ci = bootstrap_ci
 
 
 def main() -> None:

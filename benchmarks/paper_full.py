@@ -39,9 +39,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
-from _reading import write_keeping_reading  # benchmarks/, the script's own folder
+from _common import bootstrap_ci  # benchmarks/, the script's own folder
+from _reading import write_keeping_reading
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = (("pesq_wb", "PESQ-WB", 3), ("stoi", "STOI", 4), ("si_sdr", "SI-SDR dB", 2), ("dnsmos_ovrl", "OVRL", 2))
@@ -51,12 +51,7 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def ci(deltas: np.ndarray) -> tuple[float, float]:
-    if np.ptp(deltas) == 0:
-        return float(deltas[0]), float(deltas[0])
-    r = stats.bootstrap((deltas,), np.mean, n_resamples=2000, confidence_level=0.95, method="BCa",
-                        random_state=np.random.default_rng(0))
-    return float(r.confidence_interval.low), float(r.confidence_interval.high)
+ci = bootstrap_ci
 
 
 def hwc_bytes(model, sparsity: float, codebook: int, data: Path, out: Path, batch: int = 8, seconds: float = 4.0,
