@@ -26,7 +26,7 @@ def test_splits_are_speaker_and_noise_disjoint(small_corpus) -> None:
     assert not noise["train"] & noise["test"] and not noise["train"] & noise["valid"]
     kinds = {name.split("__")[0] for name in noise["train"]}
     assert {"babble", "music", "white", "pink", "brown", "machinery", "events", "car", "rain", "ventilation",
-            "clatter"} <= kinds
+            "clatter", "alerts"} <= kinds
 
 
 def test_manifest_records_licences(small_corpus) -> None:

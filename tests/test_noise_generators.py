@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.signal
 
 from hwcompress.data import sources as src
 
@@ -50,3 +51,16 @@ def test_espeak_speed_variant_changes_the_speech() -> None:
     slow = src.synthesize("espeak-ng", "en-us+m3@s100p30", text)
     fast = src.synthesize("espeak-ng", "en-us+m3@s220p30", text)
     assert slow.size > 1.6 * fast.size
+
+
+def test_alerts_are_tonal() -> None:
+    """Bells, melodies, beeps and alarms: in the loud frames the power sits in a few narrow
+    peaks (low spectral flatness), unlike broadband noise."""
+    x = src.alerts(np.random.default_rng(2), N)
+    f, t, spec = scipy.signal.stft(x, src.SR, nperseg=512)
+    power = np.abs(spec) ** 2
+    loud = power[:, power.sum(0) > 0.1 * power.sum(0).max()]
+    flatness = np.exp(np.mean(np.log(loud + 1e-12), 0)) / loud.mean(0)
+    assert np.median(flatness) < 0.05
+    white = np.abs(scipy.signal.stft(np.random.default_rng(0).standard_normal(N), src.SR, nperseg=512)[2]) ** 2
+    assert np.median(np.exp(np.mean(np.log(white + 1e-12), 0)) / white.mean(0)) > 0.3

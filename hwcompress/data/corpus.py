@@ -208,7 +208,7 @@ def build_corpus(
         "mixtures": mix_meta,
         "sources": {
             "debian_packages": src.package_licences(),
-            "generated": "white/pink/brown and machinery noise" + (", and car, rain, ventilation and clatter noise (v2, train)"
+            "generated": "white/pink/brown and machinery noise" + (", and car, rain, ventilation, clatter and alert noise (v2, train)"
                           if version >= 2 else "") + " generated from the seed (no licence needed)",
             "synthetic_voices": {"espeak-ng": src.ESPEAK_VOICES, "flite": src.FLITE_VOICES, "festival": src.FESTIVAL_VOICES,
                                  **({"espeak-ng (v2, train)": src.EXTRA_ESPEAK_VOICES["train"],

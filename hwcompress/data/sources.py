@@ -54,8 +54,8 @@ FESTIVAL_VOICES = {"train": ["voice_kal_diphone"], "valid": ["voice_cmu_us_slt_a
 # the valid and test splits (their speech, noise and every mixture) stay byte-identical to v1:
 # two more real speakers (Carlo, a man, it-IT; a woman, ru-RU, both Asterisk core prompts), a
 # Catalan HTS voice, espeak-ng voices at other speeds and pitches (`voice@s<wpm>p<pitch>`; no
-# voice+variant of the valid or test splits), and generated car, rain, ventilation and
-# clatter noise.
+# voice+variant of the valid or test splits), and generated car, rain, ventilation, clatter and
+# tonal-alert noise.
 EXTRA_REAL_SPEECH = {"train": [("carlo-it", "sounds/it_IT_m_Carlo"), ("ivr-ru", "sounds/ru_RU_f_IvrvoiceRU")]}
 EXTRA_ESPEAK_VOICES = {"train": [
     "en-us+m3@s125p30", "en-gb+f4@s185p70", "en-us-nyc+m8@s160p45", "en-gb-x-rp+michel@s140p55",
@@ -203,7 +203,7 @@ def machinery(rng: np.random.Generator, n: int) -> np.ndarray:
     return (x / (np.abs(x).max() + 1e-9)).astype(np.float32)
 
 
-# Car, rain, ventilation and clatter noise for corpus v2's training split. Written by hand:
+# Car, rain, ventilation, clatter and alert noise for corpus v2's training split. Written by hand:
 # no offline package ships such recordings under a licence we can use, and these generators
 # are seeded, so the corpus stays reproducible. Each is a few physical ingredients, not a
 # recording; they widen the training noise, and the test noise stays the real recordings.
@@ -276,7 +276,61 @@ def clatter(rng: np.random.Generator, n: int) -> np.ndarray:
     return _peak(hits / (np.abs(hits).max() + 1e-9) + rng.uniform(0.05, 0.3) * room / (np.abs(room).max() + 1e-9))
 
 
-EXTRA_NOISES = {"car": car, "rain": rain, "ventilation": ventilation, "clatter": clatter}
+def _tone(t: np.ndarray, f: float, odd_harmonics: int = 1) -> np.ndarray:
+    return sum(np.sin(2 * np.pi * f * (2 * k + 1) * t) / (2 * k + 1) for k in range(odd_harmonics))
+
+
+def alerts(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Sustained tonal alerts one after another with short gaps: struck bells and chimes
+    (inharmonic partials, long decays), ring-tone melodies, dual-tone beep cadences and two-tone
+    alarms. Harmonic but not speech: the model has to learn to remove them (the validation split's
+    tonal event recordings showed the models trained on v1 leaving such sounds in)."""
+    out = np.zeros(n)
+    pos = int(rng.uniform(0, 0.5) * SR)
+    while pos < n:
+        kind = rng.integers(4)
+        if kind == 0:  # bell or chime: 1-4 strikes of inharmonic partials
+            length = int(rng.uniform(1.0, 3.0) * SR)
+            t = np.arange(length) / SR
+            sound = np.zeros(length)
+            f0 = rng.uniform(300, 1500)
+            for start in np.sort(rng.uniform(0, 0.6, size=rng.integers(1, 5))):
+                s0 = int(start * SR)
+                tau = rng.uniform(0.3, 2.0)
+                for ratio in rng.choice([0.5, 1.0, 1.19, 1.5, 2.0, 2.5, 2.76, 3.0, 4.07], size=rng.integers(3, 7), replace=False):
+                    sound[s0:] += rng.uniform(0.2, 1.0) * np.sin(2 * np.pi * f0 * ratio * t[: length - s0]) * np.exp(-t[: length - s0] / (tau / ratio**0.5))
+        elif kind == 1:  # ring-tone melody: notes of a pentatonic scale
+            notes = [rng.uniform(0.08, 0.3) for _ in range(rng.integers(3, 9))] * int(rng.integers(1, 3))
+            base = rng.uniform(450, 1000)
+            parts = []
+            for dur in notes:
+                t = np.arange(int(dur * SR)) / SR
+                f = base * 2 ** (rng.choice([0, 2, 4, 7, 9, 12]) / 12)
+                parts.append(_tone(t, f, int(rng.integers(1, 4))) * np.minimum(1, np.minimum(t, t[::-1]) / 0.01))
+            sound = np.concatenate(parts)
+        elif kind == 2:  # dual-tone beeps on a cadence (busy, ringing, appliance beeps)
+            f1, f2 = rng.uniform(350, 1000), rng.uniform(350, 2500)
+            on, off = rng.uniform(0.1, 1.0), rng.uniform(0.1, 1.5)
+            parts = []
+            for _ in range(rng.integers(2, 6)):
+                t = np.arange(int(on * SR)) / SR
+                parts += [np.sin(2 * np.pi * f1 * t) + np.sin(2 * np.pi * f2 * t), np.zeros(int(off * SR))]
+            sound = np.concatenate(parts)
+        else:  # two-tone or swept alarm
+            length = int(rng.uniform(1.0, 3.0) * SR)
+            t = np.arange(length) / SR
+            lo, hi = sorted(rng.uniform(500, 2000, size=2))
+            rate = rng.uniform(0.5, 4)
+            sweep = np.sign(np.sin(2 * np.pi * rate * t)) if rng.random() < 0.5 else np.sin(2 * np.pi * rate * t)
+            phase = 2 * np.pi * np.cumsum(lo + (hi - lo) * (sweep + 1) / 2) / SR
+            sound = sum(np.sin((2 * k + 1) * phase) / (2 * k + 1) for k in range(int(rng.integers(1, 4))))
+        sound = sound[: n - pos] * rng.lognormal(0, 0.5) / (np.abs(sound).max() + 1e-9)
+        out[pos : pos + sound.size] += sound
+        pos += sound.size + int(rng.uniform(0.05, 1.0) * SR)
+    return _peak(out + 1e-3 * rng.standard_normal(n))
+
+
+EXTRA_NOISES = {"car": car, "rain": rain, "ventilation": ventilation, "clatter": clatter, "alerts": alerts}
 
 
 def package_licences() -> list[dict]:
