@@ -105,6 +105,11 @@ def test_v2_adds_training_data_only(tmp_path, small_corpus) -> None:
     assert new["speech_seconds"] > old["speech_seconds"] * 1.5  # real_limit=12: 24 -> 48 real prompts
     assert json.loads((v1 / "manifest.json").read_text())["corpus_version"] == 1
 
+    def packages(corpus):
+        return {p["package"] for p in json.loads((corpus / "manifest.json").read_text())["sources"]["debian_packages"]}
+
+    assert "asterisk-core-sounds-it-g722" in packages(small_corpus) - packages(v1)  # v1 records only what it reads
+
 
 def test_unknown_corpus_version_is_one_line(capsys, tmp_path) -> None:
     from conftest import cli, user_error

@@ -31,7 +31,7 @@ SR = src.SR
 SPLITS = ("train", "valid", "test")
 SNRS_DB = (-5, 0, 5, 10, 15)
 # v2 (issue 14) adds training speech and noise only; valid and test are byte-identical to v1's
-# (tests/test_corpus_v2.py). build_corpus(version=1) still builds v1.
+# (tests/test_data.py::test_v2_adds_training_data_only). build_corpus(version=1) still builds v1.
 CORPUS_VERSION = 2
 
 
@@ -207,7 +207,7 @@ def build_corpus(
         },
         "mixtures": mix_meta,
         "sources": {
-            "debian_packages": src.package_licences(),
+            "debian_packages": src.package_licences(version),
             "generated": "white/pink/brown and machinery noise" + (", and car, rain, ventilation, clatter and alert noise (v2, train)"
                           if version >= 2 else "") + " generated from the seed (no licence needed)",
             "synthetic_voices": {"espeak-ng": src.ESPEAK_VOICES, "flite": src.FLITE_VOICES, "festival": src.FESTIVAL_VOICES,

@@ -68,9 +68,8 @@ PACKAGES = [
     "asterisk-core-sounds-en-g722", "asterisk-core-sounds-es-g722", "asterisk-core-sounds-fr-g722",
     "asterisk-moh-opsound-g722", "espeak-ng-data", "flite", "festival", "festvox-kallpc16k",
     "festvox-kdlpc16k", "festvox-us-slt-hts", "sound-theme-freedesktop",
-    # corpus v2
-    "asterisk-core-sounds-it-g722", "asterisk-core-sounds-ru-g722", "festvox-ca-ona-hts",
 ]
+PACKAGES_V2 = ["asterisk-core-sounds-it-g722", "asterisk-core-sounds-ru-g722", "festvox-ca-ona-hts"]
 
 WORDS = (
     "the a an this that my your our their one two three four five six seven eight nine ten "
@@ -333,10 +332,11 @@ def alerts(rng: np.random.Generator, n: int) -> np.ndarray:
 EXTRA_NOISES = {"car": car, "rain": rain, "ventilation": ventilation, "clatter": clatter, "alerts": alerts}
 
 
-def package_licences() -> list[dict]:
-    """Name, version and licence of every Debian package read, from its copyright file."""
+def package_licences(version: int = 2) -> list[dict]:
+    """Name, version and licence of every Debian package a corpus of `version` reads, from its
+    copyright file."""
     records = []
-    for pkg in PACKAGES:
+    for pkg in PACKAGES + (PACKAGES_V2 if version >= 2 else []):
         version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True).stdout
         copyright_file = Path("/usr/share/doc") / pkg / "copyright"
         licences: list[str] = []
