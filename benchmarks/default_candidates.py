@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import bootstrap_ci, run_logged  # benchmarks/, the script's own folder
+from _common import bootstrap_ci as ci, run_logged  # benchmarks/, the script's own folder
 from _reading import write_keeping_reading
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,9 +60,6 @@ def fitted(name: str, spec: str) -> tuple[str, dict]:
     report = json.loads((out / "report.json").read_text())
     result = report["results"][0]
     return result["runtime_artifact"]["path"], result
-
-
-ci = bootstrap_ci
 
 
 def row_stats(result: dict) -> dict:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import bootstrap_ci, run_logged  # benchmarks/, the script's own folder
+from _common import bootstrap_ci as ci, run_logged  # benchmarks/, the script's own folder
 from _reading import write_keeping_reading
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,9 +54,6 @@ def slug(name: str) -> str:
 
 def run(cmd: list[str], log: Path) -> None:
     run_logged(cmd, log, ROOT, ["hwcompress", *cmd[3:]])
-
-
-ci = bootstrap_ci
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import bootstrap_ci  # benchmarks/, the script's own folder
+from _common import bootstrap_ci as ci  # benchmarks/, the script's own folder
 from _reading import write_keeping_reading
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,9 +49,6 @@ METRICS = (("pesq_wb", "PESQ-WB", 3), ("stoi", "STOI", 4), ("si_sdr", "SI-SDR dB
 
 def say(msg: str) -> None:
     print(msg, flush=True)
-
-
-ci = bootstrap_ci
 
 
 def hwc_bytes(model, sparsity: float, codebook: int, data: Path, out: Path, batch: int = 8, seconds: float = 4.0,
@@ -102,12 +99,13 @@ def scaled(model, target_bytes: int):
 def scores(model_or_path, data: Path, limit: int, cache: Path, workers: int) -> dict:
     from hwcompress.evaluate import evaluate
     from hwcompress.models.io import load_model
+    from hwcompress.search.sensitivity import atomic_json
 
     if cache.is_file():
         return json.loads(cache.read_text())
     model = load_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
     r = evaluate(model, data, "test", limit=limit, workers=workers)
-    cache.write_text(json.dumps({"n": r["n"], "rows": r["rows"]}))
+    atomic_json(cache, {"n": r["n"], "rows": r["rows"]})  # an interrupted run never leaves half a cache
     return json.loads(cache.read_text())
 
 
@@ -229,11 +227,9 @@ def write(entries: list[dict], args, seconds: float) -> None:
             lines.append(f"| {large['group']:g}x | {small['name']} | " + " | ".join(cells) + " |")
             out.append(record)
     write_keeping_reading(args.table, "\n".join(lines))
-    js = args.table.with_suffix(".json")
-    tmp = js.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"entries": [{k: v for k, v in e.items() if k != "scores"} for e in entries],
-                               "differences": out, "n": n}, indent=1, default=float))
-    tmp.replace(js)
+    write_keeping_reading(args.table.with_suffix(".json"), json.dumps(
+        {"entries": [{k: v for k, v in e.items() if k != "scores"} for e in entries], "differences": out, "n": n},
+        indent=1, default=float))
     print("\n".join(lines), flush=True)
 
 

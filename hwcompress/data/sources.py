@@ -175,13 +175,17 @@ def synthetic_jobs(rng: np.random.Generator, per_voice: int, extra: bool = False
     return jobs
 
 
+def _peak(x: np.ndarray) -> np.ndarray:
+    """Scaled to a peak of 1, float32 (every generated noise ends here)."""
+    return (x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+
+
 def colored_noise(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
     """Noise with power spectrum ~ 1/f^exponent (0 white, 1 pink, 2 brown)."""
     spec = np.fft.rfft(rng.standard_normal(n))
     f = np.arange(spec.size, dtype=np.float64)
     f[0] = 1.0
-    x = np.fft.irfft(spec / f ** (exponent / 2), n)
-    return (x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+    return _peak(np.fft.irfft(spec / f ** (exponent / 2), n))
 
 
 def machinery(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -198,8 +202,7 @@ def machinery(rng: np.random.Generator, n: int) -> np.ndarray:
         length = int(rng.uniform(0.03, 0.3) * SR)
         burst = rng.standard_normal(length) * np.exp(-np.arange(length) / (length / 5))
         clanks[start : start + length] += burst[: n - start] * rng.uniform(1, 4)
-    x = hum / 4 + rough * rng.uniform(0.3, 1.0) + clanks
-    return (x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+    return _peak(hum / 4 + rough * rng.uniform(0.3, 1.0) + clanks)
 
 
 # Car, rain, ventilation, clatter and alert noise for corpus v2's training split. Written by hand:
@@ -214,10 +217,6 @@ def _band(x: np.ndarray, lo: float | None, hi: float | None, order: int = 2) -> 
     else:
         sos = scipy.signal.butter(order, lo, "highpass", fs=SR, output="sos")
     return scipy.signal.sosfilt(sos, x)
-
-
-def _peak(x: np.ndarray) -> np.ndarray:
-    return (x / (np.abs(x).max() + 1e-9)).astype(np.float32)
 
 
 def _decaying_tones(rng: np.random.Generator, n: int, rate: float, freqs: tuple[float, float],
@@ -332,11 +331,11 @@ def alerts(rng: np.random.Generator, n: int) -> np.ndarray:
 EXTRA_NOISES = {"car": car, "rain": rain, "ventilation": ventilation, "clatter": clatter, "alerts": alerts}
 
 
-def package_licences(version: int = 2) -> list[dict]:
-    """Name, version and licence of every Debian package a corpus of `version` reads, from its
-    copyright file."""
+def package_licences(corpus_version: int = 2) -> list[dict]:
+    """Name, version and licence of every Debian package a corpus of `corpus_version` reads, from
+    its copyright file."""
     records = []
-    for pkg in PACKAGES + (PACKAGES_V2 if version >= 2 else []):
+    for pkg in PACKAGES + (PACKAGES_V2 if corpus_version >= 2 else []):
         version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True).stdout
         copyright_file = Path("/usr/share/doc") / pkg / "copyright"
         licences: list[str] = []
