@@ -32,7 +32,15 @@ PESQ_DROP = 0.3
 MODEL: dict[str, str] = {}
 
 
+# verify retries: one hop of these models is 0.1-0.4 ms, and on a shared 2-core VM the same
+# artifact measured 0.106 and 0.194 ms minutes apart (a verified 0.233 ms after a probe's
+# 0.135 ms), so a run may miss a budget three times in a row by timing alone (CI once did,
+# 0.174 ms against 0.162 ms); more retries keep the tests about the loop, not about luck
+RETRIES = 6
+
+
 def _cfg(out, data, budget_ms=None, **kw) -> FitConfig:
+    kw.setdefault("retries", RETRIES)
     return FitConfig(target="generic-onnx", out=out, budgets_ms=[budget_ms] if budget_ms else [], model=MODEL["path"],
                      data=data, prune_steps=6, cluster_steps=2, batch=2, seconds=1.0, sensitivity_items=3,
                      eval_items=3, measure_runs=150, final_runs=300, emulate=False, dnsmos=False, **kw)
@@ -197,7 +205,7 @@ def test_verified_miss_tightens_and_compresses_again(dense_ms, small_corpus, tmp
     r = report["results"][0]
     assert any("verified" in m and "tightening and compressing again" in m for m in logged), logged
     assert calls["n"] >= 2
-    assert r["latency_ms"] <= budget and r["budget_met"]
+    assert r["latency_ms"] <= budget and r["budget_met"], (budget, logged, r["allocation"]["measured_trials"])
     assert any(v > 0 for v in r["allocation"]["ratios"].values())
     # a rerun resumes where the retry ended: the tightened allocation is reused, not the
     # first (missed) one re-made from the untightened calibration, and nothing is recompressed
