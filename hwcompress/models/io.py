@@ -149,13 +149,15 @@ def read_checkpoint(path: Path) -> dict:
 
 # Pretrained models no one here wrote, built by hwcompress's own code from the packages that
 # ship their weights: a saved file naming one rebuilds it without importing anyone's code.
-NAMED = {"nsnet2": "hwcompress.models.nsnet2", "deepfilternet3": "hwcompress.models.deepfilternet"}
+NAMED = {"nsnet2": "hwcompress.models.nsnet2:model", "nsnet2-wide": "hwcompress.models.nsnet2:wide_model",
+         "deepfilternet3": "hwcompress.models.deepfilternet:model"}
 
 
 def named_model(name: str) -> torch.nn.Module:
     import importlib
 
-    return importlib.import_module(NAMED[name]).model()
+    module, function = NAMED[name].split(":")
+    return getattr(importlib.import_module(module), function)()
 
 
 def onnx_model(path: Path) -> torch.nn.Module:

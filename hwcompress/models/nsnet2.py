@@ -97,3 +97,89 @@ def model() -> nn.Module:
 
 
 NAME = "nsnet2"
+WIDE_NAME = "nsnet2-wide"
+#: nsnet2-wide: every hidden layer of NSNet2 twice as wide (GRUs 800, linear 1200)
+WIDEN = 2
+# relative size of the noise added to the copied units (Net2Net's symmetry breaking: without
+# it a unit and its copy get the same gradient forever and stay one unit)
+WIDEN_NOISE = 1e-2
+
+
+def _widened_linear(layer: nn.Linear, out_map: torch.Tensor | None, in_map: torch.Tensor | None,
+                    gen: torch.Generator) -> nn.Linear:
+    w, b = layer.weight.detach(), layer.bias.detach()
+    if in_map is not None:  # each input unit now arrives once per copy: split its weight among them
+        w = w[:, in_map] / torch.bincount(in_map)[in_map]
+    if out_map is not None:
+        w, b = _copies(w, out_map, gen), _copies(b, out_map, gen)
+    new = nn.Linear(w.shape[1], w.shape[0])
+    new.weight.data.copy_(w)
+    new.bias.data.copy_(b)
+    return new
+
+
+def _copies(t: torch.Tensor, out_map: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Rows of `t` picked by `out_map`; the rows that are copies (not the first occurrence of
+    their unit) get noise of WIDEN_NOISE x the tensor's spread."""
+    rows = t[out_map].clone()
+    first = torch.zeros(len(out_map), dtype=torch.bool)
+    first[: t.shape[0]] = True  # out_map starts with every unit once, in order
+    noise = torch.randn(rows.shape, generator=gen) * WIDEN_NOISE * t.std()
+    rows[~first] += noise[~first]
+    return rows
+
+
+def _widened_gru(layer: nn.GRU, out_map: torch.Tensor, in_map: torch.Tensor | None, gen: torch.Generator) -> nn.GRU:
+    hidden = layer.hidden_size
+    gate_map = torch.cat([g * hidden + out_map for g in range(3)])  # r, z, n blocks
+    w_ih, w_hh = layer.weight_ih_l0.detach(), layer.weight_hh_l0.detach()
+    if in_map is not None:
+        w_ih = w_ih[:, in_map] / torch.bincount(in_map)[in_map]
+    w_hh = w_hh[:, out_map] / torch.bincount(out_map)[out_map]
+    new = nn.GRU(w_ih.shape[1], len(out_map))
+    for name, t in (("weight_ih_l0", w_ih), ("weight_hh_l0", w_hh), ("bias_ih_l0", layer.bias_ih_l0.detach()),
+                    ("bias_hh_l0", layer.bias_hh_l0.detach())):
+        rows = t[gate_map].clone()
+        fresh = torch.ones(len(gate_map), dtype=torch.bool)
+        for g in range(3):  # the copies within each gate block get the noise
+            fresh[g * len(out_map) + hidden: (g + 1) * len(out_map)] = False
+        rows[~fresh] += (torch.randn(rows.shape, generator=gen) * WIDEN_NOISE * t.std())[~fresh]
+        getattr(new, name).data.copy_(rows)
+    return new
+
+
+def widen(net: nn.Module, factor: int = WIDEN, seed: int = 0) -> nn.Module:
+    """NSNet2's imported network with every hidden layer `factor` times as wide, computing
+    (up to the symmetry-breaking noise) the same function: Net2Net's function-preserving
+    widening (Chen, Goodfellow & Shlens, ICLR 2016). Each unit is copied factor - 1 times and
+    the layer after it divides that unit's outgoing weight among the copies; GRU units are
+    copied with all three gates, and their recurrent weights divided the same way, so a unit
+    and its copies keep equal states from the zero initial state on. Written here because no
+    library widens recurrent layers (torch-pruning only removes units)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def units(n: int) -> torch.Tensor:
+        return torch.arange(n * factor) % n  # the original units first, then the copies
+
+    m_in, m0, m1 = units(net.fc_in_0.out_features), units(net.gru0.hidden_size), units(net.gru1.hidden_size)
+    m_out0, m_out2 = units(net.fc_out_0.out_features), units(net.fc_out_2.out_features)
+    net.fc_in_0 = _widened_linear(net.fc_in_0, m_in, None, gen)
+    net.gru0 = _widened_gru(net.gru0, m0, m_in, gen)
+    net.gru1 = _widened_gru(net.gru1, m1, m0, gen)
+    net.fc_out_0 = _widened_linear(net.fc_out_0, m_out0, m1, gen)
+    net.fc_out_2 = _widened_linear(net.fc_out_2, m_out2, m_out0, gen)
+    net.fc_out_4 = _widened_linear(net.fc_out_4, None, m_out2, gen)
+    return net
+
+
+def wide_model() -> nn.Module:
+    """nsnet2-wide: NSNet2 widened (`widen`) into a network over the raspberrypi4 target's
+    8 ms budget in fp32, the starting point for training a larger model from NSNet2's
+    knowledge. A file trained from it names this source and is rebuilt from here (the
+    widening is deterministic) before its own weights are loaded."""
+    from hwcompress.models.wrap import FrontEndModel
+
+    net = FrontEndModel(widen(core()), FRONT_END, source=WIDE_NAME, kwargs={})
+    net.meta = {"pretrained": WIDE_NAME, "licence": LICENCE + "; widened by hwcompress (Net2Net)",
+                "weights_from": f"{PACKAGE.replace('_', '-')} {ONNX_FILE}, every hidden layer x{WIDEN}"}
+    return net.eval()
