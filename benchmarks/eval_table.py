@@ -3,7 +3,7 @@ mean, the PESQ-WB and DNSMOS OVRL difference to a reference row with a paired 95
 interval over mixtures, and the PESQ-WB gain per noise kind. Nothing is run here: it reads what
 eval wrote, and refuses files scored on other mixtures.
 
-    python benchmarks/eval_table.py REF.json NAME=OTHER.json ... [--markdown OUT.md]
+    python benchmarks/eval_table.py REF.json NAME=OTHER.json ...
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ METRICS = [("pesq_wb", "PESQ-WB", 3), ("stoi", "STOI", 3), ("si_sdr", "SI-SDR dB
 
 def load(arg: str) -> tuple[str, dict]:
     name, _, path = arg.rpartition("=")
-    result = json.loads(Path(path).read_text())
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        sys.exit(f"{path}: not a readable eval JSON ({type(exc).__name__})")
     return name or Path(path).stem, result
 
 
