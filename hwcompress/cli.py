@@ -262,6 +262,7 @@ def train(
     pool_items: Annotated[int, typer.Option(min=1, help="With --teacher: mixtures in the pool (each --seconds long).")] = 2000,
     pool_workers: Annotated[int, typer.Option(min=1, help="With --teacher: processes that compute missing pool items.")] = 1,
     augment: Annotated[bool, typer.Option(help="Speed, room (pyroomacoustics RIR) and microphone-channel augmentation of every training mixture.")] = False,
+    loss: Annotated[str, typer.Option(help="Spectral loss: mag+complex (compressed magnitudes and complex spectra) or mag (magnitudes only: for a model that scales the noisy spectrum by a real gain, e.g. NSNet2; docs/training.md).")] = "mag+complex",
 ) -> None:
     """Train a model (a zoo preset, or continue from a file) with on-the-fly mixing. Launched by
     torchrun with several processes (`torchrun --nproc_per_node N -m hwcompress train ...`) it
@@ -275,6 +276,10 @@ def train(
     from hwcompress.train import train as run_train
 
     reject_artifact(model, "train")
+    from hwcompress.train import LOSSES
+
+    if loss not in LOSSES:
+        raise HwcError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     check_writable(out, "dir")
     for name, value in (("lr", lr), ("seconds", seconds), ("max-minutes", max_minutes)):
         if not math.isfinite(value):
@@ -284,7 +289,7 @@ def train(
     net = load_model(model, model_weights)
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch, seconds=seconds, lr=lr,
                       patience=patience, seed=seed, max_minutes=max_minutes, distill_from=teacher or "",
-                      distill_weight=teacher_weight, pool_items=pool_items, augment=augment)
+                      distill_weight=teacher_weight, pool_items=pool_items, augment=augment, loss=loss)
     if teacher is not None:
         from hwcompress.teachers import teacher as known_teacher
 

@@ -66,16 +66,35 @@ class TrainConfig:
     pool_items: int = 2000
     # speed, reverberation and channel augmentation of every training mixture (data.augment)
     augment: bool = False
+    # the spectral loss (LOSSES; "mag" for a magnitude-mask model: see spectral_loss), in
+    # training and in the validation loss that picks the best epoch
+    loss: str = "mag+complex"
 
 
-def spectral_loss(est: torch.Tensor, ref: torch.Tensor, power: float = 0.3) -> torch.Tensor:
-    """MSE of power-law compressed magnitudes plus of compressed complex spectra: the
-    compression weights quiet T-F regions as hearing (and PESQ) does."""
+#: training losses (TrainConfig.loss): "mag+complex" is the MSE of power-law compressed magnitudes
+#: plus that of the compressed complex spectra; "mag" the magnitude term alone.
+LOSSES = ("mag+complex", "mag")
+
+
+def spectral_loss(est: torch.Tensor, ref: torch.Tensor, power: float = 0.3, kind: str = "mag+complex") -> torch.Tensor:
+    """MSE of power-law compressed magnitudes plus (kind "mag+complex") of compressed complex
+    spectra: the compression weights quiet T-F regions as hearing (and PESQ) does.
+
+    kind "mag" drops the complex term. It is meant for a model that only scales the noisy
+    spectrum by a real gain (a magnitude mask, e.g. NSNet2): its output keeps the noisy phase,
+    so the complex term is least where the gain is |S|/|Y| x cos(phase error)^(1/power), below
+    the magnitude ratio wherever the noise has turned the phase; it pulls the gain down on
+    speech at low SNR, which a magnitude model cannot repair by any phase."""
+    if kind not in LOSSES:
+        raise HwcError(f"unknown training loss {kind!r}: one of {', '.join(LOSSES)}")
     mag_e = est.pow(2).sum(-1).add(1e-10).sqrt()
     mag_r = ref.pow(2).sum(-1).add(1e-10).sqrt()
+    loss = torch.mean((mag_e.pow(power) - mag_r.pow(power)) ** 2)
+    if kind == "mag":
+        return loss
     comp_e = est * (mag_e.pow(power - 1)).unsqueeze(-1)
     comp_r = ref * (mag_r.pow(power - 1)).unsqueeze(-1)
-    return torch.mean((mag_e.pow(power) - mag_r.pow(power)) ** 2) + torch.mean((comp_e - comp_r) ** 2)
+    return loss + torch.mean((comp_e - comp_r) ** 2)
 
 
 def analysis(model: torch.nn.Module, audio: torch.Tensor) -> torch.Tensor:
@@ -93,7 +112,8 @@ def reference(model: torch.nn.Module, clean: torch.Tensor) -> torch.Tensor:
 
 
 def target_loss(est: torch.Tensor, spec: torch.Tensor, clean: torch.Tensor, teacher: torch.nn.Module | None = None,
-                teacher_weight: float = 1.0, model: torch.nn.Module | None = None) -> torch.Tensor:
+                teacher_weight: float = 1.0, model: torch.nn.Module | None = None,
+                kind: str = "mag+complex") -> torch.Tensor:
     """The fine-tuning loss of the student output `est` for the noisy STFT `spec`:
     teacher_weight x spectral loss against the teacher's output on `spec` (computed here
     under no_grad: the teacher gets no gradient and is not changed) + (1 - teacher_weight)
@@ -101,22 +121,22 @@ def target_loss(est: torch.Tensor, spec: torch.Tensor, clean: torch.Tensor, teac
     `model` (the student) says how clean speech becomes a spectrum (`reference`)."""
     w = float(teacher_weight) if teacher is not None else 0.0
     if w <= 0.0:
-        return spectral_loss(est, reference(model, clean))
+        return spectral_loss(est, reference(model, clean), kind=kind)
     with torch.no_grad():
         target, _ = teacher(spec, initial_state(teacher, spec.shape[0], spec.device))
-    loss = spectral_loss(est, target.detach())
+    loss = spectral_loss(est, target.detach(), kind=kind)
     if w < 1.0:
-        loss = w * loss + (1.0 - w) * spectral_loss(est, reference(model, clean))
+        loss = w * loss + (1.0 - w) * spectral_loss(est, reference(model, clean), kind=kind)
     return loss
 
 
 def pool_loss(est: torch.Tensor, clean: torch.Tensor, taught: torch.Tensor, weight: float,
-              model: torch.nn.Module) -> torch.Tensor:
+              model: torch.nn.Module, kind: str = "mag+complex") -> torch.Tensor:
     """weight x spectral loss against a teacher's output `taught` (audio, from a pool) + (1 - weight)
     x spectral loss against the clean speech."""
-    loss = spectral_loss(est, reference(model, taught)) if weight > 0 else 0.0
+    loss = spectral_loss(est, reference(model, taught), kind=kind) if weight > 0 else 0.0
     if weight < 1.0:
-        loss = weight * loss + (1.0 - weight) * spectral_loss(est, reference(model, clean))
+        loss = weight * loss + (1.0 - weight) * spectral_loss(est, reference(model, clean), kind=kind)
     return loss
 
 
@@ -133,11 +153,12 @@ def fit_normalizer(model: SEModel, sampler: MixtureSampler, rng: np.random.Gener
     model.feat_std.copy_(logp.std(0).clamp_min(1e-3))
 
 
-def validation_loss(model: SEModel, items: list[dict]) -> float:
+def validation_loss(model: SEModel, items: list[dict], kind: str = "mag+complex") -> float:
     """Mean spectral loss over fixed items: no sampling, so the same weights always give
     the same figure (bit-identical for a given thread count). The model's mode is kept.
     An item holding a teacher's output ("teacher", "teacher_weight" w: see
-    search.sensitivity.with_teacher) is scored w x loss against it + (1 - w) x the clean loss."""
+    search.sensitivity.with_teacher) is scored w x loss against it + (1 - w) x the clean loss.
+    `kind`: the spectral loss (LOSSES), the one the model trains with."""
     was_training = model.training
     model.eval()
     device = device_of(model)  # scored where the model lives
@@ -149,10 +170,11 @@ def validation_loss(model: SEModel, items: list[dict]) -> float:
                 spec = analysis(model, noisy)
                 est, _ = model(spec, initial_state(model, 1, device))
                 w = float(item.get("teacher_weight", 0.0)) if "teacher" in item else 0.0
-                loss = w * spectral_loss(est, torch.from_numpy(item["teacher"])[None].to(device)).item() if w > 0 else 0.0
+                loss = w * spectral_loss(est, torch.from_numpy(item["teacher"])[None].to(device), kind=kind).item() \
+                    if w > 0 else 0.0
                 if w < 1.0:
                     clean = torch.from_numpy(item["clean"])[None].to(device)
-                    loss += (1.0 - w) * spectral_loss(est, reference(model, clean)).item()
+                    loss += (1.0 - w) * spectral_loss(est, reference(model, clean), kind=kind).item()
             total += loss
     model.train(was_training)
     return total / len(items)
@@ -161,7 +183,7 @@ def validation_loss(model: SEModel, items: list[dict]) -> float:
 # settings that shape the trajectory: a resume with other values would not continue the
 # same run (epochs, patience and max_minutes may change: they only say when to stop)
 RESUME_FIELDS = ("seed", "batch", "steps_per_epoch", "seconds", "lr", "valid_items", "halve_on_plateau",
-                 "distill_from", "distill_weight", "pool_items", "augment")
+                 "distill_from", "distill_weight", "pool_items", "augment", "loss")
 
 
 def corpus_id(data: Path) -> str:
@@ -263,6 +285,8 @@ def train(
     distil = teacher is not None and teacher_weight > 0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.loss not in LOSSES:
+        raise HwcError(f"unknown training loss {cfg.loss!r}: one of {', '.join(LOSSES)}")
     if not 0.0 <= cfg.distill_weight <= 1.0:
         raise HwcError(f"distillation weight must be in [0, 1], got {cfg.distill_weight}")
     if cfg.distill_from and teacher is not None:
@@ -326,9 +350,9 @@ def train(
                     spec = analysis(model, noisy)
                     est, _ = net(spec, initial_state(model, cfg.batch, device))
                     if pool is not None:
-                        loss = pool_loss(est, clean, taught, cfg.distill_weight, model)
+                        loss = pool_loss(est, clean, taught, cfg.distill_weight, model, cfg.loss)
                     else:
-                        loss = target_loss(est, spec, clean, teacher, teacher_weight, model)
+                        loss = target_loss(est, spec, clean, teacher, teacher_weight, model, cfg.loss)
                     total = loss + (regularizer(model) if regularizer else 0.0)
                     opt.zero_grad()
                     total.backward()
@@ -343,9 +367,9 @@ def train(
             if world > 1:  # the epoch's train loss over every rank's batches; rank 0's verdicts for all
                 running = _mean_over_ranks(running, device)
                 late = lambda: bool(cfg.max_minutes and (time.time() - started) / 60 > cfg.max_minutes)  # noqa: E731
-                val, stop = _from_rank0(lambda: (validation_loss(model, valid), late()))
+                val, stop = _from_rank0(lambda: (validation_loss(model, valid, cfg.loss), late()))
             else:
-                val, stop = validation_loss(model, valid), None  # the time limit: checked once the files are written
+                val, stop = validation_loss(model, valid, cfg.loss), None  # the time limit: checked once the files are written
             state["epoch"] += 1
             improved = val < state["best"] - 1e-4
             state["history"].append({"epoch": state["epoch"], "train_loss": running / cfg.steps_per_epoch,

@@ -161,3 +161,47 @@ def test_resume_on_another_corpus_is_one_line(small_corpus, tmp_path) -> None:
     with pytest.raises(HwcError, match="another corpus.*--data"):
         train(_model(), other, run, TrainConfig(epochs=2, **SMALL), log=_quiet)
     assert (run / "last.pt").read_bytes() == before
+
+
+def test_magnitude_loss_ignores_the_phase_a_mask_cannot_change() -> None:
+    """`--loss mag` scores compressed magnitudes only: an estimate with the reference's magnitudes
+    and another phase costs nothing, where the default loss charges the phase error (which is
+    least, for a real gain on the noisy spectrum, at a gain below the magnitude ratio)."""
+    from hwcompress.train import spectral_loss
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(2, 20, 161, 2, generator=g)
+    mag = ref.pow(2).sum(-1).sqrt()
+    phase = torch.rand(2, 20, 161, generator=g) * 6.28
+    other = torch.stack([mag * torch.cos(phase), mag * torch.sin(phase)], -1)
+    assert spectral_loss(other, ref, kind="mag").item() < 1e-10
+    assert spectral_loss(other, ref).item() > 0.1
+    assert spectral_loss(ref, ref).item() < 1e-10
+    # a magnitude error is charged the same by both
+    louder = ref * 2.0
+    assert spectral_loss(louder, ref, kind="mag").item() > 0.01
+    with pytest.raises(HwcError, match="unknown training loss 'l1'"):
+        spectral_loss(ref, ref, kind="l1")
+
+
+def test_training_with_the_magnitude_loss_resumes_and_refuses_another_loss(small_corpus, tmp_path) -> None:
+    run = tmp_path / "run"
+    cfg = TrainConfig(epochs=1, loss="mag", **SMALL)
+    state = train(_model(), small_corpus, run, cfg, log=_quiet)
+    assert state["epoch"] == 1 and torch.isfinite(torch.tensor(state["history"][0]["valid_loss"]))
+    assert load_model(str(run / "model.pt")).meta["train_config"]["loss"] == "mag"
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(HwcError, match="loss 'mag' \\(now 'mag\\+complex'\\)"):
+        train(_model(), small_corpus, run, TrainConfig(epochs=2, **SMALL), log=_quiet)
+    assert (run / "last.pt").read_bytes() == before
+    with pytest.raises(HwcError, match="unknown training loss 'l1'"):
+        train(_model(), small_corpus, tmp_path / "other", TrainConfig(epochs=1, loss="l1", **SMALL), log=_quiet)
+
+
+def test_train_cli_rejects_an_unknown_loss(capsys, small_corpus, tmp_path) -> None:
+    from conftest import cli, user_error
+
+    proc = cli(capsys, "train", "--model", "tiny-gru", "--data", str(small_corpus), "--out", str(tmp_path / "r"),
+               "--loss", "l1", "--device", "cpu")
+    user_error(proc, "--loss must be one of mag+complex, mag, got 'l1'")
+    assert not (tmp_path / "r").exists()
