@@ -308,6 +308,40 @@ def train(
                    f"(trained on {where})")
 
 
+@app.command("wise-ft")
+def wise_ft_cmd(
+    model: ModelOpt,
+    start: Annotated[str, typer.Option("--start", help="The model training started from (a preset, a named model such as nsnet2-wide, or a file).")],
+    out: Annotated[Path, typer.Option(help="Where to write the ensemble (.pt).")],
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of the fine-tuned model (1: it alone; 0: the start).")] = 0.5,
+    model_weights: ModelWeightsOpt = None,
+) -> None:
+    """Weight-space ensemble of a fine-tuned model (--model) and the model its training started
+    from (--start): alpha x fine-tuned + (1 - alpha) x start, weight by weight (WiSE-FT,
+    docs/training.md)."""
+    from hwcompress.models.io import load_model, save_model
+    from hwcompress.train import wise_ft
+    from hwcompress.workdir import model_digest
+
+    for spec, what in ((model, "--model"), (start, "--start")):
+        reject_artifact(spec, "wise-ft")
+        if spec.endswith(".hwc"):
+            raise HwcError(f"{spec}: {what} must be a dense model (.pt, a preset or a named model), not a compressed "
+                           ".hwc: averaging would undo its pruning and codebooks")
+    if out.suffix != ".pt":
+        raise HwcError(f"--out {out}: the ensemble is written as a .pt file")
+    check_writable(out, "file")
+    tuned, origin = load_model(model, model_weights), load_model(start)
+    if not tuned.meta.get("trained"):
+        raise HwcError(f"{model}: not a trained model file (its training writes model.pt); WiSE-FT averages a "
+                       "fine-tuned model with its start")
+    merged = wise_ft(tuned, origin, alpha)
+    meta = {**tuned.meta, "wise_ft": {"alpha": alpha, "finetuned": str(model), "start": start,
+                                      "start_digest": model_digest(origin)}}
+    save_model(out, merged, meta)
+    typer.echo(f"{out}: {alpha:g} x {model} + {1 - alpha:g} x {start} (WiSE-FT)")
+
+
 @app.command("eval")
 def eval_cmd(
     model: ModelOpt = "default",

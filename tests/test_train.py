@@ -205,3 +205,42 @@ def test_train_cli_rejects_an_unknown_loss(capsys, small_corpus, tmp_path) -> No
                "--loss", "l1", "--device", "cpu")
     user_error(proc, "--loss must be one of mag+complex, mag, got 'l1'")
     assert not (tmp_path / "r").exists()
+
+
+def test_wise_ft_averages_a_finetuned_model_with_its_start(capsys, small_corpus, tmp_path) -> None:
+    """`hwcompress wise-ft`: every float weight is alpha x fine-tuned + (1 - alpha) x start (alpha 1
+    gives the fine-tuned model, 0 the start), the file loads with weights_only and says what it
+    is; a start of another network, a .hwc, a non-.pt output or an untrained --model is one line
+    and writes nothing."""
+    from conftest import cli, user_error
+    from hwcompress.models.io import save_model
+
+    start = _model(0)
+    save_model(tmp_path / "start.pt", start, {"trained": True})
+    train(_model(0), small_corpus, tmp_path / "run", TrainConfig(epochs=1, **SMALL), log=_quiet)
+    tuned = load_model(str(tmp_path / "run" / "model.pt"))
+    st, sf = start.state_dict(), tuned.state_dict()
+    assert any(not torch.equal(st[k], sf[k]) for k in st)  # training moved the weights
+    for alpha in (0.0, 0.5, 1.0):
+        out = tmp_path / f"wise{alpha}.pt"
+        proc = cli(capsys, "wise-ft", "--model", str(tmp_path / "run" / "model.pt"), "--start",
+                   str(tmp_path / "start.pt"), "--alpha", str(alpha), "--out", str(out))
+        assert proc.returncode == 0, proc.stderr
+        merged = load_model(str(out))
+        assert merged.meta["wise_ft"]["alpha"] == alpha and merged.meta["trained"] is True
+        for k, v in merged.state_dict().items():
+            want = alpha * sf[k] + (1 - alpha) * st[k] if v.is_floating_point() else sf[k]
+            assert torch.allclose(v, want, atol=1e-7), k
+    other = tmp_path / "other.pt"
+    torch.manual_seed(0)
+    save_model(other, load_model("tiny-lstm"), {"trained": True})
+    run = str(tmp_path / "run" / "model.pt")
+    bad = tmp_path / "bad.pt"
+    user_error(cli(capsys, "wise-ft", "--model", run, "--start", str(other), "--out", str(bad)),
+               "needs the model training started from")
+    user_error(cli(capsys, "wise-ft", "--model", "m.hwc", "--start", str(other), "--out", str(bad)), "not a compressed")
+    user_error(cli(capsys, "wise-ft", "--model", run, "--start", str(other), "--out", str(tmp_path / "x.onnx")),
+               "written as a .pt")
+    user_error(cli(capsys, "wise-ft", "--model", "tiny-gru", "--start", "tiny-gru", "--out", str(bad)),
+               "not a trained model file")
+    assert not bad.exists()
