@@ -320,7 +320,7 @@ def wise_ft_cmd(
     from (--start): alpha x fine-tuned + (1 - alpha) x start, weight by weight (WiSE-FT,
     docs/training.md)."""
     from hwcompress.models.io import load_model, save_model
-    from hwcompress.train import wise_ft
+    from hwcompress.train import derived_from, wise_ft
     from hwcompress.workdir import model_digest
 
     for spec, what in ((model, "--model"), (start, "--start")):
@@ -336,7 +336,7 @@ def wise_ft_cmd(
         raise HwcError(f"{model}: not a trained model file (its training writes model.pt); WiSE-FT averages a "
                        "fine-tuned model with its start")
     merged = wise_ft(tuned, origin, alpha)
-    meta = {**tuned.meta, "wise_ft": {"alpha": alpha, "finetuned": str(model), "start": start,
+    meta = {**derived_from(origin), **tuned.meta, "wise_ft": {"alpha": alpha, "finetuned": str(model), "start": start,
                                       "start_digest": model_digest(origin)}}
     save_model(out, merged, meta)
     typer.echo(f"{out}: {alpha:g} x {model} + {1 - alpha:g} x {start} (WiSE-FT)")

@@ -186,6 +186,28 @@ RESUME_FIELDS = ("seed", "batch", "steps_per_epoch", "seconds", "lr", "valid_ite
                  "distill_from", "distill_weight", "pool_items", "augment", "loss")
 
 
+def derived_from(model: torch.nn.Module) -> dict:
+    """{"derived_from": {pretrained, licence, weights_from}} for a model that starts from
+    pretrained weights under a licence (NSNet2: CC-BY 4.0, which asks for attribution), also
+    through earlier training or WiSE-FT; {} otherwise."""
+    meta = getattr(model, "meta", None) or {}
+    if isinstance(meta.get("derived_from"), dict):
+        return {"derived_from": meta["derived_from"]}
+    if meta.get("licence"):
+        return {"derived_from": {k: meta[k] for k in ("pretrained", "licence", "weights_from") if k in meta}}
+    return {}
+
+
+def model_licence(model: torch.nn.Module) -> str:
+    """One line naming a model's pretrained origin and licence ('' when it has none)."""
+    meta = getattr(model, "meta", None) or {}
+    src = meta if meta.get("licence") else meta.get("derived_from") if isinstance(meta.get("derived_from"), dict) else {}
+    if not src.get("licence"):
+        return ""
+    trained = " (trained on by hwcompress)" if src is not meta else ""
+    return f"{src.get('pretrained', 'pretrained weights')}{trained}, {src['licence']}"
+
+
 def corpus_id(data: Path) -> str:
     """The corpus a run trains on: its manifest's sha256 (16 hex digits); '' without a manifest."""
     manifest = Path(data) / "manifest.json"
@@ -303,6 +325,7 @@ def train(
             f"+ {1 - cfg.distill_weight:g} x clean")
     valid = eval_set(data, "valid", cfg.valid_items) if rank == 0 else []
     corpus = corpus_id(data)
+    origin = derived_from(model)  # a pretrained start's name and licence go with what is trained from it
     trained = list(parameters) if parameters is not None else list(model.parameters())
     opt = torch.optim.Adam(trained, lr=cfg.lr)
     state = {"epoch": 0, "best": math.inf, "bad_epochs": 0, "history": [], "lr": cfg.lr}
@@ -388,7 +411,7 @@ def train(
                 if improved:
                     save_model(out / "model.pt", model, {"trained": True, "epochs": state["epoch"], "valid_loss": val,
                                                          "train_config": asdict(cfg), "device": where,
-                                                         "processes": world, "corpus": corpus})
+                                                         "processes": world, "corpus": corpus, **origin})
                 say(f"epoch {state['epoch']}: train {running / cfg.steps_per_epoch:.4f} valid {val:.4f}"
                     f"{' (best)' if improved else ''} lr {state['lr']:.2e}"
                     + (f" ({world} replicas identical)" if digests else ""))

@@ -244,3 +244,20 @@ def test_wise_ft_averages_a_finetuned_model_with_its_start(capsys, small_corpus,
     user_error(cli(capsys, "wise-ft", "--model", "tiny-gru", "--start", "tiny-gru", "--out", str(bad)),
                "not a trained model file")
     assert not bad.exists()
+
+
+def test_a_model_trained_from_licensed_weights_keeps_their_name_and_licence(small_corpus, tmp_path) -> None:
+    """Weights under an attribution licence (NSNet2: CC-BY 4.0) stay credited in what is trained
+    from them, and in a WiSE-FT ensemble of that, for the fit's report to name."""
+    from hwcompress.train import model_licence
+
+    start = _model(0)
+    start.meta = {"pretrained": "demo", "licence": "CC-BY 4.0, someone", "weights_from": "a package"}
+    train(start, small_corpus, tmp_path / "run", TrainConfig(epochs=1, **SMALL), log=_quiet)
+    tuned = load_model(str(tmp_path / "run" / "model.pt"))
+    assert tuned.meta["derived_from"] == {"pretrained": "demo", "licence": "CC-BY 4.0, someone",
+                                          "weights_from": "a package"}
+    assert model_licence(tuned) == "demo (trained on by hwcompress), CC-BY 4.0, someone"
+    assert model_licence(_model(0)) == ""
+    train(_model(0), small_corpus, tmp_path / "plain", TrainConfig(epochs=1, **SMALL), log=_quiet)
+    assert "derived_from" not in load_model(str(tmp_path / "plain" / "model.pt")).meta

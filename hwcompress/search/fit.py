@@ -51,6 +51,7 @@ from hwcompress.search import allocate as alloc
 from hwcompress.search import sensitivity as sens
 from hwcompress.search.sensitivity import atomic_json
 from hwcompress.targets import Target, load_target
+from hwcompress.train import model_licence
 from hwcompress.workdir import OutputLock, check_writable, data_digest, digest, model_digest, read_keyed, write_keyed
 
 if TYPE_CHECKING:
@@ -1249,6 +1250,7 @@ def assemble(f: Fitter, p: Plan, outcomes: list[BudgetResult], seconds: float, w
         "target_description": f.target.description,
         "model": cfg.model,
         "params": sum(t.numel() for t in f.model.parameters()),
+        "model_licence": model_licence(f.model),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "calibration": {"factor": f.oracle.calibration, "log": f.calibration_log,
                         "bytes_per_weight": f.bytes_per_weight, "measurable_here": f.measurable},

@@ -79,6 +79,7 @@ def markdown(report: dict) -> str:
     mos_cols = DNSMOS_KEYS if mos else ()
     lines = [f"# hwcompress fit: {report['model']} on {report['target']}", "",
              f"Command: `{report.get('command') or 'hwcompress fit (library call)'}`", "",
+             *([f"Model weights: {report['model_licence']}.", ""] if report.get("model_licence") else []),
              f"Target: {report['target_description']}. Runtime {r0['runtime']} {r0['runtime_version'] or ''}, "
              f"{r0['threads']} thread(s), {r0.get('activations') or 'f32'} activations, device: {r0['device']}.", "",
              "| budget ms | latency ms | source | budget met | runtime artifact B | .hwc B | PESQ-WB | STOI | SI-SDR dB |"
