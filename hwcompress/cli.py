@@ -272,12 +272,10 @@ def train(
 
     from hwcompress.device import describe, resolve_device, torchrun_ranks
     from hwcompress.models.io import load_model
-    from hwcompress.train import TrainConfig, data_parallel
+    from hwcompress.train import LOSSES, TrainConfig, data_parallel
     from hwcompress.train import train as run_train
 
     reject_artifact(model, "train")
-    from hwcompress.train import LOSSES
-
     if loss not in LOSSES:
         raise HwcError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     check_writable(out, "dir")

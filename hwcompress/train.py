@@ -76,6 +76,11 @@ class TrainConfig:
 LOSSES = ("mag+complex", "mag")
 
 
+def check_loss(kind: str) -> None:
+    if kind not in LOSSES:
+        raise HwcError(f"unknown training loss {kind!r}: one of {', '.join(LOSSES)}")
+
+
 def spectral_loss(est: torch.Tensor, ref: torch.Tensor, power: float = 0.3, kind: str = "mag+complex") -> torch.Tensor:
     """MSE of power-law compressed magnitudes plus (kind "mag+complex") of compressed complex
     spectra: the compression weights quiet T-F regions as hearing (and PESQ) does.
@@ -85,8 +90,7 @@ def spectral_loss(est: torch.Tensor, ref: torch.Tensor, power: float = 0.3, kind
     so the complex term is least where the gain is |S|/|Y| x cos(phase error)^(1/power), below
     the magnitude ratio wherever the noise has turned the phase; it pulls the gain down on
     speech at low SNR, which a magnitude model cannot repair by any phase."""
-    if kind not in LOSSES:
-        raise HwcError(f"unknown training loss {kind!r}: one of {', '.join(LOSSES)}")
+    check_loss(kind)
     mag_e = est.pow(2).sum(-1).add(1e-10).sqrt()
     mag_r = ref.pow(2).sum(-1).add(1e-10).sqrt()
     loss = torch.mean((mag_e.pow(power) - mag_r.pow(power)) ** 2)
@@ -200,11 +204,10 @@ def derived_from(model: torch.nn.Module) -> dict:
 
 def model_licence(model: torch.nn.Module) -> str:
     """One line naming a model's pretrained origin and licence ('' when it has none)."""
-    meta = getattr(model, "meta", None) or {}
-    src = meta if meta.get("licence") else meta.get("derived_from") if isinstance(meta.get("derived_from"), dict) else {}
+    src = derived_from(model).get("derived_from", {})
     if not src.get("licence"):
         return ""
-    trained = " (trained on by hwcompress)" if src is not meta else ""
+    trained = "" if (getattr(model, "meta", None) or {}).get("licence") else " (trained on by hwcompress)"
     return f"{src.get('pretrained', 'pretrained weights')}{trained}, {src['licence']}"
 
 
@@ -305,10 +308,9 @@ def train(
         raise HwcError("data-parallel training updates the model's own parameters, not a separate `parameters` list")
     say = log if rank == 0 else (lambda _msg: None)
     distil = teacher is not None and teacher_weight > 0
+    check_loss(cfg.loss)  # before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.loss not in LOSSES:
-        raise HwcError(f"unknown training loss {cfg.loss!r}: one of {', '.join(LOSSES)}")
     if not 0.0 <= cfg.distill_weight <= 1.0:
         raise HwcError(f"distillation weight must be in [0, 1], got {cfg.distill_weight}")
     if cfg.distill_from and teacher is not None:

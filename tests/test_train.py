@@ -196,6 +196,7 @@ def test_training_with_the_magnitude_loss_resumes_and_refuses_another_loss(small
     assert (run / "last.pt").read_bytes() == before
     with pytest.raises(HwcError, match="unknown training loss 'l1'"):
         train(_model(), small_corpus, tmp_path / "other", TrainConfig(epochs=1, loss="l1", **SMALL), log=_quiet)
+    assert not (tmp_path / "other").exists()  # refused before anything is written
 
 
 def test_train_cli_rejects_an_unknown_loss(capsys, small_corpus, tmp_path) -> None:
